@@ -1,0 +1,113 @@
+"""`LlamaRuntime`: chat on a GGUF model through llama-cpp-python, the default runtime.
+
+The base model is loaded once. The adapter stack (one GGUF LoRA per night) is applied with
+llama.cpp's low-level API, so a new stack swaps in without reloading the base:
+
+    llama_adapter_lora_init(model, path)            # load each expert once
+    llama_set_adapters_lora(ctx, adapters, n, scales)  # make exactly these active
+    llama_memory_clear(...)                         # the KV cache was computed without them
+
+Generation and swaps share one lock, so a swap always happens between replies, never in the
+middle of one. An expert that fails to load leaves the running stack untouched.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import llama_cpp
+
+from agent.models import ModelError, resolve_chat_model
+from agent.runtime import Adapter
+from storage import Config
+
+
+class LlamaRuntime:
+    def __init__(self, model_path: Path, name: str = "", n_ctx: int = 4096, n_threads: int = 0) -> None:
+        self.model_path = Path(model_path)
+        self.name = name or self.model_path.name
+        try:
+            self.llm = llama_cpp.Llama(
+                model_path=str(self.model_path),
+                n_ctx=n_ctx,
+                n_threads=n_threads or None,
+                verbose=False,  # llama.cpp's logs would draw over the terminal UI
+            )
+        except (ValueError, RuntimeError) as err:
+            raise ModelError(
+                f"llama.cpp could not load {self.model_path}: {err}; the file may be corrupt or of an "
+                "unsupported architecture: point `model` in config.toml at another GGUF"
+            ) from None
+        self._lock = threading.Lock()
+        self._loaded: dict[Path, ctypes.c_void_p] = {}  # path -> llama_adapter_lora*
+        self.adapters: list[Adapter] = []
+
+    @classmethod
+    def from_config(cls, config: Config) -> "LlamaRuntime":
+        path, name = resolve_chat_model(config.model_path())
+        return cls(path, name=name, n_ctx=config.n_ctx, n_threads=config.n_threads)
+
+    # --- generation ----------------------------------------------------------
+    def stream(self, messages: Sequence[dict], *, max_tokens: int, temperature: float, stop=None) -> Iterator[str]:
+        with self._lock:
+            chunks = self.llm.create_chat_completion(
+                messages=list(messages), stream=True, max_tokens=max_tokens, temperature=temperature
+            )
+            try:
+                for chunk in chunks:
+                    if stop is not None and stop.is_set():
+                        return
+                    piece = chunk["choices"][0].get("delta", {}).get("content")
+                    if piece:
+                        yield piece
+            finally:
+                chunks.close()  # stops llama.cpp's sampling loop when we leave early
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+    # --- adapter stack ---------------------------------------------------------
+    def load_adapters(self, adapters: Sequence[Adapter]) -> None:
+        """Make exactly `adapters` active (in order, with their scales); [] = base only."""
+        with self._lock:
+            new_handles = {}
+            for adapter in adapters:
+                path = Path(adapter.path)
+                if path in self._loaded or path in new_handles:
+                    continue
+                handle = llama_cpp.llama_adapter_lora_init(self.llm._model.model, str(path).encode("utf-8"))
+                if not handle:
+                    for loaded in new_handles.values():
+                        llama_cpp.llama_adapter_lora_free(loaded)
+                    raise ModelError(
+                        f"llama.cpp could not load the LoRA adapter {path} (missing, corrupt, or made for "
+                        "another base model); the previous memory stays active"
+                    )
+                new_handles[path] = handle
+            handles = {**self._loaded, **new_handles}
+            array = (llama_cpp.llama_adapter_lora_p_ctypes * max(1, len(adapters)))(
+                *[handles[Path(a.path)] for a in adapters]
+            )
+            scales = (ctypes.c_float * max(1, len(adapters)))(*[a.scale for a in adapters])
+            if llama_cpp.llama_set_adapters_lora(self.llm._ctx.ctx, array, len(adapters), scales) != 0:
+                for loaded in new_handles.values():
+                    llama_cpp.llama_adapter_lora_free(loaded)
+                raise ModelError("llama.cpp refused the adapter stack; the previous memory stays active")
+            self._reset_cache()
+            keep = {Path(a.path) for a in adapters}
+            for path, handle in handles.items():
+                if path not in keep:
+                    llama_cpp.llama_adapter_lora_free(handle)  # no context references it any more
+            self._loaded = {path: handles[path] for path in keep}
+            self.adapters = list(adapters)
+
+    def _reset_cache(self) -> None:
+        # The KV cache and llama-cpp-python's prefix cache hold activations computed with the old
+        # stack; reusing them would mix two memories in one reply.
+        memory = llama_cpp.llama_get_memory(self.llm._ctx.ctx)
+        if memory is not None:
+            llama_cpp.llama_memory_clear(memory, True)
+        self.llm.reset()

@@ -1,0 +1,85 @@
+"""The `ChatRuntime` interface and a scripted fake for tests.
+
+A runtime streams a reply for a list of chat messages and can load a stack of LoRA adapters
+(each with a scale). The default implementation is `agent.llama_runtime.LlamaRuntime`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from agent.models import ModelError
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """One LoRA expert of the stack, as llama.cpp loads it."""
+
+    path: Path
+    scale: float = 1.0
+
+
+class ChatRuntime(Protocol):
+    name: str
+
+    def stream(
+        self,
+        messages: Sequence[dict],
+        *,
+        max_tokens: int,
+        temperature: float,
+        stop: threading.Event | None = None,
+    ) -> Iterator[str]:
+        """Yield the reply piece by piece; return early once `stop` is set."""
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens `text` takes in this model's vocabulary."""
+
+    def load_adapters(self, adapters: Sequence[Adapter]) -> None:
+        """Replace the whole adapter stack (an empty list = the base alone)."""
+
+
+class FakeRuntime:
+    """A runtime that replies from a script, word by word; tokens are words.
+
+    `enqueue("reply", ...)` queues replies; with an empty queue it echoes the last user turn.
+    `fail_with` makes the next `stream` raise `ModelError`; `delay` slows each word so a test
+    can cancel mid-reply; every prompt it was given is kept in `prompts`.
+    """
+
+    name = "fake"
+
+    def __init__(self, replies: Sequence[str] = (), delay: float = 0.0) -> None:
+        self.replies = list(replies)
+        self.delay = delay
+        self.fail_with: str | None = None
+        self.prompts: list[list[dict]] = []
+        self.adapters: list[Adapter] = []
+
+    def enqueue(self, *replies: str) -> None:
+        self.replies.extend(replies)
+
+    def stream(self, messages, *, max_tokens, temperature, stop=None):
+        self.prompts.append([dict(m) for m in messages])
+        if self.fail_with:
+            message, self.fail_with = self.fail_with, None
+            raise ModelError(message)
+        last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        reply = self.replies.pop(0) if self.replies else f"You said: {last_user}"
+        for i, word in enumerate(reply.split(" ")[:max_tokens]):
+            if stop is not None and stop.is_set():
+                return
+            if self.delay:
+                time.sleep(self.delay)
+            yield word if i == 0 else " " + word
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def load_adapters(self, adapters):
+        self.adapters = list(adapters)

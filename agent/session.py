@@ -1,0 +1,111 @@
+"""`ChatSession`: the one path from the chat UI to the database and the model.
+
+Order of writes, so that nothing the user typed is ever lost:
+1. `send(text)` stores the user turn before any generation starts;
+2. `reply(...)` inserts the assistant turn as `generating`, saves the partial text every
+   `FLUSH_SECONDS` while tokens stream, and marks it `complete`, or `interrupted` when the user
+   stopped it or the model failed (the partial text is kept either way).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agent.memory import build_prompt
+from agent.runtime import ChatRuntime
+from storage import Config, Store
+
+FLUSH_SECONDS = 1.0
+
+
+class EmptyMessage(ValueError):
+    """The user tried to send nothing but whitespace."""
+
+
+@dataclass
+class Reply:
+    message_id: int
+    text: str
+    interrupted: bool
+
+
+class ChatSession:
+    def __init__(self, store: Store, runtime: ChatRuntime, config: Config, model_name: str = "") -> None:
+        self.store = store
+        self.runtime = runtime
+        self.config = config
+        self.model_name = model_name or getattr(runtime, "name", "?")
+        self.conversation_id: int | None = None
+
+    # --- conversations -----------------------------------------------------
+    def new_conversation(self) -> int:
+        self.conversation_id = self.store.new_conversation()
+        return self.conversation_id
+
+    def switch(self, conversation_id: int) -> None:
+        self.store.conversation(conversation_id)  # raises StoreError for an unknown id
+        self.conversation_id = conversation_id
+
+    def resume_latest(self) -> int:
+        """Open the most recent conversation, or a new one on a fresh database."""
+        latest = self.store.conversations(limit=1)
+        if not latest:
+            return self.new_conversation()
+        self.conversation_id = latest[0]["id"]
+        return self.conversation_id
+
+    def conversations(self) -> list[dict]:
+        return self.store.conversations()
+
+    def messages(self) -> list[dict]:
+        return self.store.messages(self.conversation_id) if self.conversation_id else []
+
+    # --- turns ---------------------------------------------------------------
+    def send(self, text: str) -> int:
+        """Store the user's turn (before generation) and return its id."""
+        if not text or not text.strip():
+            raise EmptyMessage("empty message: type something first")
+        if self.conversation_id is None:
+            self.new_conversation()
+        return self.store.add_message(self.conversation_id, "user", text)
+
+    def reply(self, stop: threading.Event | None = None, on_token: Callable[[str], None] | None = None) -> Reply:
+        """Stream the assistant's reply to the stored conversation, persisting as it goes."""
+        conversation_id = self.conversation_id
+        prompt = build_prompt(self.store, self.config, conversation_id, self.runtime.count_tokens)
+        message_id = self.store.start_reply(conversation_id)
+        pieces: list[str] = []
+        last_flush = time.monotonic()
+        try:
+            for piece in self.runtime.stream(
+                prompt, max_tokens=self.config.max_reply_tokens, temperature=self.config.temperature, stop=stop
+            ):
+                pieces.append(piece)
+                if on_token is not None:
+                    on_token(piece)
+                if time.monotonic() - last_flush > FLUSH_SECONDS:
+                    self.store.update_reply(message_id, "".join(pieces))
+                    last_flush = time.monotonic()
+                if stop is not None and stop.is_set():
+                    break
+        except BaseException:
+            self.store.finish_reply(message_id, "".join(pieces), interrupted=True)
+            raise
+        interrupted = stop is not None and stop.is_set()
+        text = "".join(pieces)
+        self.store.finish_reply(message_id, text, interrupted=interrupted)
+        return Reply(message_id, text, interrupted)
+
+    # --- status ----------------------------------------------------------------
+    def status(self) -> dict:
+        last = self.store.last_sleep()
+        return {
+            "model": self.model_name,
+            "memory": self.store.memory_version(),
+            "day": str(self.store.today()),
+            "unconsolidated": self.store.unconsolidated_count(),
+            "last_sleep": f"{last['status']} {last['started_at'][:16].replace('T', ' ')}" if last else "never",
+        }

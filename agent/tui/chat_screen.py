@@ -1,0 +1,242 @@
+"""`ChatScreen`: the one flow of the UI — pick a conversation, send a turn, stream the reply.
+
+All session calls happen here. The user turn is stored by `session.send` on the UI thread
+*before* generation (a failed send leaves the text in the Input); the reply streams from a
+thread worker so the UI keeps handling keys (Escape sets the stop event the runtime polls).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import sqlite3
+import threading
+import time
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.reactive import var
+from textual.screen import Screen
+from textual.widgets import Footer, Input
+
+from agent.models import ModelError
+from agent.session import ChatSession, EmptyMessage, Reply
+from agent.tui.widgets import ConversationList, MessageView, StatusBar
+from storage import StoreError
+
+# Failures we expect and explain; anything else is still shown, never allowed to kill the app.
+EXPECTED_FAILURES = (ModelError, StoreError, sqlite3.Error)
+# Streamed text reaches the screen at most this often: Markdown re-parses on each append.
+RENDER_INTERVAL = 0.05
+
+
+def describe(err: BaseException) -> str:
+    if isinstance(err, ModelError):
+        return f"model error: {err}"
+    if isinstance(err, (StoreError, sqlite3.Error)):
+        return f"database error: {err}"
+    return f"{type(err).__name__}: {err}"
+
+
+class ChatScreen(Screen):
+    BINDINGS = [
+        Binding("ctrl+n", "new_conversation", "New chat"),
+        Binding("escape", "stop", "Stop reply"),
+        Binding("ctrl+o", "focus_conversations", "Conversations"),
+    ]
+
+    # bindings=True: the footer greys out "Stop reply" unless a reply is being written.
+    generating: var[bool] = var(False, bindings=True)
+
+    def __init__(self, session: ChatSession) -> None:
+        super().__init__()
+        self.session = session
+        self._stop: threading.Event | None = None
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="body"):
+            yield ConversationList(id="conversations")
+            with Vertical(id="chat"):
+                yield VerticalScroll(id="messages")
+                yield Input(placeholder="Message dreamer (Enter sends, Esc stops a reply, F1 help)", id="prompt")
+        yield StatusBar(id="status")
+        yield Footer()
+
+    async def on_mount(self) -> None:
+        self.query_one("#messages", VerticalScroll).anchor()
+        if self.session.conversation_id is None:
+            try:
+                self.session.resume_latest()
+            except EXPECTED_FAILURES as err:
+                self.error(err)
+        await self.show_conversation()
+        self.query_one("#prompt", Input).focus()
+
+    def on_unmount(self) -> None:
+        # Quitting mid-reply: let the worker end now; the session stores the partial reply.
+        if self._stop is not None:
+            self._stop.set()
+
+    # --- helpers -------------------------------------------------------------
+    def error(self, err: BaseException) -> None:
+        # markup off: errors quote paths and user text, which may contain "[...]".
+        self.notify(describe(err), title="dreamer", severity="error", timeout=10, markup=False)
+
+    def refuse_while_generating(self) -> bool:
+        if self.generating:
+            self.notify("dreamer is still replying: wait, or press Esc to stop it", severity="warning")
+        return self.generating
+
+    def refresh_sidebar(self) -> None:
+        """Conversation list and status bar, both re-read from the database."""
+        try:
+            conversations = self.session.conversations()
+        except EXPECTED_FAILURES as err:
+            self.error(err)
+        else:
+            self.query_one(ConversationList).show(conversations, self.session.conversation_id)
+        status_bar = self.query_one(StatusBar)
+        try:
+            status_bar.show(self.session.status())
+        except EXPECTED_FAILURES as err:
+            status_bar.show_error(describe(err))
+
+    async def show_conversation(self) -> None:
+        """Replace the message view with the current conversation's stored turns."""
+        try:
+            rows = self.session.messages()
+        except EXPECTED_FAILURES as err:
+            self.error(err)
+            rows = []
+        log = self.query_one("#messages", VerticalScroll)
+        await log.remove_children()
+        await log.mount_all([MessageView.from_row(row) for row in rows if row["role"] != "system"])
+        log.scroll_end(animate=False)
+        self.refresh_sidebar()
+
+    # --- actions ---------------------------------------------------------------
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "stop":
+            return True if self.generating else None  # None: shown disabled
+        return True
+
+    def action_stop(self) -> None:
+        if self.generating and self._stop is not None:
+            self._stop.set()
+
+    def action_focus_conversations(self) -> None:
+        self.query_one(ConversationList).focus()
+
+    def action_focus_input(self) -> None:
+        self.query_one("#prompt", Input).focus()
+
+    async def action_new_conversation(self) -> None:
+        if self.refuse_while_generating():
+            return
+        try:
+            if self.session.conversation_id is not None and not self.session.messages():
+                self.notify("this conversation is still empty: type your first message")
+            else:
+                self.session.new_conversation()
+        except EXPECTED_FAILURES as err:
+            self.error(err)
+            return
+        await self.show_conversation()
+        self.action_focus_input()
+
+    async def on_conversation_list_picked(self, message: ConversationList.Picked) -> None:
+        if message.conversation_id is None:
+            await self.action_new_conversation()
+            return
+        if self.refuse_while_generating():
+            return
+        if message.conversation_id != self.session.conversation_id:
+            try:
+                self.session.switch(message.conversation_id)
+            except EXPECTED_FAILURES as err:
+                self.error(err)
+                return
+            await self.show_conversation()
+        self.action_focus_input()
+
+    # --- a turn ----------------------------------------------------------------
+    async def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        if self.refuse_while_generating():
+            return  # the typed text stays in the Input for later
+        text = event.value
+        try:
+            self.session.send(text)
+        except EmptyMessage as err:
+            self.notify(str(err), severity="warning")
+            return
+        except EXPECTED_FAILURES as err:
+            self.error(err)  # not stored: keep the text so nothing typed is lost
+            return
+        event.input.clear()
+        self.generating = True
+        self._stop = threading.Event()
+        log = self.query_one("#messages", VerticalScroll)
+        bubble = MessageView("assistant", status="generating")
+        await log.mount_all([MessageView("user", text), bubble])
+        log.scroll_end(animate=False)
+        self.refresh_sidebar()
+        self.generate(bubble, self._stop)
+
+    @work(thread=True, exclusive=True, group="reply")
+    def generate(self, bubble: MessageView, stop: threading.Event) -> None:
+        """Runs in a thread: stream the reply, handing text to the UI in batches."""
+        pending: list[str] = []
+        last_render = 0.0
+
+        def on_token(piece: str) -> None:
+            nonlocal last_render
+            pending.append(piece)
+            now = time.monotonic()
+            if now - last_render >= RENDER_INTERVAL:
+                chunk = "".join(pending)
+                pending.clear()
+                last_render = now
+                # Blocks until rendered, so a fast model cannot flood the UI with appends.
+                self.call_ui(bubble.append, chunk)
+
+        try:
+            reply = self.session.reply(stop, on_token)
+        except Exception as err:  # noqa: BLE001 - shown to the user; the session kept the partial text
+            self.call_ui(self.reply_failed, bubble, "".join(pending), err)
+        else:
+            self.call_ui(self.reply_done, bubble, reply)
+
+    def call_ui(self, callback, *args) -> None:
+        """`call_from_thread`, except that a closing app just stops the generation."""
+        try:
+            self.app.call_from_thread(callback, *args)
+        except (RuntimeError, asyncio.CancelledError, concurrent.futures.CancelledError):
+            if self.app.is_running and self.is_attached:
+                raise
+            if self._stop is not None:
+                self._stop.set()
+
+    async def reply_done(self, bubble: MessageView, reply: Reply) -> None:
+        try:
+            if reply.interrupted and not reply.text:
+                await bubble.remove()  # stopped before the first token: the session kept nothing either
+            else:
+                await bubble.finish(reply.text, interrupted=reply.interrupted)
+        finally:
+            self.generating = False
+            self.refresh_sidebar()
+
+    async def reply_failed(self, bubble: MessageView, unrendered: str, err: BaseException) -> None:
+        try:
+            text = bubble.text + unrendered
+            if text:
+                await bubble.finish(text, interrupted=True)
+            else:
+                await bubble.remove()  # failed before the first token: nothing was stored
+        finally:
+            self.generating = False
+            self.error(err)
+            self.refresh_sidebar()

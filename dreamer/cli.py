@@ -1,0 +1,163 @@
+"""The `dreamer` command line.
+
+    dreamer chat                       # the chat UI on the configured (or embedded) model
+    dreamer status                     # paths, model, counts per day, turns waiting for sleep
+    dreamer log [--day D]              # print conversations
+    dreamer import FILE.jsonl          # add conversations (all or nothing)
+    dreamer export FILE.jsonl [--day D]
+    dreamer sleep --now [--day D] [--preset P] [--dry-run]   # consolidate into a new LoRA expert
+    dreamer eval --probes FILE.jsonl [--stack VERSION|none] [--json]
+    dreamer memory                     # the adapter stack and the sleep runs
+
+Heavy modules (torch, transformers, llama_cpp, textual) are imported inside the commands
+that need them, so `dreamer --help` stays fast. Every domain error becomes one clean line
+on stderr and exit code 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import click
+
+from storage import Config, ConfigError, Store, StoreError, dreamer_home, load_config
+from storage.days import parse_day
+from storage.paths import config_path, database_path
+
+
+class DreamerError(click.ClickException):
+    """A user-facing error: printed as `Error: ...`, exit code 1."""
+
+
+def _user_errors(func):
+    """Turn the domain errors of the layers below into clean CLI errors."""
+    from agent.models import ModelError
+    from storage.transcripts import TranscriptError
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except (ConfigError, StoreError, TranscriptError, ModelError, ValueError, RuntimeError) as err:
+            raise DreamerError(str(err)) from None
+
+    return wrapper
+
+
+def open_store(config: Config) -> Store:
+    return Store(database_path(dreamer_home()), boundary=config.boundary)
+
+
+def _day_option(value: str | None) -> str | None:
+    return str(parse_day(value)) if value else None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dreamer")
+def cli() -> None:
+    """dreamer: a personal chat agent that learns while it sleeps.
+
+    Data lives in DREAMER_HOME (default ~/.local/share/dreamer).
+    """
+
+
+@cli.command()
+@_user_errors
+def chat() -> None:
+    """Chat in the terminal; every turn is kept for tonight's sleep."""
+    from agent.llama_runtime import LlamaRuntime
+    from agent.session import ChatSession
+    from agent.tui import run_chat
+
+    config = load_config()
+    store = open_store(config)
+    runtime = LlamaRuntime.from_config(config)
+    session = ChatSession(store, runtime, config, model_name=runtime.name)
+    session.resume_latest()
+    run_chat(session)
+
+
+@cli.command()
+@_user_errors
+def status() -> None:
+    """Paths, model, messages per day and what waits for the next sleep."""
+    from agent.models import ModelError, resolve_chat_model
+
+    config = load_config()
+    store = open_store(config)
+    home = dreamer_home()
+    try:
+        model_path, model_name = resolve_chat_model(config.model_path())
+        model = f"{model_name} ({model_path})"
+    except ModelError as err:
+        model = f"unusable: {err}"
+    click.echo(f"home:     {home}")
+    click.echo(f"database: {store.path}")
+    click.echo(f"config:   {config_path(home)}{'' if config_path(home).exists() else ' (not created; defaults)'}")
+    click.echo(f"model:    {model}")
+    click.echo(f"day:      {store.today()} (days start at {config.day_boundary})")
+    click.echo(f"memory:   {store.memory_version()}")
+    last = store.last_sleep()
+    click.echo(f"last sleep: {last['status'] + ' ' + last['started_at'] if last else 'never'}")
+    counts = store.day_counts()
+    if not counts:
+        click.echo("no conversations yet: run `dreamer chat`")
+        return
+    click.echo("\nday          messages  waiting for sleep")
+    for row in counts:
+        click.echo(f"{row['day']}  {row['messages']:>8}  {row['unconsolidated']:>17}")
+    click.echo(f"\n{store.unconsolidated_count()} turns not yet consolidated")
+
+
+@cli.command()
+@click.option("--day", help="only this day (YYYY-MM-DD)")
+@_user_errors
+def log(day: str | None) -> None:
+    """Print conversations, oldest first."""
+    config = load_config()
+    store = open_store(config)
+    conversations = list(reversed(store.conversations(limit=-1, day=_day_option(day))))
+    if not conversations:
+        click.echo("no conversations" + (f" on {day}" if day else ""))
+        return
+    for conversation in conversations:
+        click.secho(f"# {conversation['day']}  #{conversation['id']}  {conversation['title'] or '(untitled)'}", bold=True)
+        for message in store.messages(conversation["id"]):
+            mark = "" if message["status"] == "complete" else f" [{message['status']}]"
+            click.echo(f"{message['role']}{mark}: {message['content']}")
+        click.echo("")
+
+
+@cli.command(name="import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@_user_errors
+def import_(file: Path) -> None:
+    """Import conversations from JSON Lines (nothing is imported if any line is bad)."""
+    from storage.transcripts import import_file
+
+    ids = import_file(open_store(load_config()), file)
+    click.echo(f"imported {len(ids)} conversations from {file}")
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--day", help="only this day (YYYY-MM-DD)")
+@_user_errors
+def export(file: Path, day: str | None) -> None:
+    """Export conversations as JSON Lines (the import format)."""
+    from storage.transcripts import export_file
+
+    count = export_file(open_store(load_config()), file, _day_option(day))
+    click.echo(f"exported {count} conversations to {file}")
+
+
+from dreamer.commands_sleep import eval_, memory, sleep  # noqa: E402  (registered below)
+
+cli.add_command(sleep)
+cli.add_command(eval_)
+cli.add_command(memory)
+
+
+def main() -> None:
+    cli()

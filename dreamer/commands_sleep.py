@@ -1,0 +1,134 @@
+"""`dreamer sleep`, `dreamer eval` and `dreamer memory`: the sleep side of the command line.
+
+torch and transformers are imported inside the commands, so `dreamer --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from storage import dreamer_home, load_config
+from storage import ledger
+
+
+def _open():
+    from dreamer.cli import open_store
+
+    config = load_config()
+    return config, open_store(config)
+
+
+class RichPhases:
+    """One rich progress bar per sleep phase, with ETA."""
+
+    def __init__(self, progress) -> None:
+        self.progress = progress
+        self.current = None
+
+    def phase(self, name: str, total: int | None = None):
+        if self.current is not None:
+            self.progress.update(self.current, completed=self.progress.tasks[self.current].total)
+        self.current = self.progress.add_task(name, total=total)
+        task = self.current
+        return lambda n=1: self.progress.advance(task, n)
+
+
+@click.command()
+@click.option("--now", is_flag=True, required=True, help="sleep now (the scheduler runs it at night)")
+@click.option("--day", help="consolidate only this day (YYYY-MM-DD); default: every waiting day")
+@click.option("--preset", default="cpu-tiny", show_default=True, help="a preset name in assets/presets or a .toml path")
+@click.option("--dry-run", is_flag=True, help="show what would be consolidated and the cost; train nothing")
+def sleep(now: bool, day: str | None, preset: str, dry_run: bool) -> None:
+    """Consolidate the day's conversations into a new LoRA expert."""
+    from dreamer.cli import DreamerError, _day_option
+    from dreamer.sleep import SleepBusy, sleep_now
+    from dreamer.sleep_config import SleepConfigError, load_preset
+
+    try:
+        cfg = load_preset(preset)
+        config, store = _open()
+        day = _day_option(day)
+    except (SleepConfigError, ValueError) as err:
+        raise DreamerError(str(err)) from None
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = [TextColumn("{task.description:<26}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+    try:
+        with Progress(*columns, transient=False) as progress:
+            outcome = sleep_now(store, config, cfg, day=day, dry_run=dry_run, progress=RichPhases(progress),
+                                home=dreamer_home())
+    except SleepBusy as err:
+        raise DreamerError(str(err)) from None
+    except KeyboardInterrupt:
+        click.echo("sleep interrupted: the active memory and the conversations are unchanged", err=True)
+        raise SystemExit(130) from None
+    except Exception as err:  # recorded as failed in sleep_runs; show it without a traceback
+        raise DreamerError(f"sleep failed: {type(err).__name__}: {err}; nothing changed") from None
+    if outcome.report:
+        click.echo(outcome.report)
+    click.echo(outcome.message)
+
+
+@click.command(name="eval")
+@click.option("--probes", "probes_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--stack", default="active", show_default=True, help="active, none (the base), or a night number N")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+@click.option("--no-generate", is_flag=True, help="multiple choice only (faster)")
+def eval_(probes_path: Path, stack: str, as_json: bool, no_generate: bool) -> None:
+    """Closed-book evaluation of the memory on a probes file."""
+    from dreamer.cli import DreamerError
+    from dreamer.probes import ProbeError, read_probes
+
+    try:
+        probes = read_probes(probes_path)
+    except ProbeError as err:
+        raise DreamerError(str(err)) from None
+    config, store = _open()
+    rows = ledger.adapters(store, "active")
+    if stack == "none":
+        chosen = []
+    elif stack == "active":
+        chosen = rows
+    elif stack.isdigit() and any(r["night"] == int(stack) for r in ledger.adapters(store)):
+        chosen = [r for r in ledger.adapters(store) if r["night"] <= int(stack) and r["status"] != "candidate"]
+    else:
+        raise DreamerError(f"--stack must be active, none or a night number; known nights: "
+                           f"{[r['night'] for r in ledger.adapters(store)] or 'none yet'}")
+    from dreamer.evaluate import evaluate, format_table
+    from dreamer.sleep_config import LoadConfig
+    from dreamer.weights import AdapterMismatch, build_stack, load_base, plan_device, training_source
+    from storage.paths import cache_dir
+
+    try:
+        base, tokenizer = load_base(training_source(config.train_model, cache_dir(dreamer_home())), plan_device(LoadConfig()))
+        model = build_stack(base, [Path(r["path"]) for r in chosen], None)
+    except AdapterMismatch as err:
+        raise DreamerError(str(err)) from None
+    result = evaluate(model, tokenizer, probes, generate=not no_generate)
+    result["stack"] = [r["night"] for r in chosen]
+    click.echo(json.dumps(result, indent=2, ensure_ascii=False) if as_json else format_table(result))
+
+
+@click.command()
+def memory() -> None:
+    """The adapter stack (experts, nights, metrics) and the sleep runs."""
+    _, store = _open()
+    rows = ledger.adapters(store)
+    click.secho("adapter stack", bold=True)
+    if not rows:
+        click.echo("  none yet: the first `dreamer sleep --now` creates night 1")
+    for row in rows:
+        gate = row["metrics"].get("gate", {})
+        click.echo(f"  night {row['night']:>3}  {row['day']}  {row['status']:<8} today {gate.get('today_before', 0):.2f}"
+                   f" -> {gate.get('today_after', 0):.2f}  drift {gate.get('drift', 0):.4f}  {row['path']}")
+    click.secho("\nsleep runs", bold=True)
+    runs = ledger.runs(store)
+    if not runs:
+        click.echo("  none yet")
+    for run in runs:
+        reason = f"  ({run['reason']})" if run["reason"] else ""
+        click.echo(f"  #{run['id']:<4} {run['started_at'][:16]}  {run['day']}  {run['status']:<11} {run['preset']}{reason}")

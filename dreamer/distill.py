@@ -1,0 +1,181 @@
+"""Sleep stage 1b: generalized distillation of the day into tonight's LoRA expert.
+
+    L = alpha * D  -  (1 - alpha) * E[r]
+
+D, the GKD term: for a batch of prompts x, a continuation y is taken from the teacher's
+samples (probability 1 - lmbda) or sampled now from the student itself (probability lmbda,
+on-policy; no gradient through sampling). The teacher scores y *with* its view of x (the day
+in context, or the earlier stack, or the bare base for the general anchor), the student scores
+y *without* it, and D is the token-level divergence (forward KL, reverse KL or JSD(beta))
+between the two next-token distributions over y's tokens.
+
+E[r], Learning-to-Imitate: a teacher-written memory d is cut at a random point; the student
+completes the prefix `rl_group` times; each completion gets r = gamma * r_sem + (1 - gamma) *
+r_abs against the true rest of d (dreamer.rewards), and the policy gradient with a group-mean
+baseline pushes the student toward completions that mean and read like the memory
+(REINFORCE on the mean token log-probability of each completion).
+
+The mix of prompts per step: today's (teacher = old stack + day in context), replay of earlier
+nights' probes (teacher = old stack, no context: keeps old memories) and general text
+(teacher = base: keeps skills). Only the new expert's parameters receive gradients.
+
+    dreamer sleep --now --preset cpu-tiny      # this stage is the bulk of the night
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from dreamer.divergences import token_divergence
+from dreamer.memories import Example, chat_ids, sample
+from dreamer.rewards import group_advantages, imitation_reward
+from dreamer.sleep_config import DistillConfig
+from dreamer.weights import NEW, adapters, trainable_parameters
+
+
+@dataclass
+class DistillLog:
+    steps: int = 0
+    divergence: list[float] = field(default_factory=list)
+    reward: list[float] = field(default_factory=list)
+    on_policy: int = 0
+    off_policy: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> dict:
+        def mean(values, tail=None):
+            values = values[-tail:] if tail else values
+            return sum(values) / len(values) if values else None
+
+        return {
+            "steps": self.steps, "on_policy_samples": self.on_policy, "teacher_samples": self.off_policy,
+            "divergence_first": mean(self.divergence[:5]), "divergence_last": mean(self.divergence, 5),
+            "reward_mean": mean(self.reward), "reward_last": mean(self.reward, 5), "seconds": round(self.seconds, 1),
+        }
+
+
+def continuation_ids(tokenizer, text: str) -> list[int]:
+    """y as the assistant's reply: its tokens plus end-of-turn, so the student learns to stop."""
+    return tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
+def reply_logits(model, prompt: list[int], reply: list[int]) -> torch.Tensor:
+    """Logits at the positions that predict `reply` after `prompt`: [1, len(reply), vocab]."""
+    ids = torch.tensor([prompt + reply], device=model.device)
+    logits = model(input_ids=ids).logits
+    return logits[:, len(prompt) - 1 : len(prompt) - 1 + len(reply)].float()
+
+
+def clip_prompt(ids: list[int], max_len: int, reply_len: int) -> list[int]:
+    """Keep the end of an over-long prompt (the request is at the end; the day's start is cut)."""
+    room = max(8, max_len - reply_len)
+    return ids[-room:]
+
+
+def divergence_loss(model, tokenizer, example: Example, reply: list[int], stack: list[str], cfg: DistillConfig,
+                    max_len: int) -> torch.Tensor:
+    teacher_prompt = clip_prompt(chat_ids(tokenizer, example.teacher), max_len * 4, len(reply))
+    student_prompt = clip_prompt(chat_ids(tokenizer, example.student), max_len, len(reply))
+    with torch.no_grad(), adapters(model, example.teacher_adapters):
+        teacher = reply_logits(model, teacher_prompt, reply)
+    with adapters(model, stack + [NEW]):
+        student = reply_logits(model, student_prompt, reply)
+    return token_divergence(student, teacher, cfg.divergence, beta=cfg.beta)
+
+
+def imitation_loss(model, tokenizer, document: tuple[list[dict], str], stack: list[str], cfg: DistillConfig,
+                   judge, rng: random.Random) -> tuple[torch.Tensor, list[float]]:
+    """REINFORCE with a group-mean baseline on completions of a memory's prefix."""
+    messages, memory = document
+    words = memory.split()
+    if len(words) < 4:
+        return torch.zeros((), device=model.device), []
+    cut = rng.randint(max(1, len(words) // 3), max(1, (2 * len(words)) // 3))
+    prefix, rest = " ".join(words[:cut]), " ".join(words[cut:])
+    prompt = chat_ids(tokenizer, messages) + tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([prompt], device=model.device)
+    with torch.no_grad(), adapters(model, stack + [NEW]):
+        out = model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0, top_p=1.0,
+            max_new_tokens=cfg.rl_new_tokens, num_return_sequences=cfg.rl_group, pad_token_id=tokenizer.pad_token_id,
+        )
+    completions_ids = [row[len(prompt):].tolist() for row in out]
+    completions = [tokenizer.decode(c, skip_special_tokens=True).strip() for c in completions_ids]
+    rewards = imitation_reward(completions, [rest] * len(completions), judge=judge, gamma=cfg.gamma, z0=cfg.z0,
+                               sem_threshold=cfg.sem_threshold)
+    advantages = group_advantages(rewards, len(completions))
+    loss = torch.zeros((), device=model.device)
+    with adapters(model, stack + [NEW]):
+        for completion, advantage in zip(completions_ids, advantages):
+            completion = [t for t in completion if t != tokenizer.pad_token_id] or [tokenizer.eos_token_id]
+            if advantage == 0:
+                continue  # no signal, save the forward pass
+            logits = reply_logits(model, prompt, completion)
+            logprob = torch.log_softmax(logits, -1).gather(-1, torch.tensor([completion], device=model.device)[..., None])
+            loss = loss - advantage * logprob.mean() / len(completions_ids)
+    return loss, rewards
+
+
+def pick(pools: dict[str, list], weights: dict[str, float], rng: random.Random):
+    kinds = [k for k in pools if pools[k] and weights[k] > 0]
+    kind = rng.choices(kinds, weights=[weights[k] for k in kinds])[0]
+    return rng.choice(pools[kind])
+
+
+def distill(
+    model, tokenizer, *, today: list[Example], replay: list[Example], anchor: list[Example],
+    documents: list, stack: list[str], cfg: DistillConfig, max_len: int, judge, rng: random.Random,
+    on_step: Callable[[int, dict], None] = lambda step, info: None,
+) -> DistillLog:
+    """Train the `new` adapter in place; `on_step` reports progress (and may raise to stop)."""
+    if not today:
+        raise ValueError("no training prompts for today: nothing to distil")
+    params = trainable_parameters(model)
+    if not params:
+        raise RuntimeError("the model has no trainable parameters: the new expert is missing")
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / max(1, cfg.steps // 10)) * 0.5 * (1 + math.cos(math.pi * s / cfg.steps))
+    )
+    pools = {"today": today, "replay": replay, "anchor": anchor}
+    weights = {"today": 1 - cfg.replay_fraction - cfg.anchor_fraction, "replay": cfg.replay_fraction,
+               "anchor": cfg.anchor_fraction}
+    log, start = DistillLog(), time.monotonic()
+    model.train()
+    for step in range(cfg.steps):
+        total = 0.0
+        for _ in range(cfg.batch_size):
+            example = pick(pools, weights, rng)
+            if rng.random() < cfg.lmbda:
+                reply_text = sample(model, tokenizer, example.student, stack + [NEW], n=1,
+                                    max_new_tokens=cfg.rl_new_tokens * 2, temperature=1.0)[0]
+                log.on_policy += 1
+            else:
+                reply_text = rng.choice(example.samples)
+                log.off_policy += 1
+            reply = continuation_ids(tokenizer, reply_text)[: max_len // 2]
+            loss = divergence_loss(model, tokenizer, example, reply, stack, cfg, max_len) / cfg.batch_size
+            (cfg.alpha * loss).backward()
+            total += loss.item()
+        log.divergence.append(total)
+        if cfg.alpha < 1 and documents and step % cfg.rl_every == 0:
+            rl_loss, rewards = imitation_loss(model, tokenizer, rng.choice(documents), stack, cfg, judge, rng)
+            if rl_loss.requires_grad:
+                ((1 - cfg.alpha) * rl_loss).backward()
+            if rewards:
+                log.reward.append(sum(rewards) / len(rewards))
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        log.steps = step + 1
+        on_step(step + 1, {"divergence": total, "reward": log.reward[-1] if log.reward else None})
+    model.eval()
+    log.seconds = time.monotonic() - start
+    return log

@@ -1,0 +1,82 @@
+"""Sleep stage 1c: the gate. The candidate stack replaces the active one only if it is better.
+
+Three measurements, candidate (active stack + tonight's expert) against active:
+1. today's held-out probes, closed book: multiple-choice accuracy must rise by `min_gain`;
+2. earlier nights' probes: accuracy may fall by at most `max_old_drop`;
+3. general drift: mean per-token KL(active || candidate) on held-out general text
+   (assets/general_heldout.jsonl) must stay under `max_drift`.
+A failed gate changes nothing: the run is recorded as rejected with its reasons.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from dreamer.evaluate import general_drift, generation, multiple_choice
+from dreamer.probes import Probe
+from dreamer.sleep_config import ASSETS, GateConfig
+from dreamer.weights import NEW, adapters
+
+
+@dataclass
+class GateResult:
+    passed: bool
+    reasons: list[str]
+    metrics: dict
+
+
+def decide(metrics: dict, cfg: GateConfig) -> GateResult:
+    """Pure decision on measured figures.
+
+    >>> figures = {"today_probes": 5, "today_before": 0.2, "today_after": 0.8, "old_before": None, "drift": 0.01}
+    >>> decide(figures, GateConfig()).passed
+    True
+    >>> decide({**figures, "today_probes": 0}, GateConfig()).reasons
+    ['the teacher wrote no usable probes, so learning cannot be verified']
+    """
+    reasons = []
+    gain = metrics["today_after"] - metrics["today_before"]
+    if not metrics.get("today_probes", 1):
+        reasons.append("the teacher wrote no usable probes, so learning cannot be verified")
+    elif gain < cfg.min_gain:
+        reasons.append(
+            f"today's recall did not improve enough: {metrics['today_before']:.2f} -> {metrics['today_after']:.2f} "
+            f"(needs +{cfg.min_gain:.2f})"
+        )
+    if metrics.get("old_before") is not None:
+        drop = metrics["old_before"] - metrics["old_after"]
+        if drop > cfg.max_old_drop:
+            reasons.append(
+                f"earlier memories faded: {metrics['old_before']:.2f} -> {metrics['old_after']:.2f} "
+                f"(may drop {cfg.max_old_drop:.2f})"
+            )
+    if metrics["drift"] > cfg.max_drift:
+        reasons.append(f"general drift too large: KL {metrics['drift']:.3f} > {cfg.max_drift:.3f}")
+    return GateResult(not reasons, reasons, metrics)
+
+
+def general_texts(name: str = "general_heldout.jsonl") -> list[str]:
+    lines = (ASSETS / name).read_text(encoding="utf-8").splitlines()
+    return [json.loads(line)["text"] for line in lines if line.strip()]
+
+
+def as_probes(rows: list[dict]) -> list[Probe]:
+    return [Probe(r["day"], r["question"], r["answer"], tuple(r["distractors"]), r.get("kind", "recall")) for r in rows]
+
+
+def accuracy(flags: list[bool]) -> float:
+    return sum(flags) / len(flags) if flags else 0.0
+
+
+def measure(model, tokenizer, stack: list[str], today: list[dict], old: list[dict], max_len: int) -> dict:
+    """Figures for `decide`, plus before/after replies to today's probes for the report."""
+    today_probes, old_probes = as_probes(today), as_probes(old)
+    figures: dict = {"today_probes": len(today_probes), "old_probes": len(old_probes)}
+    for label, names in (("before", stack), ("after", stack + [NEW])):
+        with adapters(model, names):
+            figures[f"today_{label}"] = accuracy(multiple_choice(model, tokenizer, today_probes))
+            figures[f"old_{label}"] = accuracy(multiple_choice(model, tokenizer, old_probes)) if old_probes else None
+            figures[f"replies_{label}"] = generation(model, tokenizer, today_probes)[1]
+    figures["drift"] = general_drift(model, tokenizer, general_texts(), stack, stack + [NEW], max_len=max_len)
+    return figures

@@ -1,0 +1,194 @@
+"""Sleep stage 1a: the teacher writes the night's training data and its held-out probes.
+
+The teacher is the "smaller self": base + the active stack, with the day's conversations in its
+prompt, exactly as the chat holds today in its short-term memory. The student will see the
+same requests without the conversations. From the day the teacher produces:
+
+- *questions* about the day: sampled from the teacher ("write a question about something the
+  user told you"), plus restatement requests built from each user turn ("What did I tell you
+  about Lisbon?"), plus the user's own turns replayed as prompts;
+- *answers*: `teacher_samples` sampled continuations per prompt (the GKD teacher-sampled part),
+  and a greedy answer that becomes an imitation *memory* for the RL term;
+- *probes*: a held-out share of the questions with the teacher's greedy answer, and as
+  distractors what the model says *without* the day in context (sampled closed-book answers
+  that differ from the teacher's) plus answers to other questions. Before sleep the model
+  prefers its own closed-book answers; after a good sleep it prefers what it was told.
+
+    dreamer sleep --now            # runs this stage first; `--dry-run` shows what it would use
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+from dreamer.rewards import edit_similarity
+from dreamer.sleep_config import MemoriesConfig
+from dreamer.weights import adapters
+
+QUESTION_REQUEST = (
+    "Write one short question that checks whether you remember something the user told you today. "
+    "Write only the question."
+)
+RESTATEMENTS = ("What did I tell you about {topic}?", "Do you remember what I said about {topic}?")
+GENERAL_RESTATEMENTS = ("What do you remember about me?", "What did I tell you today?")
+STOPWORDS = set(
+    "a an the and or but if of to in on at for with about from by as is are was were be been am i you he she it we "
+    "they my your his her its our their me him us them this that these those what which who whom when where why how "
+    "do does did have has had not no yes so too very just also can could would should will shall may might must "
+    "there here then than into over under after before again today tomorrow yesterday really please thanks".split()
+)
+
+
+@dataclass
+class Example:
+    """One distillation prompt: what the student sees, what the teacher sees, and how."""
+
+    kind: str  # today | replay | anchor
+    student: list[dict]
+    teacher: list[dict]
+    teacher_adapters: list[str] | None  # active stack for the teacher; None = base alone
+    samples: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Memories:
+    examples: list[Example]
+    documents: list[tuple[list[dict], str]]  # (student prompt, teacher-written memory) for imitation
+    probes: list[dict]
+    counts: dict
+
+
+def transcript(conversations: list[dict], tokenizer, max_tokens: int) -> str:
+    """The day as text for the teacher's prompt; the newest turns win when it is too long."""
+    lines = []
+    for conversation in conversations:
+        for message in conversation["messages"]:
+            speaker = "User" if message["role"] == "user" else "You" if message["role"] == "assistant" else "Note"
+            lines.append(f"- {speaker}: {' '.join(message['content'].split())}")
+    kept, used = [], 0
+    for line in reversed(lines):
+        cost = len(tokenizer(line, add_special_tokens=False)["input_ids"])
+        if used + cost > max_tokens:
+            break
+        kept.insert(0, line)
+        used += cost
+    return "\n".join(kept)
+
+
+def teacher_system(base_system: str, day_text: str) -> str:
+    # Same wording as the chat's short-term memory (agent/memory.py), so the teacher is the
+    # model exactly as it behaved during the day.
+    return f"{base_system}\n\nEarlier today you and the user said:\n{day_text}"
+
+
+def topics(text: str, limit: int = 2) -> list[str]:
+    """Salient words of a user turn: capitalised words inside the sentence first, then long ones.
+
+    >>> topics("My sister Ana lives in Lisbon and works as a pilot.")
+    ['Ana', 'Lisbon']
+    """
+    words = re.findall(r"[A-Za-zÀ-ÿ][\w'-]*", text)
+    capitals = [w for i, w in enumerate(words) if i > 0 and w[0].isupper() and w.lower() not in STOPWORDS]
+    longer = sorted((w for w in words if w.lower() not in STOPWORDS and len(w) > 4), key=len, reverse=True)
+    return list(dict.fromkeys(capitals + longer))[:limit]
+
+
+def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+
+
+@torch.no_grad()
+def sample(model, tokenizer, messages, names, *, n: int, max_new_tokens: int, temperature: float | None) -> list[str]:
+    """n continuations of a chat prompt with `names` active (temperature None = greedy)."""
+    ids = torch.tensor([chat_ids(tokenizer, messages)], device=model.device)
+    kwargs = {"do_sample": False} if temperature is None else {"do_sample": True, "temperature": temperature, "top_p": 0.95}
+    with adapters(model, names):
+        out = model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+            num_return_sequences=n, pad_token_id=tokenizer.pad_token_id, **kwargs,
+        )
+    return [tokenizer.decode(row[ids.shape[1]:], skip_special_tokens=True).strip() for row in out]
+
+
+def is_question(text: str) -> bool:
+    words = text.split()
+    return text.endswith("?") and 3 <= len(words) <= 30
+
+
+def write_memories(
+    model, tokenizer, conversations: list[dict], *, day: str, base_system: str, stack: list[str],
+    cfg: MemoriesConfig, rng: random.Random, progress=lambda n=1: None,
+) -> Memories:
+    """`base_system` is the chat's system prompt for `day` (agent.memory.system_message)."""
+    day_text = transcript(conversations, tokenizer, cfg.max_context_tokens)
+    with_day = teacher_system(base_system, day_text)
+    closed = [{"role": "system", "content": base_system}]
+    opened = [{"role": "system", "content": with_day}]
+    gen = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
+
+    # --- questions: sampled from the teacher, and built from the user's own turns ---------
+    user_turns = [m["content"] for c in conversations for m in c["messages"] if m["role"] == "user"]
+    wanted = cfg.questions_per_conversation * len(conversations)
+    sampled = sample(model, tokenizer, opened + [{"role": "user", "content": QUESTION_REQUEST}], stack, n=wanted, **gen)
+    progress()
+    generated = [q for q in dict.fromkeys(s.split("\n")[0].strip() for s in sampled) if is_question(q)]
+    built = [t.format(topic=topic) for turn in user_turns for topic in topics(turn) for t in RESTATEMENTS[:1]]
+    questions = list(dict.fromkeys(generated + built))
+    rng.shuffle(questions)
+    n_probes = max(1, round(len(questions) * cfg.probe_fraction)) if len(questions) > 1 else 0
+    probe_questions, train_questions = questions[:n_probes], questions[n_probes:]
+
+    # --- teacher answers: greedy (memories, probe answers) and sampled (GKD targets) ---------
+    greedy = {}
+    for question in questions:
+        greedy[question] = sample(model, tokenizer, opened + [{"role": "user", "content": question}], stack,
+                                  n=1, max_new_tokens=cfg.max_new_tokens, temperature=None)[0]
+        progress()
+    prompts = train_questions + list(GENERAL_RESTATEMENTS) + user_turns
+    examples, documents = [], []
+    for prompt in prompts:
+        user = {"role": "user", "content": prompt}
+        samples = sample(model, tokenizer, opened + [user], stack, n=cfg.teacher_samples, **gen)
+        progress()
+        if prompt in greedy:
+            samples.append(greedy[prompt])
+            documents.append((closed + [user], greedy[prompt]))
+        samples = [s for s in samples if s]
+        if samples:
+            examples.append(Example("today", closed + [user], opened + [user], stack or None, samples))
+
+    # --- probes: teacher's answer vs what the model says without the day ----------------------
+    probes = []
+    for question in probe_questions:
+        answer = greedy[question]
+        if not answer:
+            continue
+        closed_book = sample(model, tokenizer, closed + [{"role": "user", "content": question}], stack,
+                             n=cfg.distractors + 2, **gen)
+        progress()
+        others = [greedy[q] for q in questions if q != question and greedy[q]]
+        rng.shuffle(others)
+        distractors = []
+        for option in closed_book + others:
+            if option and all(edit_similarity(option, kept) < 0.8 for kept in [answer, *distractors]):
+                distractors.append(option)
+            if len(distractors) == cfg.distractors:
+                break
+        if distractors:
+            probes.append({"day": day, "question": question, "answer": answer, "distractors": distractors,
+                           "kind": "recall"})
+    counts = {
+        "user_turns": len(user_turns), "questions_generated": len(generated), "questions_from_turns": len(built),
+        "training_prompts": len(examples), "memories": len(documents), "probes": len(probes),
+    }
+    return Memories(examples, documents, probes, counts)
+
+
+def expected_generations(n_conversations: int, n_user_turns: int, cfg: MemoriesConfig) -> int:
+    """Upper bound of the generate() calls above, for `--dry-run` and the progress bar."""
+    questions = cfg.questions_per_conversation * n_conversations + 2 * n_user_turns
+    return 1 + questions + questions + len(GENERAL_RESTATEMENTS) + n_user_turns + questions

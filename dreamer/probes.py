@@ -1,0 +1,85 @@
+"""Closed-book probes: a question, its answer, and wrong answers (distractors).
+
+Written by the teacher during sleep (held out from training, used by the gate, replayed on
+later nights) or by a person for `dreamer eval --probes FILE.jsonl`, one per line:
+
+    {"day": "YYYY-MM-DD", "question": "...", "answer": "...", "distractors": ["...", "..."], "kind": "recall"}
+
+`kind` is one of recall | update | general.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from storage.days import parse_day
+
+KINDS = ("recall", "update", "general")
+KEYS = {"day", "question", "answer", "distractors", "kind"}
+
+
+class ProbeError(ValueError):
+    """A bad probe line; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    day: str
+    question: str
+    answer: str
+    distractors: tuple[str, ...] = field(default_factory=tuple)
+    kind: str = "recall"
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "distractors": list(self.distractors)}
+
+
+def parse_probe(obj: object) -> Probe:
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    unknown = sorted(set(obj) - KEYS)
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0]!r} (allowed: {', '.join(sorted(KEYS))})")
+    for key in ("day", "question", "answer"):
+        if not isinstance(obj.get(key), str) or not obj[key].strip():
+            raise ValueError(f"'{key}' must be a non-empty string")
+    day = str(parse_day(obj["day"]))
+    distractors = obj.get("distractors", [])
+    if not isinstance(distractors, list) or not distractors or not all(isinstance(d, str) and d.strip() for d in distractors):
+        raise ValueError("'distractors' must be a non-empty list of non-empty strings")
+    if obj["answer"] in distractors:
+        raise ValueError("the answer is also listed as a distractor")
+    kind = obj.get("kind", "recall")
+    if kind not in KINDS:
+        raise ValueError(f"'kind' must be one of {', '.join(KINDS)}, got {kind!r}")
+    return Probe(day, obj["question"], obj["answer"], tuple(distractors), kind)
+
+
+def read_probes(path: Path) -> list[Probe]:
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as err:
+        raise ProbeError(f"{path}: cannot read: {err.strerror}") from None
+    probes = []
+    for number, line in enumerate(raw.splitlines(), start=1):
+        try:
+            text = line.decode("utf-8")
+            if text.strip():
+                probes.append(parse_probe(json.loads(text)))
+        except UnicodeDecodeError as err:
+            raise ProbeError(f"{path}, line {number}: invalid UTF-8 at byte {err.start}") from None
+        except json.JSONDecodeError as err:
+            raise ProbeError(f"{path}, line {number}: invalid JSON: {err.msg}") from None
+        except ValueError as err:
+            raise ProbeError(f"{path}, line {number}: {err}") from None
+    if not probes:
+        raise ProbeError(f"{path}: no probes")
+    return probes
+
+
+def write_probes(path: Path, probes: list[Probe]) -> None:
+    with open(path, "w", encoding="utf-8") as out:
+        for probe in probes:
+            out.write(json.dumps(probe.as_dict(), ensure_ascii=False) + "\n")

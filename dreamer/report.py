@@ -1,0 +1,61 @@
+"""The morning report: what one night learned, in Markdown (stored with the run, printed)."""
+
+from __future__ import annotations
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.0f}%"
+
+
+def _cell(text: str, width: int = 80) -> str:
+    text = " ".join(str(text).split()).replace("|", "\\|")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def morning_report(*, night: int | None, days: list[str], status: str, reasons: list[str], plan: str, preset: str,
+                   counts: dict, gate: dict, probes: list[dict], training: dict, seconds: float,
+                   peak_memory_mb: float) -> str:
+    title = f"night {night}" if night else "no new night"
+    lines = [
+        f"# Morning report: {title} ({', '.join(days)})",
+        "",
+        f"**{status.upper()}**" + ("" if not reasons else ": " + "; ".join(reasons)),
+        "",
+        f"- preset `{preset}`, {plan}",
+        f"- wall time {seconds / 60:.1f} min, peak memory {peak_memory_mb:.0f} MB",
+        f"- from {counts.get('user_turns', 0)} user turns: {counts.get('questions_generated', 0)} questions written by "
+        f"the teacher, {counts.get('questions_from_turns', 0)} built from the turns, "
+        f"{counts.get('training_prompts', 0)} training prompts, {counts.get('probes', 0)} held-out probes",
+        "",
+        "## Gate",
+        "",
+        "| measure | active | candidate |",
+        "|---|---|---|",
+        f"| today's probes, closed book (n={gate.get('today_probes', 0)}) | {_pct(gate.get('today_before'))} | "
+        f"{_pct(gate.get('today_after'))} |",
+        f"| earlier nights' probes (n={gate.get('old_probes', 0)}) | {_pct(gate.get('old_before'))} | "
+        f"{_pct(gate.get('old_after'))} |",
+        f"| general drift, KL(active ‖ candidate) | 0 | {gate.get('drift', 0):.4f} |",
+        "",
+    ]
+    if probes:
+        lines += ["## What was learned", "", "| question | told (teacher, with the day) | before | after |", "|---|---|---|---|"]
+        before, after = gate.get("replies_before") or [], gate.get("replies_after") or []
+        for i, probe in enumerate(probes):
+            lines.append(
+                f"| {_cell(probe['question'], 60)} | {_cell(probe['answer'])} | "
+                f"{_cell(before[i] if i < len(before) else '')} | {_cell(after[i] if i < len(after) else '')} |"
+            )
+        lines.append("")
+    if training:
+        lines += [
+            "## Training",
+            "",
+            f"- {training.get('steps')} steps in {training.get('seconds')} s; "
+            f"{training.get('on_policy_samples')} on-policy and {training.get('teacher_samples')} teacher continuations",
+            f"- divergence {training.get('divergence_first') or 0:.4f} (first steps) -> "
+            f"{training.get('divergence_last') or 0:.4f} (last steps)",
+            f"- imitation reward: mean {training.get('reward_mean') or 0:.3f}, last {training.get('reward_last') or 0:.3f}",
+            "",
+        ]
+    return "\n".join(lines)

@@ -1,0 +1,240 @@
+"""One night of sleep, stage 1: Knowledge Seeding (collect -> load -> memories -> distill -> gate -> save).
+
+    dreamer sleep --now [--day D] [--preset cpu-tiny|gpu-qlora] [--dry-run]
+
+1. Collect the turns not yet consolidated (all waiting days, or `--day`).
+2. Load the base (NF4 on CUDA, fp32 on CPU), the active stack frozen, and a new LoRA expert.
+3. The teacher (active stack + the day in context) writes training prompts, answers,
+   memories and held-out probes (dreamer.memories).
+4. Generalized distillation into the new expert (dreamer.distill), with replay of earlier
+   nights' probes and a general-text anchor.
+5. The gate (dreamer.gate). Pass: the expert is saved and promoted and the turns marked
+   consolidated, in one transaction. Fail: nothing changes but the run's own record.
+6. A morning report (dreamer.report), stored with the run.
+
+Only one sleep runs at a time (a file lock). Ctrl-C or SIGTERM marks the run interrupted and
+leaves the stack and the conversations exactly as they were.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import random
+import resource
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+from agent.memory import system_message
+from storage import Config, Store
+from storage import ledger
+from storage.paths import adapters_dir, cache_dir, ensure_private_dir
+from dreamer.sleep_config import ASSETS, SleepConfig
+
+
+class SleepBusy(RuntimeError):
+    """Another sleep holds the lock."""
+
+
+@dataclass
+class SleepOutcome:
+    status: str  # nothing | dry-run | promoted | rejected
+    message: str
+    run_id: int | None = None
+    report: str = ""
+    metrics: dict = field(default_factory=dict)
+
+
+class NoProgress:
+    """Progress sink used when nobody watches (tests, the scheduler)."""
+
+    def phase(self, name: str, total: int | None = None):
+        return lambda n=1: None
+
+
+@contextmanager
+def sleep_lock(home: Path):
+    ensure_private_dir(home)
+    handle = open(home / "sleep.lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise SleepBusy(f"another sleep is already running (pid {holder}); only one runs at a time") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """A kill (SIGTERM) unwinds like Ctrl-C, so the cleanup below runs either way."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def peak_memory_mb() -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def collect(store: Store, day: str | None) -> tuple[list[dict], list[str], list[int]]:
+    conversations = ledger.unconsolidated(store, day)
+    days = sorted({d for c in conversations for d in c["days"]})
+    ids = [m["id"] for c in conversations for m in c["messages"]]
+    return conversations, days, ids
+
+
+def estimate(conversations: list[dict], cfg: SleepConfig) -> str:
+    from dreamer.memories import expected_generations
+
+    turns = sum(1 for c in conversations for m in c["messages"] if m["role"] == "user")
+    generations = expected_generations(len(conversations), turns, cfg.memories)
+    passes = cfg.distill.steps * cfg.distill.batch_size
+    return (f"{len(conversations)} conversations, {turns} user turns; up to {generations} teacher generations, "
+            f"{cfg.distill.steps} steps x {cfg.distill.batch_size} sequences ({passes} teacher+student passes)")
+
+
+def sleep_now(store: Store, config: Config, cfg: SleepConfig, *, day: str | None = None, dry_run: bool = False,
+              progress=None, judge=None, home: Path, on_step=None) -> SleepOutcome:
+    conversations, days, message_ids = collect(store, day)
+    if not conversations:
+        where = f" on {day}" if day else ""
+        return SleepOutcome("nothing", f"nothing to consolidate{where}: every turn is already in memory")
+    if dry_run:
+        return SleepOutcome("dry-run", f"would consolidate {', '.join(days)}: {estimate(conversations, cfg)}; "
+                                       f"preset {cfg.preset}; nothing trained")
+    progress = progress or NoProgress()
+    with sleep_lock(home):
+        run_id = ledger.start_run(store, days[-1], cfg.preset)
+        try:
+            with sigterm_as_interrupt():
+                return _night(store, config, cfg, conversations, days, message_ids, run_id, progress, judge, home,
+                              on_step)
+        except KeyboardInterrupt:
+            ledger.finish_run(store, run_id, "interrupted", reason="interrupted (Ctrl-C or kill); nothing changed")
+            raise
+        except BaseException as err:
+            ledger.finish_run(store, run_id, "failed", reason=f"{type(err).__name__}: {err}")
+            raise
+        finally:
+            from dreamer.stack import candidate_dir, discard
+
+            discard(candidate_dir(adapters_dir(home), run_id))  # promoted ones were moved away already
+
+
+def _night(store, config, cfg, conversations, days, message_ids, run_id, progress, judge, home, on_step):
+    import torch
+
+    from dreamer import gate as gate_stage
+    from dreamer import stack as stack_files
+    from dreamer.distill import distill
+    from dreamer.memories import Example, expected_generations, sample, write_memories
+    from dreamer.report import morning_report
+    from dreamer.rewards import SemanticJudge
+    from dreamer.weights import base_fingerprint, build_stack, load_base, plan_device, stack_names, training_source
+
+    started = time.monotonic()
+    rng = random.Random(cfg.load.seed)
+    torch.manual_seed(cfg.load.seed)
+    root = adapters_dir(home)
+
+    advance = progress.phase("load model", 1)
+    plan = plan_device(cfg.load)
+    source = training_source(config.train_model, cache_dir(home))
+    base, tokenizer = load_base(source, plan)
+    experts = stack_files.active_paths(store)
+    model = build_stack(base, experts, cfg.distill)
+    stack = stack_names(model, include_new=False)
+    advance()
+
+    turns = sum(1 for c in conversations for m in c["messages"] if m["role"] == "user")
+    advance = progress.phase("teacher writes memories", expected_generations(len(conversations), turns, cfg.memories))
+    base_system = system_message(config, date.fromisoformat(days[-1]))
+    memories = write_memories(model, tokenizer, conversations, day=days[-1], base_system=base_system, stack=stack,
+                              cfg=cfg.memories, rng=rng, progress=advance)
+    closed = [{"role": "system", "content": base_system}]
+    replay_rows = ledger.replay_probes(store)
+    replay = [Example("replay", closed + [{"role": "user", "content": p["question"]}],
+                      closed + [{"role": "user", "content": p["question"]}], stack or None, [p["answer"]])
+              for p in replay_rows]
+    anchor = []
+    for line in (ASSETS / "general_prompts.jsonl").read_text().splitlines():
+        user = [{"role": "user", "content": json.loads(line)["prompt"]}]
+        answer = sample(model, tokenizer, user, [], n=1, max_new_tokens=cfg.memories.max_new_tokens, temperature=None)[0]
+        anchor.append(Example("anchor", user, user, None, [answer]))
+
+    advance = progress.phase("distil into a new expert", cfg.distill.steps)
+    needs_judge = cfg.distill.alpha < 1 and cfg.distill.gamma > 0
+    judge = judge or (SemanticJudge() if needs_judge else None)
+
+    def step_hook(step, info):
+        advance()
+        if on_step:
+            on_step(step, info)
+
+    log = distill(model, tokenizer, today=memories.examples, replay=replay, anchor=anchor, documents=memories.documents,
+                  stack=stack, cfg=cfg.distill, max_len=cfg.load.max_seq_len, judge=judge, rng=rng, on_step=step_hook)
+
+    advance = progress.phase("gate", 1)
+    figures = gate_stage.measure(model, tokenizer, stack, memories.probes, replay_rows, cfg.load.max_seq_len)
+    decision = gate_stage.decide(figures, cfg.gate)
+    ledger.save_probes(store, run_id, memories.probes)
+    advance()
+
+    night = ledger.next_night(store) if decision.passed else None
+    metrics = {"gate": {k: v for k, v in figures.items() if not k.startswith("replies")}, "training": log.summary(),
+               "counts": memories.counts, "plan": plan.describe(), "peak_memory_mb": round(peak_memory_mb(), 1),
+               "seconds": round(time.monotonic() - started, 1), "days": days}
+    status = "promoted" if decision.passed else "rejected"
+    report = morning_report(night=night, days=days, status=status, reasons=decision.reasons, plan=plan.describe(),
+                            preset=cfg.preset, counts=memories.counts, gate=figures, probes=memories.probes,
+                            training=log.summary(), seconds=metrics["seconds"], peak_memory_mb=metrics["peak_memory_mb"])
+    if decision.passed:
+        advance = progress.phase("save and promote", 1)
+        candidate = stack_files.save_candidate(model, stack_files.candidate_dir(root, run_id), {
+            "base": base_fingerprint(base), "base_source": source, "days": days, "run_id": run_id,
+            "rank": cfg.distill.rank, "lora_alpha": cfg.distill.lora_alpha, "metrics": metrics,
+            "config": cfg.as_dict(), "conversation_ids": [c["conversation_id"] for c in conversations],
+        })
+        final = stack_files.place_expert(candidate, root, night)
+        adapter = {"night": night, "day": days[-1], "path": str(final), "gguf_path": None,
+                   "metrics": json.dumps(metrics, default=str), "config": json.dumps(cfg.as_dict())}
+        try:
+            ledger.promote(store, run_id, adapter, message_ids)
+        except BaseException:
+            stack_files.discard(final)  # the database said no: leave no orphan expert behind
+            raise
+        stack_files.write_manifest(store, root)
+        advance()
+    ledger.finish_run(store, run_id, status, reason="; ".join(decision.reasons), report=report, metrics=metrics)
+    message = (f"night {night} promoted: {len(message_ids)} turns consolidated" if decision.passed
+               else "rejected by the gate: " + "; ".join(decision.reasons) + "; the conversations wait for the next night")
+    return SleepOutcome(status, message, run_id, report, metrics)

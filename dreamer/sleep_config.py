@@ -1,0 +1,157 @@
+"""One dataclass config per sleep stage, and the presets in `assets/presets/*.toml`.
+
+    dreamer sleep --now --preset cpu-tiny      # the CPU default
+    dreamer sleep --now --preset gpu-qlora     # one consumer GPU, 4-bit base
+
+A preset file has one table per stage (`[load]`, `[memories]`, `[distill]`, `[gate]`); a key it
+does not set keeps the dataclass default. Unknown tables or keys, and values out of range, are
+errors that name the key (`distill.lmbda must be in [0, 1]`).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+PRESETS = ASSETS / "presets"
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
+
+
+class SleepConfigError(ValueError):
+    """A preset or config value is wrong; the message names `stage.key`."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise SleepConfigError(message)
+
+
+def _unit(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+@dataclass
+class LoadConfig:
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
+    quantization: str = field(default="auto", metadata={"help": "auto (nf4 on cuda, none on cpu) | none | nf4"})
+    max_seq_len: int = field(default=384, metadata={"help": "longest training sequence, tokens"})
+    seed: int = field(default=0, metadata={"help": "random seed for sampling and data order"})
+
+    def __post_init__(self):
+        _check(self.device in ("auto", "cpu", "cuda"), f"load.device must be auto, cpu or cuda, got {self.device!r}")
+        _check(self.quantization in ("auto", "none", "nf4"), f"load.quantization must be auto, none or nf4, got {self.quantization!r}")
+        _check(_positive_int(self.max_seq_len), f"load.max_seq_len must be a positive integer, got {self.max_seq_len!r}")
+
+
+@dataclass
+class MemoriesConfig:
+    questions_per_conversation: int = field(default=6, metadata={"help": "questions the teacher writes per conversation"})
+    probe_fraction: float = field(default=0.35, metadata={"help": "share of questions held out as probes (gate, replay)"})
+    distractors: int = field(default=3, metadata={"help": "wrong answers per probe"})
+    teacher_samples: int = field(default=2, metadata={"help": "teacher continuations sampled per training prompt"})
+    max_new_tokens: int = field(default=48, metadata={"help": "longest teacher answer, tokens"})
+    temperature: float = field(default=0.7, metadata={"help": "teacher sampling temperature"})
+    max_context_tokens: int = field(default=1536, metadata={"help": "tokens of the day's transcript in the teacher prompt"})
+
+    def __post_init__(self):
+        for name in ("questions_per_conversation", "distractors", "teacher_samples", "max_new_tokens", "max_context_tokens"):
+            _check(_positive_int(getattr(self, name)), f"memories.{name} must be a positive integer, got {getattr(self, name)!r}")
+        _check(0 < self.probe_fraction < 1, f"memories.probe_fraction must be in (0, 1), got {self.probe_fraction!r}")
+        _check(0 < self.temperature <= 2, f"memories.temperature must be in (0, 2], got {self.temperature!r}")
+
+
+@dataclass
+class DistillConfig:
+    steps: int = field(default=60, metadata={"help": "optimizer steps of the night"})
+    batch_size: int = field(default=4, metadata={"help": "sequences per step (gradient accumulation on CPU)"})
+    learning_rate: float = field(default=3e-4, metadata={"help": "AdamW learning rate of the new expert"})
+    rank: int = field(default=16, metadata={"help": "LoRA rank of the new expert"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / rank)"})
+    alpha: float = field(default=0.8, metadata={"help": "weight of the divergence term; 1 - alpha weighs the imitation RL term"})
+    lmbda: float = field(default=0.5, metadata={"help": "on-policy fraction: share of student-sampled continuations"})
+    divergence: str = field(default="jsd", metadata={"help": "forward_kl | reverse_kl | jsd"})
+    beta: float = field(default=0.5, metadata={"help": "JSD interpolation (0 = forward KL, 1 = reverse KL)"})
+    gamma: float = field(default=0.5, metadata={"help": "imitation reward: weight of semantic match vs edit similarity"})
+    z0: float = field(default=0.5, metadata={"help": "edit-similarity reward is 0 beyond this normalized distance"})
+    sem_threshold: float = field(default=0.7, metadata={"help": "cosine above which two texts mean the same"})
+    rl_group: int = field(default=4, metadata={"help": "completions per prefix (group-mean baseline)"})
+    rl_every: int = field(default=2, metadata={"help": "run the imitation RL term every k steps (it samples)"})
+    rl_new_tokens: int = field(default=24, metadata={"help": "longest student completion in the RL term"})
+    replay_fraction: float = field(default=0.2, metadata={"help": "share of prompts replayed from earlier nights"})
+    anchor_fraction: float = field(default=0.15, metadata={"help": "share of general-text prompts (teacher = base)"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "rank", "lora_alpha", "rl_group", "rl_every", "rl_new_tokens"):
+            _check(_positive_int(getattr(self, name)), f"distill.{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("alpha", "lmbda", "beta", "gamma", "z0", "sem_threshold", "replay_fraction", "anchor_fraction"):
+            _check(_unit(getattr(self, name)), f"distill.{name} must be in [0, 1], got {getattr(self, name)!r}")
+        _check(self.divergence in DIVERGENCES, f"distill.divergence must be one of {', '.join(DIVERGENCES)}, got {self.divergence!r}")
+        _check(self.replay_fraction + self.anchor_fraction < 1, "distill.replay_fraction + distill.anchor_fraction must be < 1")
+        _check(self.learning_rate > 0, f"distill.learning_rate must be > 0, got {self.learning_rate!r}")
+        _check(self.rl_group >= 2 or self.alpha == 1, "distill.rl_group must be >= 2 for a group-mean baseline")
+
+
+@dataclass
+class GateConfig:
+    min_gain: float = field(default=0.01, metadata={"help": "today's probe accuracy must rise by at least this"})
+    max_old_drop: float = field(default=0.05, metadata={"help": "earlier nights' probe accuracy may fall by at most this"})
+    max_drift: float = field(default=0.15, metadata={"help": "mean per-token KL(active || candidate) on held-out general text"})
+
+    def __post_init__(self):
+        for name in ("min_gain", "max_old_drop"):
+            _check(_unit(getattr(self, name)), f"gate.{name} must be in [0, 1], got {getattr(self, name)!r}")
+        _check(self.max_drift > 0, f"gate.max_drift must be > 0, got {self.max_drift!r}")
+
+
+STAGES = {"load": LoadConfig, "memories": MemoriesConfig, "distill": DistillConfig, "gate": GateConfig}
+
+
+@dataclass
+class SleepConfig:
+    preset: str = "cpu-tiny"
+    load: LoadConfig = field(default_factory=LoadConfig)
+    memories: MemoriesConfig = field(default_factory=MemoriesConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS.glob("*.toml"))
+
+
+def load_preset(name_or_path: str) -> SleepConfig:
+    """A preset by name (`cpu-tiny`) or by path to a TOML file."""
+    path = Path(name_or_path)
+    if path.suffix != ".toml":
+        path = PRESETS / f"{name_or_path}.toml"
+    if not path.is_file():
+        raise SleepConfigError(f"unknown preset {name_or_path!r}: choose one of {', '.join(preset_names())} or give a .toml path")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise SleepConfigError(f"{path}: not valid TOML: {err}") from None
+    return sleep_config_from_dict(data, preset=path.stem)
+
+
+def sleep_config_from_dict(data: dict, preset: str = "custom") -> SleepConfig:
+    stages = {}
+    for stage, values in data.items():
+        if stage not in STAGES:
+            raise SleepConfigError(f"unknown section [{stage}] (known: {', '.join(STAGES)})")
+        cls = STAGES[stage]
+        known = {f.name for f in fields(cls)}
+        for key in values:
+            if key not in known:
+                raise SleepConfigError(f"unknown key {stage}.{key} (known: {', '.join(sorted(known))})")
+        stages[stage] = cls(**values)
+    return SleepConfig(preset=preset, **stages)

@@ -1,0 +1,101 @@
+"""User configuration: `DREAMER_HOME/config.toml`, every key optional.
+
+```toml
+model = "~/models/my-model.gguf"   # GGUF for chat (default: embedded SmolLM2-135M-Instruct)
+train_model = "HuggingFaceTB/SmolLM2-360M-Instruct"  # HF dir or id for sleep training
+day_boundary = "04:00"             # a chat at 01:30 belongs to the previous day
+```
+
+Unknown keys and out-of-range values are refused with an error naming the key, so a typo
+never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from storage.days import parse_boundary
+from storage.paths import config_path
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are dreamer, a personal assistant that runs privately on the user's own computer. "
+    "You remember what the user tells you: during the day from the conversation, and at night "
+    "you sleep and learn it for good. Answer helpfully and briefly."
+)
+
+
+class ConfigError(ValueError):
+    """A config file or value is wrong; the message names the key."""
+
+
+@dataclass
+class Config:
+    model: str = field(default="", metadata={"help": "GGUF file for chat; empty = embedded SmolLM2-135M-Instruct"})
+    train_model: str = field(
+        default="", metadata={"help": "Hugging Face model dir or id for sleep training; empty = the embedded GGUF, dequantized"}
+    )
+    day_boundary: str = field(default="04:00", metadata={"help": "local time (HH:MM) at which a new day starts"})
+    n_ctx: int = field(default=4096, metadata={"help": "context window of the chat model, tokens"})
+    max_reply_tokens: int = field(default=512, metadata={"help": "longest reply, tokens"})
+    temperature: float = field(default=0.7, metadata={"help": "sampling temperature for chat"})
+    memory_token_budget: int = field(
+        default=768, metadata={"help": "tokens of earlier turns from today recalled into the prompt"}
+    )
+    max_message_tokens: int = field(
+        default=1024, metadata={"help": "a longer message is stored whole but truncated in the prompt"}
+    )
+    n_threads: int = field(default=0, metadata={"help": "CPU threads for llama.cpp; 0 = all cores"})
+    system_prompt: str = field(default=DEFAULT_SYSTEM_PROMPT, metadata={"help": "what the agent is told it is"})
+
+    def __post_init__(self) -> None:
+        try:
+            parse_boundary(self.day_boundary)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        positive = ("n_ctx", "max_reply_tokens", "memory_token_budget", "max_message_tokens")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.n_threads, int) or self.n_threads < 0:
+            raise ConfigError(f"n_threads must be an integer >= 0, got {self.n_threads!r}")
+        if not isinstance(self.temperature, (int, float)) or not 0 <= self.temperature <= 2:
+            raise ConfigError(f"temperature must be in [0, 2], got {self.temperature!r}")
+        if self.memory_token_budget + self.max_reply_tokens >= self.n_ctx:
+            raise ConfigError(
+                f"memory_token_budget + max_reply_tokens ({self.memory_token_budget + self.max_reply_tokens}) "
+                f"must leave room in n_ctx ({self.n_ctx})"
+            )
+
+    @property
+    def boundary(self):
+        return parse_boundary(self.day_boundary)
+
+    def model_path(self) -> Path | None:
+        """The configured chat GGUF, or None for the embedded default."""
+        return Path(os.path.expanduser(self.model)) if self.model else None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Read the config file (missing file = all defaults); unknown keys are errors."""
+    path = path or config_path()
+    if not path.exists():
+        return Config()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    known = {f.name for f in fields(Config)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r} (known keys: {', '.join(sorted(known))})")
+    try:
+        return Config(**data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None

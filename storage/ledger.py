@@ -1,0 +1,101 @@
+"""The sleep's records in dreamer.db: runs, held-out probes, adapters, consolidation marks.
+
+The only write that changes what the agent *is* happens in `promote`, in one transaction:
+the new expert becomes active and the night's messages are marked consolidated by that run.
+Any other outcome (rejected, interrupted, failed) only updates the run's own row, so the
+conversations wait for the next night.
+"""
+
+from __future__ import annotations
+
+import json
+
+from storage.store import Store, dumps
+
+
+def unconsolidated(store: Store, day: str | None = None) -> list[dict]:
+    """Conversations with turns waiting for sleep (only those turns), oldest first.
+
+    Each: {"conversation_id", "title", "days", "messages": [{"id", "role", "content", "day"}]}.
+    Turns still being written (`generating`) wait for a later night.
+    """
+    where = "consolidated_run_id is null and status != 'generating' and content != ''"
+    args: list = []
+    if day:
+        where += " and day = ?"
+        args.append(day)
+    grouped: dict[int, dict] = {}
+    for row in store.db["messages"].rows_where(where, args, order_by="id"):
+        entry = grouped.setdefault(
+            row["conversation_id"],
+            {"conversation_id": row["conversation_id"], "title": store.conversation(row["conversation_id"])["title"],
+             "days": [], "messages": []},
+        )
+        if row["day"] not in entry["days"]:
+            entry["days"].append(row["day"])
+        entry["messages"].append({k: row[k] for k in ("id", "role", "content", "day")})
+    return list(grouped.values())
+
+
+def start_run(store: Store, day: str, preset: str) -> int:
+    return store.db["sleep_runs"].insert(
+        {"day": day, "started_at": store.now().isoformat(), "status": "running", "preset": preset}
+    ).last_pk
+
+
+def finish_run(store: Store, run_id: int, status: str, *, reason: str = "", report: str = "", metrics=None) -> None:
+    store.db["sleep_runs"].update(
+        run_id,
+        {"status": status, "finished_at": store.now().isoformat(), "reason": reason, "report": report,
+         "metrics": dumps(metrics or {})},
+    )
+
+
+def runs(store: Store, limit: int = 20) -> list[dict]:
+    return list(store.db["sleep_runs"].rows_where(order_by="id desc", limit=limit))
+
+
+def save_probes(store: Store, run_id: int, probes: list[dict]) -> None:
+    with store.db.atomic():
+        store.db["probes"].insert_all(
+            {"run_id": run_id, "day": p["day"], "question": p["question"], "answer": p["answer"],
+             "distractors": json.dumps(list(p["distractors"]), ensure_ascii=False), "kind": p.get("kind", "recall")}
+            for p in probes
+        )
+
+
+def replay_probes(store: Store) -> list[dict]:
+    """Probes of the nights whose expert is in the active stack: the old memories to keep."""
+    sql = """
+        select p.* from probes p join adapters a on a.run_id = p.run_id
+        where a.status = 'active' order by p.id
+    """
+    return [{**row, "distractors": json.loads(row["distractors"])} for row in store.db.query(sql)]
+
+
+def adapters(store: Store, status: str | None = None) -> list[dict]:
+    where, args = ("status = ?", [status]) if status else (None, None)
+    return [
+        {**row, "metrics": json.loads(row["metrics"] or "{}")}
+        for row in store.db["adapters"].rows_where(where, args, order_by="night")
+    ]
+
+
+def next_night(store: Store) -> int:
+    row = next(iter(store.db.query("select max(night) as n from adapters")), None)
+    return (row["n"] or 0) + 1 if row else 1
+
+
+def promote(store: Store, run_id: int, adapter: dict, message_ids: list[int]) -> int:
+    """Activate the new expert and mark its messages consolidated, atomically."""
+    with store.db.atomic():
+        adapter_id = store.db["adapters"].insert(
+            {**adapter, "run_id": run_id, "status": "active", "created_at": store.now().isoformat()}
+        ).last_pk
+        for start in range(0, len(message_ids), 500):  # SQLite's variable limit
+            chunk = message_ids[start : start + 500]
+            store.db.execute(
+                f"update messages set consolidated_run_id = ? where id in ({','.join('?' * len(chunk))})",
+                [run_id, *chunk],
+            )
+    return adapter_id

@@ -1,0 +1,94 @@
+"""Schema of dreamer.db, as numbered migrations.
+
+Opening a `Store` applies whatever is pending, so a new and an old database behave the same.
+A migration that has landed is never edited: change the schema by adding the next one.
+"""
+
+from __future__ import annotations
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+migrations = Migrations("dreamer")
+
+
+@migrations()
+def m001_conversations_and_messages(db: Database) -> None:
+    db["conversations"].create(
+        {"id": int, "title": str, "day": str, "created_at": str, "updated_at": str},
+        pk="id",
+    )
+    db["conversations"].create_index(["day"])
+    db["messages"].create(
+        {
+            "id": int,
+            "conversation_id": int,
+            "role": str,  # system | user | assistant
+            "content": str,
+            "created_at": str,  # ISO-8601, UTC
+            "day": str,  # YYYY-MM-DD after the day boundary, local time
+            "status": str,  # complete | generating | interrupted
+            "writer_pid": int,  # process writing a 'generating' row, to detect crashes
+            "consolidated_run_id": int,  # sleep run that consolidated it; NULL = waiting
+        },
+        pk="id",
+        foreign_keys=[("conversation_id", "conversations", "id")],
+        not_null={"conversation_id", "role", "content", "created_at", "day", "status"},
+    )
+    db["messages"].create_index(["conversation_id", "id"])
+    db["messages"].create_index(["day", "consolidated_run_id"])
+    db["messages"].enable_fts(["content"], create_triggers=True, tokenize="porter")
+
+
+@migrations()
+def m002_sleep_runs_and_adapters(db: Database) -> None:
+    db["sleep_runs"].create(
+        {
+            "id": int,
+            "day": str,  # the day consolidated (the latest one when several)
+            "started_at": str,
+            "finished_at": str,
+            "status": str,  # running | promoted | rejected | interrupted | failed | dry-run
+            "preset": str,
+            "reason": str,  # why rejected / failed
+            "report": str,  # morning report, Markdown
+            "metrics": str,  # JSON
+        },
+        pk="id",
+    )
+    db["adapters"].create(
+        {
+            "id": int,
+            "night": int,  # 1, 2, 3 ... in promotion order
+            "day": str,
+            "run_id": int,
+            "path": str,  # PEFT adapter folder
+            "gguf_path": str,  # llama.cpp LoRA adapter, once exported
+            "status": str,  # candidate | active | retired
+            "created_at": str,
+            "metrics": str,  # JSON
+            "config": str,  # JSON
+        },
+        pk="id",
+        foreign_keys=[("run_id", "sleep_runs", "id")],
+    )
+
+
+@migrations()
+def m003_probes(db: Database) -> None:
+    # Held-out closed-book probes written by the teacher during a sleep: the gate scores them,
+    # and once their night is promoted later nights replay them to keep old memories.
+    db["probes"].create(
+        {
+            "id": int,
+            "run_id": int,
+            "day": str,
+            "question": str,
+            "answer": str,
+            "distractors": str,  # JSON list
+            "kind": str,  # recall | update | general
+        },
+        pk="id",
+        foreign_keys=[("run_id", "sleep_runs", "id")],
+    )
+    db["probes"].create_index(["run_id"])

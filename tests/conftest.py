@@ -1,0 +1,43 @@
+"""Shared fixtures: every test gets its own DREAMER_HOME under tmp_path."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+
+from storage import Config, Store
+
+
+@pytest.fixture(autouse=True)
+def dreamer_home(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("DREAMER_HOME", str(home))
+    return home
+
+
+class FakeClock:
+    """A settable UTC clock for day-boundary tests."""
+
+    def __init__(self, moment: datetime | None = None) -> None:
+        self.moment = moment or datetime(2026, 11, 21, 15, 0, tzinfo=timezone.utc)
+
+    def __call__(self) -> datetime:
+        return self.moment
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def store(dreamer_home, clock):
+    db = Store(dreamer_home / "dreamer.db", clock=clock)
+    yield db
+    db.close()
+
+
+@pytest.fixture
+def config():
+    return Config()

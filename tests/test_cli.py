@@ -1,0 +1,90 @@
+import json
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from dreamer.cli import cli
+from storage import Store
+from storage.paths import database_path
+
+
+def run(*args):
+    return CliRunner().invoke(cli, list(args))
+
+
+def test_help_lists_commands():
+    result = run("--help")
+    assert result.exit_code == 0
+    for command in ("chat", "status", "log", "import", "export"):
+        assert command in result.output
+
+
+def test_help_imports_no_heavy_modules():
+    code = (
+        "import sys; from dreamer.cli import cli\n"
+        "try:\n    cli(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'transformers', 'llama_cpp', 'textual') if m in sys.modules]\n"
+        "print('HEAVY', heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "HEAVY []" in out
+
+
+def test_import_status_log_export(tmp_path, dreamer_home):
+    source = tmp_path / "in.jsonl"
+    record = {"day": "2026-11-20", "title": "pets", "messages": [
+        {"role": "user", "content": "My cat is called Miso."}, {"role": "assistant", "content": "Hello Miso!"}]}
+    source.write_text(json.dumps(record) + "\n")
+    result = run("import", str(source))
+    assert result.exit_code == 0, result.output
+    assert "imported 1 conversations" in result.output
+
+    status = run("status")
+    assert status.exit_code == 0, status.output
+    assert str(dreamer_home) in status.output
+    assert "2026-11-20         2                  2" in status.output
+    assert "2 turns not yet consolidated" in status.output
+    assert "memory:   none yet" in status.output
+
+    log = run("log", "--day", "2026-11-20")
+    assert "user: My cat is called Miso." in log.output
+    assert "pets" in log.output
+    assert "no conversations on 2026-11-21" in run("log", "--day", "2026-11-21").output
+
+    out = tmp_path / "out.jsonl"
+    assert run("export", str(out)).exit_code == 0
+    assert json.loads(out.read_text()) == record
+
+
+def test_bad_import_is_one_clean_error(tmp_path):
+    source = tmp_path / "bad.jsonl"
+    source.write_text('{"day": "2026-11-20", "messages": [{"role": "user", "content": "ok"}]}\n{oops\n')
+    result = run("import", str(source))
+    assert result.exit_code == 1
+    assert "line 2: invalid JSON" in result.output
+    assert "Traceback" not in result.output
+    assert Store(database_path()).db["messages"].count == 0
+
+
+def test_bad_day_and_bad_config_are_named(dreamer_home):
+    result = run("log", "--day", "yesterday")
+    assert result.exit_code == 1 and "day must be YYYY-MM-DD, got 'yesterday'" in result.output
+    dreamer_home.mkdir(parents=True, exist_ok=True)
+    (dreamer_home / "config.toml").write_text('temprature = 0.5\n')
+    result = run("status")
+    assert result.exit_code == 1 and "unknown key 'temprature'" in result.output
+
+
+def test_missing_model_is_named_with_the_fix(dreamer_home, tmp_path):
+    dreamer_home.mkdir(parents=True, exist_ok=True)
+    (dreamer_home / "config.toml").write_text(f'model = "{tmp_path}/missing.gguf"\n')
+    result = run("chat")
+    assert result.exit_code == 1
+    assert "model file not found" in result.output and "missing.gguf" in result.output
+    assert "config.toml" in result.output
+    not_gguf = tmp_path / "fake.gguf"
+    not_gguf.write_bytes(b"PK\x03\x04 not a model")
+    (dreamer_home / "config.toml").write_text(f'model = "{not_gguf}"\n')
+    result = run("chat")
+    assert result.exit_code == 1 and "is not a GGUF file" in result.output

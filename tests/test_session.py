@@ -1,0 +1,126 @@
+import threading
+
+import pytest
+
+from agent.memory import build_prompt, truncate
+from agent.models import ModelError
+from agent.runtime import FakeRuntime
+from agent.session import ChatSession, EmptyMessage
+from storage import Config
+
+
+def make_session(store, config=None, runtime=None):
+    return ChatSession(store, runtime or FakeRuntime(), config or Config())
+
+
+def test_user_turn_is_stored_before_generation(store):
+    runtime = FakeRuntime(["Hello there"])
+    session = make_session(store, runtime=runtime)
+    session.send("Hi, I'm Ana")
+    [user] = session.messages()
+    assert (user["role"], user["content"], user["status"]) == ("user", "Hi, I'm Ana", "complete")
+    reply = session.reply()
+    assert reply.text == "Hello there" and not reply.interrupted
+    assert [(m["role"], m["status"]) for m in session.messages()] == [("user", "complete"), ("assistant", "complete")]
+
+
+def test_empty_message_is_refused(store):
+    session = make_session(store)
+    with pytest.raises(EmptyMessage):
+        session.send("   \n\t")
+    assert store.db["messages"].count == 0
+
+
+def test_stop_keeps_partial_reply_marked_interrupted(store):
+    stop = threading.Event()
+    runtime = FakeRuntime(["one two three four five six"])
+    session = make_session(store, runtime=runtime)
+    session.send("count")
+    seen = []
+
+    def on_token(piece):
+        seen.append(piece)
+        if len(seen) == 2:
+            stop.set()
+
+    reply = session.reply(stop=stop, on_token=on_token)
+    assert reply.interrupted and reply.text == "one two"
+    row = store.db["messages"].get(reply.message_id)
+    assert (row["status"], row["content"]) == ("interrupted", "one two")
+
+
+def test_model_failure_keeps_the_user_turn(store):
+    runtime = FakeRuntime()
+    runtime.fail_with = "model vanished"
+    session = make_session(store, runtime=runtime)
+    session.send("are you there?")
+    with pytest.raises(ModelError):
+        session.reply()
+    roles = [(m["role"], m["status"]) for m in session.messages()]
+    assert roles == [("user", "complete")]  # the empty failed reply is not kept
+
+
+def test_model_failure_mid_reply_keeps_the_partial_text(store):
+    class FailsMidway(FakeRuntime):
+        def stream(self, messages, **kw):
+            yield "half a"
+            raise ModelError("out of memory")
+
+    session = make_session(store, runtime=FailsMidway())
+    session.send("tell me a story")
+    with pytest.raises(ModelError):
+        session.reply()
+    last = session.messages()[-1]
+    assert (last["role"], last["status"], last["content"]) == ("assistant", "interrupted", "half a")
+
+
+def test_prompt_recalls_today_from_other_conversations(store):
+    session = make_session(store)
+    session.send("My sister Ana lives in Lisbon.")
+    session.reply()
+    session.new_conversation()
+    session.send("Where does Ana live?")
+    prompt = build_prompt(store, session.config, session.conversation_id, FakeRuntime().count_tokens)
+    assert prompt[0]["role"] == "system"
+    assert "You are dreamer" in prompt[0]["content"]
+    assert "Today is" in prompt[0]["content"]
+    assert "- User: My sister Ana lives in Lisbon." in prompt[0]["content"]
+    assert prompt[1:] == [{"role": "user", "content": "Where does Ana live?"}]
+
+
+def test_prompt_respects_budgets_and_truncates_long_messages(store):
+    config = Config(n_ctx=400, max_reply_tokens=100, memory_token_budget=50, max_message_tokens=40)
+    session = make_session(store, config=config)
+    for i in range(30):
+        store.add_message(session.new_conversation() if i == 0 else session.conversation_id, "user", f"turn {i} " * 5)
+    session.send("long " * 5000)
+    count = FakeRuntime().count_tokens
+    prompt = build_prompt(store, config, session.conversation_id, count)
+    assert prompt[-1]["content"].endswith("[…]")
+    assert count(prompt[-1]["content"]) <= 40
+    assert store.messages(session.conversation_id)[-1]["content"] == "long " * 5000  # stored whole
+    total = sum(count(m["content"]) + 32 for m in prompt)
+    assert total <= config.n_ctx - config.max_reply_tokens
+    assert "turn 0 " not in " ".join(m["content"] for m in prompt[1:])  # oldest turns dropped first
+
+
+def test_truncate_leaves_short_text_alone():
+    count = FakeRuntime().count_tokens
+    assert truncate("a b c", 10, count) == "a b c"
+    assert count(truncate("a " * 100, 10, count)) <= 10
+
+
+def test_status_for_the_status_bar(store):
+    session = make_session(store)
+    session.send("hello")
+    status = session.status()
+    assert status == {"model": "fake", "memory": "none yet", "day": str(store.today()), "unconsolidated": 1,
+                      "last_sleep": "never"}
+
+
+def test_resume_latest_opens_the_newest_conversation(store):
+    session = make_session(store)
+    first = session.resume_latest()
+    session.send("hi")
+    other = make_session(store)
+    assert other.resume_latest() == first

@@ -1,0 +1,241 @@
+"""The night pipeline on a tiny in-process Llama: training touches only the new expert, the gate
+decides, and every way a night can end leaves the store consistent."""
+
+import json
+import random
+import threading
+
+import pytest
+import torch
+
+from dreamer import gate as gate_stage
+from dreamer.distill import distill
+from dreamer.memories import Example
+from dreamer.rewards import SemanticJudge
+from dreamer.sleep import SleepBusy, sleep_lock, sleep_now
+from dreamer.sleep_config import (
+    DistillConfig, GateConfig, LoadConfig, SleepConfigError, load_preset, preset_names, sleep_config_from_dict,
+)
+from dreamer.stack import read_manifest, save_candidate
+from dreamer.weights import NEW, AdapterMismatch, build_stack, load_base, plan_device
+from storage import Config, ledger
+from tests.tiny import make_tiny_model_dir
+
+SMALL = {
+    "memories": {"questions_per_conversation": 2, "max_new_tokens": 10, "teacher_samples": 1},
+    "distill": {"steps": 3, "batch_size": 2, "rl_every": 1, "rl_new_tokens": 6, "alpha": 0.7},
+    "load": {"max_seq_len": 128},
+}
+GOOD_FIGURES = {"today_probes": 3, "old_probes": 0, "today_before": 0.0, "today_after": 1.0, "old_before": None,
+                "old_after": None, "drift": 0.01, "replies_before": [], "replies_after": []}
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture
+def fake_judge():
+    return SemanticJudge(embed_fn=lambda texts: torch.ones(len(texts), 4))
+
+
+@pytest.fixture
+def day_store(store):
+    conversation = store.new_conversation()
+    store.add_message(conversation, "user", "My sister Ana lives in Lisbon and works as a pilot.")
+    store.add_message(conversation, "assistant", "Lisbon is lovely.")
+    store.add_message(conversation, "user", "My cat is called Miso.")
+    return store
+
+
+def night(store, tiny_dir, home, judge, **kwargs):
+    cfg = sleep_config_from_dict(SMALL, preset="test")
+    return sleep_now(store, Config(train_model=str(tiny_dir)), cfg, home=home, judge=judge, **kwargs)
+
+
+def test_every_preset_loads():
+    assert {"cpu-tiny", "gpu-qlora"} <= set(preset_names())
+    for name in preset_names():
+        cfg = load_preset(name)
+        assert cfg.preset == name and cfg.distill.steps > 0
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"distill": {"lmbda": 1.5}}, "distill.lmbda must be in [0, 1]"),
+        ({"distill": {"divergnce": "jsd"}}, "unknown key distill.divergnce"),
+        ({"distill": {"divergence": "l2"}}, "distill.divergence must be one of"),
+        ({"dreaming": {}}, "unknown section [dreaming]"),
+        ({"load": {"device": "tpu"}}, "load.device must be auto, cpu or cuda"),
+        ({"gate": {"max_drift": 0}}, "gate.max_drift must be > 0"),
+    ],
+)
+def test_bad_values_name_the_key(data, message):
+    with pytest.raises(SleepConfigError) as caught:
+        sleep_config_from_dict(data)
+    assert message in str(caught.value)
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(SleepConfigError, match="cpu-tiny"):
+        load_preset("gpu-huge")
+
+
+def test_only_the_new_expert_changes(tiny_dir, tmp_path, fake_judge):
+    base, tokenizer = load_base(str(tiny_dir), plan_device(LoadConfig()))
+    earlier = build_stack(base, [], DistillConfig(rank=4))
+    for name, param in earlier.named_parameters():
+        if f".{NEW}." in name and "lora_B" in name:
+            param.data.normal_(0, 0.1)  # a trained-looking earlier expert
+    save_candidate(earlier, tmp_path / "night1", {"base": {}})
+    meta = json.loads((tmp_path / "night1" / "metadata.json").read_text())
+    from dreamer.weights import base_fingerprint
+
+    (tmp_path / "night1" / "metadata.json").write_text(json.dumps({**meta, "base": base_fingerprint(base)}))
+
+    base, tokenizer = load_base(str(tiny_dir), plan_device(LoadConfig()))
+    model = build_stack(base, [tmp_path / "night1"], DistillConfig(rank=4))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(f".{NEW}." in n for n in trainable)
+
+    system = [{"role": "system", "content": "You are dreamer."}]
+    day = [{"role": "system", "content": "You are dreamer. The user said: my sister Ana lives in Lisbon."}]
+    ask = [{"role": "user", "content": "Where does Ana live?"}]
+    today = [Example("today", system + ask, day + ask, ["night1"], ["She lives in Lisbon."])]
+    cfg = DistillConfig(steps=4, batch_size=2, lmbda=0.5, alpha=0.7, rl_group=2, rl_new_tokens=4, learning_rate=1e-2)
+    log = distill(model, tokenizer, today=today, replay=[], anchor=[], documents=[(system + ask, "She lives in Lisbon now.")],
+                  stack=["night1"], cfg=cfg, max_len=128, judge=fake_judge, rng=random.Random(0))
+    assert log.steps == 4 and log.on_policy + log.off_policy == 8 and log.divergence[0] > 0
+
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed, "the new expert did not learn"
+    assert changed <= trainable
+    assert any("lora_B" in n for n in changed)
+    for name, param in model.named_parameters():
+        if name not in trainable:
+            assert torch.equal(param, before[name]), f"{name} is frozen but changed"
+
+
+def test_gate_accepts_and_rejects():
+    cfg = GateConfig(min_gain=0.1, max_old_drop=0.05, max_drift=0.2)
+    assert gate_stage.decide(GOOD_FIGURES, cfg).passed
+    worse = {**GOOD_FIGURES, "today_after": 0.05, "old_before": 0.9, "old_after": 0.5, "drift": 0.5}
+    result = gate_stage.decide(worse, cfg)
+    assert not result.passed
+    assert [r.split(":")[0] for r in result.reasons] == [
+        "today's recall did not improve enough", "earlier memories faded", "general drift too large"]
+
+
+def test_promoted_night_is_saved_and_consolidated(day_store, tiny_dir, dreamer_home, fake_judge, monkeypatch):
+    monkeypatch.setattr(gate_stage, "measure", lambda *a, **k: dict(GOOD_FIGURES))
+    outcome = night(day_store, tiny_dir, dreamer_home, fake_judge)
+    assert outcome.status == "promoted", outcome.message
+    [adapter] = ledger.adapters(day_store, "active")
+    assert adapter["night"] == 1
+    assert day_store.unconsolidated_count() == 0
+    manifest = read_manifest(dreamer_home / "adapters")
+    assert manifest["version"] == 1 and manifest["experts"][0]["path"] == adapter["path"]
+    meta = json.loads((dreamer_home / "adapters" / "night-0001" / "metadata.json").read_text())
+    assert meta["night"] == 1 and meta["rank"] == 16 and meta["conversation_ids"] == [1]
+    assert "Morning report: night 1" in outcome.report
+    assert ledger.runs(day_store)[0]["status"] == "promoted"
+    assert day_store.memory_version() == "night 1"
+    # the saved expert loads back onto the same base, frozen
+    base, _ = load_base(str(tiny_dir), plan_device(LoadConfig()))
+    stacked = build_stack(base, [dreamer_home / "adapters" / "night-0001"], None)
+    assert not any(p.requires_grad for p in stacked.parameters())
+
+
+def test_rejected_night_changes_nothing(day_store, tiny_dir, dreamer_home, fake_judge, monkeypatch):
+    monkeypatch.setattr(gate_stage, "measure", lambda *a, **k: {**GOOD_FIGURES, "today_after": 0.0})
+    outcome = night(day_store, tiny_dir, dreamer_home, fake_judge)
+    assert outcome.status == "rejected" and "did not improve" in outcome.message
+    assert ledger.adapters(day_store) == []
+    assert day_store.unconsolidated_count() == 3
+    run = ledger.runs(day_store)[0]
+    assert run["status"] == "rejected" and "did not improve" in run["reason"] and run["report"]
+    assert not any(p.name.startswith(".candidate") for p in (dreamer_home / "adapters").glob("*"))
+
+
+def test_interrupted_sleep_leaves_everything_as_it_was(day_store, tiny_dir, dreamer_home, fake_judge):
+    def ctrl_c(step, info):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        night(day_store, tiny_dir, dreamer_home, fake_judge, on_step=ctrl_c)
+    assert ledger.runs(day_store)[0]["status"] == "interrupted"
+    assert ledger.adapters(day_store) == [] and day_store.unconsolidated_count() == 3
+    assert not (dreamer_home / "adapters").exists() or not any((dreamer_home / "adapters").iterdir())
+    with sleep_lock(dreamer_home):  # the lock was released
+        pass
+
+
+def test_failed_sleep_is_recorded_and_changes_nothing(day_store, tiny_dir, dreamer_home, fake_judge, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(gate_stage, "measure", boom)
+    with pytest.raises(RuntimeError):
+        night(day_store, tiny_dir, dreamer_home, fake_judge)
+    run = ledger.runs(day_store)[0]
+    assert run["status"] == "failed" and "disk full" in run["reason"]
+    assert day_store.unconsolidated_count() == 3
+
+
+def test_second_sleep_is_refused(day_store, tiny_dir, dreamer_home, fake_judge):
+    holding, release = threading.Event(), threading.Event()
+
+    def hold():
+        with sleep_lock(dreamer_home):
+            holding.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    holding.wait(5)
+    try:
+        with pytest.raises(SleepBusy, match="already running"):
+            night(day_store, tiny_dir, dreamer_home, fake_judge)
+    finally:
+        release.set()
+        thread.join()
+    assert ledger.runs(day_store) == []
+
+
+def test_nothing_to_consolidate_and_dry_run(store, day_store, tiny_dir, dreamer_home, fake_judge):
+    outcome = night(day_store, tiny_dir, dreamer_home, fake_judge, dry_run=True)
+    assert outcome.status == "dry-run" and "1 conversations, 2 user turns" in outcome.message
+    assert ledger.runs(day_store) == []
+    outcome = night(day_store, tiny_dir, dreamer_home, fake_judge, day="2001-01-01")
+    assert outcome.status == "nothing" and "nothing to consolidate on 2001-01-01" in outcome.message
+
+
+def test_adapter_for_another_base_is_refused(tiny_dir, tmp_path):
+    base, _ = load_base(str(tiny_dir), plan_device(LoadConfig()))
+    other = build_stack(base, [], DistillConfig(rank=4))
+    save_candidate(other, tmp_path / "alien", {"base": {"model_type": "llama", "hidden_size": 4096}})
+    base, _ = load_base(str(tiny_dir), plan_device(LoadConfig()))
+    with pytest.raises(AdapterMismatch, match="trained on another base model"):
+        build_stack(base, [tmp_path / "alien"], None)
+    (tmp_path / "alien" / "metadata.json").unlink()
+    with pytest.raises(AdapterMismatch, match="no metadata.json"):
+        build_stack(base, [tmp_path / "alien"], None)
+
+
+def test_nf4_path_trains_the_expert(tiny_dir):
+    """The QLoRA path (bitsandbytes NF4 base) on CPU: slow there, so only two steps."""
+    plan = plan_device(LoadConfig(device="cpu", quantization="nf4"))
+    base, tokenizer = load_base(str(tiny_dir), plan)
+    assert type(base.model.layers[0].self_attn.q_proj).__name__ == "Linear4bit"
+    model = build_stack(base, [], DistillConfig(rank=4))
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    ask = [{"role": "user", "content": "Where does Ana live?"}]
+    today = [Example("today", ask, [{"role": "system", "content": "Ana lives in Lisbon."}] + ask, None, ["In Lisbon."])]
+    cfg = DistillConfig(steps=2, batch_size=1, alpha=1.0, lmbda=0.0, rank=4, learning_rate=1e-2)
+    distill(model, tokenizer, today=today, replay=[], anchor=[], documents=[], stack=[], cfg=cfg, max_len=64,
+            judge=None, rng=random.Random(0))
+    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if n in before)
