@@ -14,6 +14,7 @@ middle of one. An expert that fails to load leaves the running stack untouched.
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -33,7 +34,9 @@ class LlamaRuntime:
             self.llm = llama_cpp.Llama(
                 model_path=str(self.model_path),
                 n_ctx=n_ctx,
-                n_threads=n_threads or None,
+                # llama-cpp-python's default is half the cores; 0 in config means all of them.
+                n_threads=n_threads or os.cpu_count() or 1,
+                n_threads_batch=n_threads or os.cpu_count() or 1,
                 verbose=False,  # llama.cpp's logs would draw over the terminal UI
             )
         except (ValueError, RuntimeError) as err:

@@ -31,6 +31,7 @@ class RichPhases:
     def phase(self, name: str, total: int | None = None):
         if self.current is not None:
             self.progress.update(self.current, completed=self.progress.tasks[self.current].total)
+        self.progress.console.print(f"[bold]{name}[/bold]")  # also readable in a log without a terminal
         self.current = self.progress.add_task(name, total=total)
         task = self.current
         return lambda n=1: self.progress.advance(task, n)
@@ -66,6 +67,13 @@ def sleep(now: bool, day: str | None, preset: str, dry_run: bool) -> None:
     except KeyboardInterrupt:
         click.echo("sleep interrupted: the active memory and the conversations are unchanged", err=True)
         raise SystemExit(130) from None
+    except (MemoryError, RuntimeError) as err:
+        if isinstance(err, MemoryError) or "out of memory" in str(err).lower():
+            raise DreamerError(
+                f"the model does not fit in memory with preset {cfg.preset!r}: use --preset cpu-tiny, or lower "
+                "load.max_seq_len / distill.batch_size in a preset of your own; nothing changed"
+            ) from None
+        raise DreamerError(f"sleep failed: {type(err).__name__}: {err}; nothing changed") from None
     except Exception as err:  # recorded as failed in sleep_runs; show it without a traceback
         raise DreamerError(f"sleep failed: {type(err).__name__}: {err}; nothing changed") from None
     if outcome.report:

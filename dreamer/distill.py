@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 import torch
 
 from dreamer.divergences import token_divergence
-from dreamer.memories import Example, chat_ids, sample
+from dreamer.memories import Example, chat_ids, sample_many
+from dreamer.prompt_cache import PromptCache
 from dreamer.rewards import group_advantages, imitation_reward
 from dreamer.sleep_config import DistillConfig
 from dreamer.weights import NEW, adapters, trainable_parameters
@@ -68,8 +69,22 @@ def continuation_ids(tokenizer, text: str) -> list[int]:
 def reply_logits(model, prompt: list[int], reply: list[int]) -> torch.Tensor:
     """Logits at the positions that predict `reply` after `prompt`: [1, len(reply), vocab]."""
     ids = torch.tensor([prompt + reply], device=model.device)
-    logits = model(input_ids=ids).logits
-    return logits[:, len(prompt) - 1 : len(prompt) - 1 + len(reply)].float()
+    # Only the reply's positions matter: skipping the vocabulary projection for the prompt (the
+    # teacher's holds the whole day) saves most of a forward pass on a small model.
+    logits = model(input_ids=ids, logits_to_keep=len(reply) + 1).logits
+    return logits[:, :-1].float()
+
+
+def teacher_logits(model, cache: PromptCache, messages: list[dict], names, reply: list[int]) -> torch.Tensor:
+    """The teacher's logits over `reply`, reusing the cached day prefix when there is one."""
+    prompt = chat_ids(cache.tokenizer, messages)
+    hit = cache.lookup(model, messages, names, prompt)
+    if hit is None:
+        return reply_logits(model, prompt, reply)
+    cached, past = hit
+    rest = torch.tensor([prompt[cached:] + reply], device=model.device)
+    logits = model(input_ids=rest, past_key_values=past, use_cache=True, logits_to_keep=len(reply) + 1).logits
+    return logits[:, :-1].float()
 
 
 def clip_prompt(ids: list[int], max_len: int, reply_len: int) -> list[int]:
@@ -79,11 +94,12 @@ def clip_prompt(ids: list[int], max_len: int, reply_len: int) -> list[int]:
 
 
 def divergence_loss(model, tokenizer, example: Example, reply: list[int], stack: list[str], cfg: DistillConfig,
-                    max_len: int) -> torch.Tensor:
-    teacher_prompt = clip_prompt(chat_ids(tokenizer, example.teacher), max_len * 4, len(reply))
+                    max_len: int, prefixes: PromptCache) -> torch.Tensor:
     student_prompt = clip_prompt(chat_ids(tokenizer, example.student), max_len, len(reply))
     with torch.no_grad(), adapters(model, example.teacher_adapters):
-        teacher = reply_logits(model, teacher_prompt, reply)
+        # The teacher's prompt is not clipped: the day in its context is the point
+        # (memories.MemoriesConfig.max_context_tokens already bounds it).
+        teacher = teacher_logits(model, prefixes, example.teacher, example.teacher_adapters, reply)
     with adapters(model, stack + [NEW]):
         student = reply_logits(model, student_prompt, reply)
     return token_divergence(student, teacher, cfg.divergence, beta=cfg.beta)
@@ -147,20 +163,21 @@ def distill(
     weights = {"today": 1 - cfg.replay_fraction - cfg.anchor_fraction, "replay": cfg.replay_fraction,
                "anchor": cfg.anchor_fraction}
     log, start = DistillLog(), time.monotonic()
+    prefixes = PromptCache(tokenizer)
     model.train()
     for step in range(cfg.steps):
         total = 0.0
-        for _ in range(cfg.batch_size):
-            example = pick(pools, weights, rng)
-            if rng.random() < cfg.lmbda:
-                reply_text = sample(model, tokenizer, example.student, stack + [NEW], n=1,
-                                    max_new_tokens=cfg.rl_new_tokens * 2, temperature=1.0)[0]
-                log.on_policy += 1
-            else:
-                reply_text = rng.choice(example.samples)
-                log.off_policy += 1
+        batch = [pick(pools, weights, rng) for _ in range(cfg.batch_size)]
+        on_policy = [rng.random() < cfg.lmbda for _ in batch]
+        # The student's own continuations, sampled together (no gradient flows through sampling).
+        fresh = iter(sample_many(model, tokenizer, [e.student for e, on in zip(batch, on_policy) if on],
+                                 stack + [NEW], n=1, max_new_tokens=cfg.rl_new_tokens, temperature=1.0))
+        log.on_policy += sum(on_policy)
+        log.off_policy += len(batch) - sum(on_policy)
+        for example, on in zip(batch, on_policy):
+            reply_text = next(fresh)[0] if on else rng.choice(example.samples)
             reply = continuation_ids(tokenizer, reply_text)[: max_len // 2]
-            loss = divergence_loss(model, tokenizer, example, reply, stack, cfg, max_len) / cfg.batch_size
+            loss = divergence_loss(model, tokenizer, example, reply, stack, cfg, max_len, prefixes) / cfg.batch_size
             (cfg.alpha * loss).backward()
             total += loss.item()
         log.divergence.append(total)

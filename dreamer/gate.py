@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from dreamer.evaluate import general_drift, generation, multiple_choice
+from dreamer.evaluate import general_drift, multiple_choice
+from dreamer.memories import sample_many
 from dreamer.probes import Probe
 from dreamer.sleep_config import ASSETS, GateConfig
 from dreamer.weights import NEW, adapters
@@ -77,6 +78,10 @@ def measure(model, tokenizer, stack: list[str], today: list[dict], old: list[dic
         with adapters(model, names):
             figures[f"today_{label}"] = accuracy(multiple_choice(model, tokenizer, today_probes))
             figures[f"old_{label}"] = accuracy(multiple_choice(model, tokenizer, old_probes)) if old_probes else None
-            figures[f"replies_{label}"] = generation(model, tokenizer, today_probes)[1]
+        # Replies for the morning report, the question alone in the prompt as in evaluate.generation,
+        # decoded in one batch.
+        questions = [[{"role": "user", "content": p.question}] for p in today_probes]
+        figures[f"replies_{label}"] = [r[0] for r in sample_many(model, tokenizer, questions, names, n=1,
+                                                                 max_new_tokens=32, temperature=None)]
     figures["drift"] = general_drift(model, tokenizer, general_texts(), stack, stack + [NEW], max_len=max_len)
     return figures

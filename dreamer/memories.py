@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from dreamer.prompt_cache import PromptCache
 from dreamer.rewards import edit_similarity
 from dreamer.sleep_config import MemoriesConfig
 from dreamer.weights import adapters
@@ -34,6 +35,7 @@ QUESTION_REQUEST = (
     "Write only the question."
 )
 RESTATEMENTS = ("What did I tell you about {topic}?", "Do you remember what I said about {topic}?")
+MAX_ROWS = 32  # sequences decoded together in one generate() call
 GENERAL_RESTATEMENTS = ("What do you remember about me?", "What did I tell you today?")
 STOPWORDS = set(
     "a an the and or but if of to in on at for with about from by as is are was were be been am i you he she it we "
@@ -102,16 +104,55 @@ def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
 
 
 @torch.no_grad()
-def sample(model, tokenizer, messages, names, *, n: int, max_new_tokens: int, temperature: float | None) -> list[str]:
-    """n continuations of a chat prompt with `names` active (temperature None = greedy)."""
-    ids = torch.tensor([chat_ids(tokenizer, messages)], device=model.device)
+def sample_many(model, tokenizer, conversations: list[list[dict]], names, *, n: int, max_new_tokens: int,
+                temperature: float | None, cache: PromptCache | None = None) -> list[list[str]]:
+    """n continuations for each chat prompt, decoded together in one batch (temperature None = greedy).
+
+    Decoding a small model on a CPU costs about the same per step for one sequence or thirty,
+    so the night batches its prompts. When every prompt starts with the same long system turn
+    (the day), that prefix is encoded once (`cache`) and each row is laid out as
+    prefix + padding + question, the padding masked out.
+    """
+    if not conversations:
+        return []
+    per_call = max(1, MAX_ROWS // n)
+    if len(conversations) > per_call:  # bound the KV cache: a long day times many rows adds up
+        return [row for start in range(0, len(conversations), per_call)
+                for row in sample_many(model, tokenizer, conversations[start:start + per_call], names, n=n,
+                                       max_new_tokens=max_new_tokens, temperature=temperature, cache=cache)]
+    prompts = [chat_ids(tokenizer, messages) for messages in conversations]
+    pad = tokenizer.pad_token_id
     kwargs = {"do_sample": False} if temperature is None else {"do_sample": True, "temperature": temperature, "top_p": 0.95}
     with adapters(model, names):
+        hits = [cache.lookup(model, m, names, p, copies=1) if cache is not None else None
+                for m, p in zip(conversations, prompts)]
+        shared = all(h is not None for h in hits) and len({h[0] for h in hits}) == 1
+        start = hits[0][0] if shared else 0
+        width = max(len(p) - start for p in prompts)
+        rows, masks = [], []
+        for prompt in prompts:
+            tail = prompt[start:]
+            gap = width - len(tail)
+            rows += [prompt[:start] + [pad] * gap + tail] * n  # left padding when nothing is shared
+            masks += [[1] * start + [0] * gap + [1] * len(tail)] * n
+        ids = torch.tensor(rows, device=model.device)
+        if shared:
+            past = hits[0][1]
+            past.batch_repeat_interleave(len(rows))
+            kwargs["past_key_values"] = past
         out = model.generate(
-            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-            num_return_sequences=n, pad_token_id=tokenizer.pad_token_id, **kwargs,
+            input_ids=ids, attention_mask=torch.tensor(masks, device=model.device), max_new_tokens=max_new_tokens,
+            pad_token_id=pad, **kwargs,
         )
-    return [tokenizer.decode(row[ids.shape[1]:], skip_special_tokens=True).strip() for row in out]
+    texts = [tokenizer.decode(row[ids.shape[1]:], skip_special_tokens=True).strip() for row in out]
+    return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+
+def sample(model, tokenizer, messages, names, *, n: int, max_new_tokens: int, temperature: float | None,
+           cache: PromptCache | None = None) -> list[str]:
+    """n continuations of one chat prompt (see `sample_many`)."""
+    return sample_many(model, tokenizer, [messages], names, n=n, max_new_tokens=max_new_tokens,
+                       temperature=temperature, cache=cache)[0]
 
 
 def is_question(text: str) -> bool:
@@ -128,7 +169,8 @@ def write_memories(
     with_day = teacher_system(base_system, day_text)
     closed = [{"role": "system", "content": base_system}]
     opened = [{"role": "system", "content": with_day}]
-    gen = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
+    cache = PromptCache(tokenizer)
+    gen = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, cache=cache)
 
     # --- questions: sampled from the teacher, and built from the user's own turns ---------
     user_turns = [m["content"] for c in conversations for m in c["messages"] if m["role"] == "user"]
@@ -143,17 +185,17 @@ def write_memories(
     probe_questions, train_questions = questions[:n_probes], questions[n_probes:]
 
     # --- teacher answers: greedy (memories, probe answers) and sampled (GKD targets) ---------
-    greedy = {}
-    for question in questions:
-        greedy[question] = sample(model, tokenizer, opened + [{"role": "user", "content": question}], stack,
-                                  n=1, max_new_tokens=cfg.max_new_tokens, temperature=None)[0]
-        progress()
-    prompts = train_questions + list(GENERAL_RESTATEMENTS) + user_turns
+    answers = sample_many(model, tokenizer, [opened + [{"role": "user", "content": q}] for q in questions], stack,
+                          n=1, max_new_tokens=cfg.max_new_tokens, temperature=None, cache=cache)
+    greedy = {question: answer[0] for question, answer in zip(questions, answers)}
+    progress()
+    prompts = list(dict.fromkeys(train_questions + list(GENERAL_RESTATEMENTS) + user_turns))
+    sampled_answers = sample_many(model, tokenizer, [opened + [{"role": "user", "content": p}] for p in prompts],
+                                  stack, n=cfg.teacher_samples, **gen)
+    progress()
     examples, documents = [], []
-    for prompt in prompts:
+    for prompt, samples in zip(prompts, sampled_answers):
         user = {"role": "user", "content": prompt}
-        samples = sample(model, tokenizer, opened + [user], stack, n=cfg.teacher_samples, **gen)
-        progress()
         if prompt in greedy:
             samples.append(greedy[prompt])
             documents.append((closed + [user], greedy[prompt]))
@@ -163,13 +205,13 @@ def write_memories(
 
     # --- probes: teacher's answer vs what the model says without the day ----------------------
     probes = []
-    for question in probe_questions:
+    closed_books = sample_many(model, tokenizer, [closed + [{"role": "user", "content": q}] for q in probe_questions],
+                               stack, n=cfg.distractors + 2, **gen)
+    progress()
+    for question, closed_book in zip(probe_questions, closed_books):
         answer = greedy[question]
         if not answer:
             continue
-        closed_book = sample(model, tokenizer, closed + [{"role": "user", "content": question}], stack,
-                             n=cfg.distractors + 2, **gen)
-        progress()
         others = [greedy[q] for q in questions if q != question and greedy[q]]
         rng.shuffle(others)
         distractors = []
@@ -189,6 +231,5 @@ def write_memories(
 
 
 def expected_generations(n_conversations: int, n_user_turns: int, cfg: MemoriesConfig) -> int:
-    """Upper bound of the generate() calls above, for `--dry-run` and the progress bar."""
-    questions = cfg.questions_per_conversation * n_conversations + 2 * n_user_turns
-    return 1 + questions + questions + len(GENERAL_RESTATEMENTS) + n_user_turns + questions
+    """The generate() batches above, for the progress bar."""
+    return 4  # questions, greedy answers, sampled answers, closed-book answers: one batch each

@@ -14,7 +14,8 @@ def _cell(text: str, width: int = 80) -> str:
 
 def morning_report(*, night: int | None, days: list[str], status: str, reasons: list[str], plan: str, preset: str,
                    counts: dict, gate: dict, probes: list[dict], training: dict, seconds: float,
-                   peak_memory_mb: float) -> str:
+                   peak_memory_mb: float, phases: dict | None = None) -> str:
+    phases = phases or {}
     title = f"night {night}" if night else "no new night"
     lines = [
         f"# Morning report: {title} ({', '.join(days)})",
@@ -22,7 +23,8 @@ def morning_report(*, night: int | None, days: list[str], status: str, reasons: 
         f"**{status.upper()}**" + ("" if not reasons else ": " + "; ".join(reasons)),
         "",
         f"- preset `{preset}`, {plan}",
-        f"- wall time {seconds / 60:.1f} min, peak memory {peak_memory_mb:.0f} MB",
+        f"- wall time {seconds / 60:.1f} min, peak memory {peak_memory_mb:.0f} MB"
+        + (" (" + ", ".join(f"{k} {v:.0f} s" for k, v in phases.items()) + ")" if phases else ""),
         f"- from {counts.get('user_turns', 0)} user turns: {counts.get('questions_generated', 0)} questions written by "
         f"the teacher, {counts.get('questions_from_turns', 0)} built from the turns, "
         f"{counts.get('training_prompts', 0)} training prompts, {counts.get('probes', 0)} held-out probes",

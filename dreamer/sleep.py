@@ -113,13 +113,11 @@ def collect(store: Store, day: str | None) -> tuple[list[dict], list[str], list[
 
 
 def estimate(conversations: list[dict], cfg: SleepConfig) -> str:
-    from dreamer.memories import expected_generations
-
     turns = sum(1 for c in conversations for m in c["messages"] if m["role"] == "user")
-    generations = expected_generations(len(conversations), turns, cfg.memories)
+    questions = cfg.memories.questions_per_conversation * len(conversations) + 2 * turns
     passes = cfg.distill.steps * cfg.distill.batch_size
-    return (f"{len(conversations)} conversations, {turns} user turns; up to {generations} teacher generations, "
-            f"{cfg.distill.steps} steps x {cfg.distill.batch_size} sequences ({passes} teacher+student passes)")
+    return (f"{len(conversations)} conversations, {turns} user turns; the teacher answers up to {questions} "
+            f"questions; {cfg.distill.steps} steps x {cfg.distill.batch_size} sequences ({passes} teacher+student passes)")
 
 
 def sleep_now(store: Store, config: Config, cfg: SleepConfig, *, day: str | None = None, dry_run: bool = False,
@@ -156,17 +154,28 @@ def _night(store, config, cfg, conversations, days, message_ids, run_id, progres
     from dreamer import gate as gate_stage
     from dreamer import stack as stack_files
     from dreamer.distill import distill
-    from dreamer.memories import Example, expected_generations, sample, write_memories
+    from dreamer.memories import Example, expected_generations, sample_many, write_memories
     from dreamer.report import morning_report
     from dreamer.rewards import SemanticJudge
     from dreamer.weights import base_fingerprint, build_stack, load_base, plan_device, stack_names, training_source
 
     started = time.monotonic()
+    phase_seconds: dict[str, float] = {}
+    clock = {"name": None, "at": started}
+
+    def begin(name: str, total: int | None):
+        """Start a phase: its progress bar, and the wall time of the one before."""
+        now = time.monotonic()
+        if clock["name"]:
+            phase_seconds[clock["name"]] = round(now - clock["at"], 1)
+        clock.update(name=name, at=now)
+        return progress.phase(name, total)
+
     rng = random.Random(cfg.load.seed)
     torch.manual_seed(cfg.load.seed)
     root = adapters_dir(home)
 
-    advance = progress.phase("load model", 1)
+    advance = begin("load model", 1)
     plan = plan_device(cfg.load)
     source = training_source(config.train_model, cache_dir(home))
     base, tokenizer = load_base(source, plan)
@@ -176,7 +185,7 @@ def _night(store, config, cfg, conversations, days, message_ids, run_id, progres
     advance()
 
     turns = sum(1 for c in conversations for m in c["messages"] if m["role"] == "user")
-    advance = progress.phase("teacher writes memories", expected_generations(len(conversations), turns, cfg.memories))
+    advance = begin("teacher writes memories", expected_generations(len(conversations), turns, cfg.memories))
     base_system = system_message(config, date.fromisoformat(days[-1]))
     memories = write_memories(model, tokenizer, conversations, day=days[-1], base_system=base_system, stack=stack,
                               cfg=cfg.memories, rng=rng, progress=advance)
@@ -185,13 +194,13 @@ def _night(store, config, cfg, conversations, days, message_ids, run_id, progres
     replay = [Example("replay", closed + [{"role": "user", "content": p["question"]}],
                       closed + [{"role": "user", "content": p["question"]}], stack or None, [p["answer"]])
               for p in replay_rows]
-    anchor = []
-    for line in (ASSETS / "general_prompts.jsonl").read_text().splitlines():
-        user = [{"role": "user", "content": json.loads(line)["prompt"]}]
-        answer = sample(model, tokenizer, user, [], n=1, max_new_tokens=cfg.memories.max_new_tokens, temperature=None)[0]
-        anchor.append(Example("anchor", user, user, None, [answer]))
+    general = [[{"role": "user", "content": json.loads(line)["prompt"]}]
+               for line in (ASSETS / "general_prompts.jsonl").read_text().splitlines() if line.strip()]
+    answers = sample_many(model, tokenizer, general, None, n=1, max_new_tokens=cfg.memories.max_new_tokens,
+                          temperature=None)  # teacher for the anchor = the bare base
+    anchor = [Example("anchor", user, user, None, answer) for user, answer in zip(general, answers) if answer[0]]
 
-    advance = progress.phase("distil into a new expert", cfg.distill.steps)
+    advance = begin("distil into a new expert", cfg.distill.steps)
     needs_judge = cfg.distill.alpha < 1 and cfg.distill.gamma > 0
     judge = judge or (SemanticJudge() if needs_judge else None)
 
@@ -203,20 +212,22 @@ def _night(store, config, cfg, conversations, days, message_ids, run_id, progres
     log = distill(model, tokenizer, today=memories.examples, replay=replay, anchor=anchor, documents=memories.documents,
                   stack=stack, cfg=cfg.distill, max_len=cfg.load.max_seq_len, judge=judge, rng=rng, on_step=step_hook)
 
-    advance = progress.phase("gate", 1)
+    advance = begin("gate", 1)
     figures = gate_stage.measure(model, tokenizer, stack, memories.probes, replay_rows, cfg.load.max_seq_len)
     decision = gate_stage.decide(figures, cfg.gate)
     ledger.save_probes(store, run_id, memories.probes)
     advance()
 
+    begin("report", None)
     night = ledger.next_night(store) if decision.passed else None
-    metrics = {"gate": {k: v for k, v in figures.items() if not k.startswith("replies")}, "training": log.summary(),
+    metrics = {"phase_seconds": phase_seconds, "gate": {k: v for k, v in figures.items() if not k.startswith("replies")}, "training": log.summary(),
                "counts": memories.counts, "plan": plan.describe(), "peak_memory_mb": round(peak_memory_mb(), 1),
                "seconds": round(time.monotonic() - started, 1), "days": days}
     status = "promoted" if decision.passed else "rejected"
     report = morning_report(night=night, days=days, status=status, reasons=decision.reasons, plan=plan.describe(),
                             preset=cfg.preset, counts=memories.counts, gate=figures, probes=memories.probes,
-                            training=log.summary(), seconds=metrics["seconds"], peak_memory_mb=metrics["peak_memory_mb"])
+                            training=log.summary(), seconds=metrics["seconds"], peak_memory_mb=metrics["peak_memory_mb"],
+                            phases=phase_seconds)
     if decision.passed:
         advance = progress.phase("save and promote", 1)
         candidate = stack_files.save_candidate(model, stack_files.candidate_dir(root, run_id), {

@@ -82,7 +82,7 @@ class DistillConfig:
     sem_threshold: float = field(default=0.7, metadata={"help": "cosine above which two texts mean the same"})
     rl_group: int = field(default=4, metadata={"help": "completions per prefix (group-mean baseline)"})
     rl_every: int = field(default=2, metadata={"help": "run the imitation RL term every k steps (it samples)"})
-    rl_new_tokens: int = field(default=24, metadata={"help": "longest student completion in the RL term"})
+    rl_new_tokens: int = field(default=24, metadata={"help": "longest student sample: RL completions and on-policy continuations"})
     replay_fraction: float = field(default=0.2, metadata={"help": "share of prompts replayed from earlier nights"})
     anchor_fraction: float = field(default=0.15, metadata={"help": "share of general-text prompts (teacher = base)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})

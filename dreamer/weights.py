@@ -17,12 +17,23 @@ stack, the student with the old stack plus `new`.
 from __future__ import annotations
 
 import json
+import logging
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
+
+# A night's log should show dreamer's phases, not per-tensor progress bars. bitsandbytes only
+# announces that the optional `kernels` package (which downloads from a hub) is absent; it
+# falls back to its own CPU code.
+hf_logging.set_verbosity_error()
+hf_logging.disable_progress_bar()
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 from agent.models import EMBEDDED_FILE, embedded_gguf_path
 from dreamer.sleep_config import DistillConfig, LoadConfig, SleepConfigError
@@ -100,7 +111,7 @@ def load_base(source: str, plan: DevicePlan):
         kwargs["device_map"] = {"": 0} if plan.device == "cuda" else {"": "cpu"}
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    except torch.OutOfMemoryError:
+    except (torch.OutOfMemoryError, MemoryError):
         raise SleepConfigError(
             f"{source} does not fit in memory with this preset: use --preset cpu-tiny or a smaller train_model"
         ) from None

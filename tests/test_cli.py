@@ -88,3 +88,42 @@ def test_missing_model_is_named_with_the_fix(dreamer_home, tmp_path):
     (dreamer_home / "config.toml").write_text(f'model = "{not_gguf}"\n')
     result = run("chat")
     assert result.exit_code == 1 and "is not a GGUF file" in result.output
+
+
+def test_sleep_with_nothing_to_consolidate_exits_0():
+    result = run("sleep", "--now")
+    assert result.exit_code == 0, result.output
+    assert "nothing to consolidate" in result.output
+
+
+def test_sleep_dry_run_trains_nothing(tmp_path):
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps({"day": "2026-11-20", "messages": [{"role": "user", "content": "I love kites."}]}) + "\n")
+    run("import", str(source))
+    result = run("sleep", "--now", "--dry-run", "--day", "2026-11-20")
+    assert result.exit_code == 0, result.output
+    assert "would consolidate 2026-11-20" in result.output and "nothing trained" in result.output
+    assert "none yet" in run("memory").output
+
+
+def test_sleep_bad_preset_and_bad_probes_are_named(tmp_path):
+    result = run("sleep", "--now", "--preset", "gpu-huge")
+    assert result.exit_code == 1 and "unknown preset 'gpu-huge'" in result.output and "cpu-tiny" in result.output
+    custom = tmp_path / "mine.toml"
+    custom.write_text("[distill]\nlmbda = 2\n")
+    result = run("sleep", "--now", "--preset", str(custom))
+    assert result.exit_code == 1 and "distill.lmbda must be in [0, 1]" in result.output
+    probes = tmp_path / "p.jsonl"
+    probes.write_text('{"day": "2026-11-20", "question": "Q?", "answer": "A", "distractors": ["A"]}\n')
+    result = run("eval", "--probes", str(probes))
+    assert result.exit_code == 1 and "line 1: the answer is also listed as a distractor" in result.output
+
+
+def test_memory_lists_runs(dreamer_home):
+    from storage import ledger
+
+    store = Store(database_path())
+    run_id = ledger.start_run(store, "2026-11-20", "cpu-tiny")
+    ledger.finish_run(store, run_id, "rejected", reason="today's recall did not improve enough")
+    output = run("memory").output
+    assert "rejected" in output and "did not improve" in output and "cpu-tiny" in output

@@ -239,3 +239,41 @@ def test_nf4_path_trains_the_expert(tiny_dir):
     distill(model, tokenizer, today=today, replay=[], anchor=[], documents=[], stack=[], cfg=cfg, max_len=64,
             judge=None, rng=random.Random(0))
     assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if n in before)
+
+
+def test_prompt_cache_changes_nothing_but_speed(tiny_dir):
+    from dreamer.distill import reply_logits, teacher_logits
+    from dreamer.memories import chat_ids, sample
+    from dreamer.prompt_cache import PromptCache
+
+    base, tokenizer = load_base(str(tiny_dir), plan_device(LoadConfig()))
+    model = build_stack(base, [], DistillConfig(rank=4))
+    model.eval()
+    day = [{"role": "system", "content": "You are dreamer. The user said: my sister Ana lives in Lisbon. " * 6},
+           {"role": "user", "content": "Where does Ana live?"}]
+    cache = PromptCache(tokenizer)
+    plain = sample(model, tokenizer, day, [], n=1, max_new_tokens=10, temperature=None)
+    assert sample(model, tokenizer, day, [], n=1, max_new_tokens=10, temperature=None, cache=cache) == plain
+    assert len(sample(model, tokenizer, day, [], n=3, max_new_tokens=5, temperature=0.7, cache=cache)) == 3
+    assert len(cache.entries) == 1
+    reply = tokenizer("She lives in Lisbon.", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        full = reply_logits(model, chat_ids(tokenizer, day), reply)
+        cached = teacher_logits(model, cache, day, [], reply)
+    assert torch.allclose(full, cached, atol=1e-4)
+
+
+def test_batched_generation_matches_one_at_a_time(tiny_dir):
+    from dreamer.memories import sample, sample_many
+    from dreamer.prompt_cache import PromptCache
+
+    base, tokenizer = load_base(str(tiny_dir), plan_device(LoadConfig()))
+    system = {"role": "system", "content": "You are dreamer. The user said: my cat Miso sleeps all day. " * 5}
+    questions = ["Where?", "What is the name of my cat, please tell me?", "Who sleeps all day in my home?"]
+    chats = [[system, {"role": "user", "content": q}] for q in questions]
+    alone = [sample(base, tokenizer, c, None, n=1, max_new_tokens=8, temperature=None) for c in chats]
+    shared = sample_many(base, tokenizer, chats, None, n=1, max_new_tokens=8, temperature=None,
+                         cache=PromptCache(tokenizer))  # prefix cached, padding between prefix and question
+    left = sample_many(base, tokenizer, [c[1:] for c in chats], None, n=1, max_new_tokens=8, temperature=None)
+    assert shared == alone
+    assert left == [sample(base, tokenizer, c[1:], None, n=1, max_new_tokens=8, temperature=None) for c in chats]
