@@ -15,12 +15,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from storage.days import parse_day
+from storage.jsonl import JsonlError, check_object, read_jsonl
 
 KINDS = ("recall", "update", "general")
 KEYS = {"day", "question", "answer", "distractors", "kind"}
 
 
-class ProbeError(ValueError):
+class ProbeError(JsonlError):
     """A bad probe line; the message names the file and line."""
 
 
@@ -37,11 +38,7 @@ class Probe:
 
 
 def parse_probe(obj: object) -> Probe:
-    if not isinstance(obj, dict):
-        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
-    unknown = sorted(set(obj) - KEYS)
-    if unknown:
-        raise ValueError(f"unknown key {unknown[0]!r} (allowed: {', '.join(sorted(KEYS))})")
+    check_object(obj, KEYS)
     for key in ("day", "question", "answer"):
         if not isinstance(obj.get(key), str) or not obj[key].strip():
             raise ValueError(f"'{key}' must be a non-empty string")
@@ -58,24 +55,9 @@ def parse_probe(obj: object) -> Probe:
 
 
 def read_probes(path: Path) -> list[Probe]:
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as err:
-        raise ProbeError(f"{path}: cannot read: {err.strerror}") from None
-    probes = []
-    for number, line in enumerate(raw.splitlines(), start=1):
-        try:
-            text = line.decode("utf-8")
-            if text.strip():
-                probes.append(parse_probe(json.loads(text)))
-        except UnicodeDecodeError as err:
-            raise ProbeError(f"{path}, line {number}: invalid UTF-8 at byte {err.start}") from None
-        except json.JSONDecodeError as err:
-            raise ProbeError(f"{path}, line {number}: invalid JSON: {err.msg}") from None
-        except ValueError as err:
-            raise ProbeError(f"{path}, line {number}: {err}") from None
+    probes = read_jsonl(path, parse_probe, ProbeError)
     if not probes:
-        raise ProbeError(f"{path}: no probes")
+        raise ProbeError(path, 0, "no probes")
     return probes
 
 

@@ -41,12 +41,16 @@ class LoadConfig:
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
     quantization: str = field(default="auto", metadata={"help": "auto (nf4 on cuda, none on cpu) | none | nf4"})
     max_seq_len: int = field(default=384, metadata={"help": "longest training sequence, tokens"})
+    threads: int = field(
+        default=0, metadata={"help": "CPU threads for torch; 0 = half the cores (an oversubscribed CPU is many times slower)"}
+    )
     seed: int = field(default=0, metadata={"help": "random seed for sampling and data order"})
 
     def __post_init__(self):
         _check(self.device in ("auto", "cpu", "cuda"), f"load.device must be auto, cpu or cuda, got {self.device!r}")
         _check(self.quantization in ("auto", "none", "nf4"), f"load.quantization must be auto, none or nf4, got {self.quantization!r}")
         _check(_positive_int(self.max_seq_len), f"load.max_seq_len must be a positive integer, got {self.max_seq_len!r}")
+        _check(isinstance(self.threads, int) and self.threads >= 0, f"load.threads must be an integer >= 0, got {self.threads!r}")
 
 
 @dataclass

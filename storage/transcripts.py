@@ -16,27 +16,19 @@ from datetime import date
 from pathlib import Path
 
 from storage.days import parse_day
+from storage.jsonl import JsonlError, check_object, read_jsonl
 from storage.store import ROLES, Store
 
 KEYS = {"day", "messages", "title"}
 
 
-class TranscriptError(ValueError):
+class TranscriptError(JsonlError):
     """A bad line in a transcript file; the message names the line."""
-
-    def __init__(self, path: Path | str, line: int, reason: str) -> None:
-        super().__init__(f"{path}, line {line}: {reason}")
-        self.line = line
-        self.reason = reason
 
 
 def parse_record(obj: object) -> dict:
     """Validate one decoded line; raise ValueError with the reason."""
-    if not isinstance(obj, dict):
-        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
-    unknown = sorted(set(obj) - KEYS)
-    if unknown:
-        raise ValueError(f"unknown key {unknown[0]!r} (allowed: day, messages, title)")
+    check_object(obj, KEYS)
     if "day" not in obj:
         raise ValueError("missing 'day'")
     day = str(parse_day(obj["day"]))
@@ -60,25 +52,7 @@ def parse_record(obj: object) -> dict:
 
 def read_transcripts(path: Path) -> list[dict]:
     """Parse a whole file or raise TranscriptError for the first bad line. Blank lines are skipped."""
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as err:
-        raise TranscriptError(path, 0, f"cannot read: {err.strerror}") from None
-    records = []
-    for number, line in enumerate(raw.splitlines(), start=1):
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise TranscriptError(path, number, f"invalid UTF-8 at byte {err.start}") from None
-        if not text.strip():
-            continue
-        try:
-            records.append(parse_record(json.loads(text)))
-        except json.JSONDecodeError as err:
-            raise TranscriptError(path, number, f"invalid JSON: {err.msg} (column {err.colno})") from None
-        except ValueError as err:
-            raise TranscriptError(path, number, str(err)) from None
-    return records
+    return read_jsonl(path, parse_record, TranscriptError)
 
 
 def import_file(store: Store, path: Path) -> list[int]:
