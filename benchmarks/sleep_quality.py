@@ -38,6 +38,7 @@ most 16 tokens) is a smoke test of the whole pipeline, not a result.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import multiprocessing
@@ -78,7 +79,8 @@ POOLS = {k: v.split("|") for k, v in {
     "sport": "volleyball|badminton|water polo|handball|squash|curling|rugby|table tennis",
     "allergen": "peanuts|shellfish|pollen|penicillin|sesame|kiwi|latex|strawberries",
     "country": "Iceland|Vietnam|Morocco|Chile|Norway|Japan|Peru|Greece|Georgia|Mexico",
-    "author": "Ursula Le Guin|Haruki Murakami|Toni Morrison|Italo Calvino|Kazuo Ishiguro|Olga Tokarczuk|Jorge Luis Borges",
+    "author": "Ursula Le Guin|Haruki Murakami|Toni Morrison|Italo Calvino|Kazuo Ishiguro|Olga Tokarczuk|"
+              "Jorge Luis Borges",
     "street": "Maple|Juniper|Harbour|Chestnut|Willow|Quarry|Orchard|Lantern",
     "plant": "monstera|fiddle-leaf fig|snake plant|bonsai|rubber plant|bird of paradise|aloe vera|peace lily",
     "animal": "tortoise|parrot|ferret|hamster|goldfish|rabbit|iguana|hedgehog",
@@ -105,7 +107,8 @@ SLOTS = [
     ("drink", "Every morning I have a {v} before work.", "What do I drink in the morning?"),
     ("flower", "My favourite flowers are {v}.", "Which flowers do I like best?"),
     ("city", "My mother lives in {v}; I visit her every summer.", "Which city do I travel to when I visit my mother?"),
-    ("name", "Our neighbour {v} has been helping me with the garden.", "Who is the neighbour that helps me with the garden?"),
+    ("name", "Our neighbour {v} has been helping me with the garden.",
+     "Who is the neighbour that helps me with the garden?"),
     ("sport", "I play {v} in a local amateur club.", "Which sport do I play at my club?"),
     ("allergen", "I'm allergic to {v}, so I have to be careful.", "What am I allergic to?"),
     ("colour", "My favourite colour has always been {v}.", "Which colour do I like best?"),
@@ -118,7 +121,8 @@ SLOTS = [
     ("subject", "At university I studied {v}.", "What did I study at university?"),
 ]
 OPENERS = [("Hi! Got a minute?", "Of course, what's on your mind?"), ("Good morning!", "Good morning! How can I help?"),
-           ("Hey, just wanted to chat a bit.", "Sure, I'm listening."), ("Hello again.", "Hello! Nice to hear from you.")]
+           ("Hey, just wanted to chat a bit.", "Sure, I'm listening."),
+           ("Hello again.", "Hello! Nice to hear from you.")]
 REPLIES = ["That's good to know!", "Thanks for telling me.", "Oh, nice!", "I'll keep that in mind.",
            "Sounds lovely.", "Interesting, tell me more whenever you like."]
 
@@ -265,6 +269,8 @@ def baseline(arm: str, out_dir: str, source: str, day: dict, cfg, seed: int) -> 
 
 
 def score(source: str, paths: list[str], probe_sets: dict[str, list[dict]], cfg, general: bool = True) -> dict:
+    import torch
+
     from dreamer.evaluate import general_drift, multiple_choice, perplexity
     from dreamer.gate import general_texts
     from dreamer.probes import Probe
@@ -273,7 +279,7 @@ def score(source: str, paths: list[str], probe_sets: dict[str, list[dict]], cfg,
     base, tok = load_base(source, plan_device(cfg.load))
     model = build_stack(base, [Path(p) for p in paths], None)  # every expert active, as the chat uses them
     names = stack_names(model) if paths else []
-    out = {"stack": names}
+    out = {"stack": names, "torch_threads": torch.get_num_threads()}  # as load_base's device plan set them
     for key, rows in probe_sets.items():
         flags = multiple_choice(model, tok, [Probe(r["day"], r["question"], r["answer"], tuple(r["distractors"]))
                                              for r in rows])
@@ -285,12 +291,6 @@ def score(source: str, paths: list[str], probe_sets: dict[str, list[dict]], cfg,
     return out
 
 
-def torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
-
-
 def fresh_process(fn, *args):
     """Run fn in a new interpreter, so its peak memory and its imports are its own."""
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -298,33 +298,44 @@ def fresh_process(fn, *args):
 
 
 # --- the run ------------------------------------------------------------------------
+def code_version() -> str:
+    """A digest of the code and presets under test (the tree is edited while benchmarks run)."""
+    files = sorted(p for d in ("dreamer", "storage", "agent", "assets") for p in (ROOT / d).rglob("*")
+                   if p.suffix in (".py", ".toml", ".jsonl"))
+    return hashlib.sha256(b"".join(p.read_bytes() for p in files)).hexdigest()[:12]
+
+
 def machine() -> dict:
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
                platform.processor())
     versions = {p: metadata.version(p) for p in ("torch", "transformers", "peft")}
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(), **versions}
+    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(),
+            "code": code_version(), "root": str(ROOT), **versions}
 
 
 def table(result: dict) -> str:
     pct = lambda v: "-" if v is None else f"{100 * v:.0f}%"  # noqa: E731
     num = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
     rows = [("arm", "night", "outcome", "today's facts: before -> after", "night-1 facts", "drift KL vs base",
-             "perplexity", "wall s", "peak RSS MiB"), ("---",) * 9]
+             "perplexity", "gate: its probes, KL", "wall s", "peak RSS MiB"), ("---",) * 10]
     b = result["base"]
     rows.append(("base", "-", "-", pct(b["night1"]["accuracy"]), pct(b["night1"]["accuracy"]), "0",
-                 num(b["perplexity"], ".2f"), "-", "-"))
+                 num(b["perplexity"], ".2f"), "-", "-", "-"))
     for arm, nights in result["arms"].items():
         for n in nights:
-            e = n.get("eval", {})
+            e, g = n.get("eval", {}), n.get("metrics", {}).get("gate")
+            gate = f"{pct(g['today_before'])} -> {pct(g['today_after'])}, {g['drift']:.3f}" if g else "-"
             rows.append((arm, str(n["night"]), n["status"],
                          f"{pct(n['before'])} -> {pct(e.get('today', {}).get('accuracy'))}",
                          pct(e.get("night1", {}).get("accuracy")), num(e.get("drift_kl"), ".4f"),
-                         num(e.get("perplexity"), ".2f"), num(n.get("wall_s"), ".0f"), num(n.get("peak_rss_mb"), ".0f")))
+                         num(e.get("perplexity"), ".2f"), gate, num(n.get("wall_s"), ".0f"),
+                         num(n.get("peak_rss_mb"), ".0f")))
     m, a = result["machine"], result["args"]
     lines = ["| " + " | ".join(r) + " |" for r in rows]
     base_all = ", ".join(f"{k} {pct(v['accuracy'])}" for k, v in b.items() if k.startswith("night"))
-    lines += ["", f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, torch {m['torch']} "
-              f"({result['torch_threads']} threads), transformers {m['transformers']}, peft {m['peft']}. "
+    lines += ["", f"Code {m['code']} at {m['root']}. Machine: {m['cpu']}, {m['cores']} cores, "
+              f"Python {m['python']}, torch {m['torch']} "
+              f"({b['torch_threads']} threads), transformers {m['transformers']}, peft {m['peft']}. "
               f"Load average before/after: {result['loadavg'][0]:.2f}/{result['loadavg'][-1]:.2f}.",
               f"Preset {a['preset']} (distill.steps {result['config']['distill']['steps']}, questions per conversation "
               f"{result['config']['memories']['questions_per_conversation']}), {a['facts']} facts a night, seed "
@@ -385,10 +396,10 @@ def main() -> None:
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as scorer, \
             tempfile.TemporaryDirectory(prefix="sleep-quality-") as tmp:
         source = scorer.submit(prepare_source, str(args.cache)).result()
-        result["torch_threads"] = scorer.submit(torch_threads).result()
         sets = {f"night{k + 1}": d["probes"] for k, d in enumerate(days)}
         result["base"] = scorer.submit(score, source, [], sets, cfg).result()
-        log("base: " + ", ".join(f"{k} {v['accuracy']:.0%}" for k, v in result["base"].items() if k.startswith("night")))
+        log("base: " + ", ".join(f"{k} {v['accuracy']:.0%}" for k, v in result["base"].items()
+                                 if k.startswith("night")))
         save()
         for arm in arms:
             nights, active = result["arms"].setdefault(arm, []), []

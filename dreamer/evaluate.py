@@ -50,11 +50,14 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def prompt_ids(tokenizer, question: str) -> list[int]:
-    """Token ids of the chat template applied to one user turn (the question), ready to reply."""
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
-    )
+def prompt_ids(tokenizer, question: str, system: str | None = None) -> list[int]:
+    """Token ids of the chat template applied to one user turn (the question), ready to reply.
+
+    Closed book by default; `system` puts a system turn first (the sleep's teacher uses it to
+    check a probe with the day in context).
+    """
+    turns = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
+    text = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
     # The template already wrote any special tokens it wants; don't let the tokenizer add a BOS.
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -74,7 +77,7 @@ def _pad_id(tokenizer) -> int:
     return 0 if pad is None else pad  # any id works: padded positions are masked and never read
 
 
-def option_scores(model, tokenizer, question: str, options: list[str]) -> list[float]:
+def option_scores(model, tokenizer, question: str, options: list[str], system: str | None = None) -> list[float]:
     """Mean per-token log-probability of each option as the whole assistant reply.
 
     Each option is tokenized on its own and appended to the same prompt ids, so all options
@@ -82,7 +85,7 @@ def option_scores(model, tokenizer, question: str, options: list[str]) -> list[f
     tokens across the boundary). One right-padded batch: with a causal mask the real tokens
     never attend to the padding after them, so a score does not depend on the other options.
     """
-    prompt = prompt_ids(tokenizer, question)
+    prompt = prompt_ids(tokenizer, question, system)
     tails = [tokenizer(option, add_special_tokens=False)["input_ids"] for option in options]
     for option, tail in zip(options, tails):
         if not tail:

@@ -9,10 +9,14 @@ same requests without the conversations. From the day the teacher produces:
   about Lisbon?"), plus the user's own turns replayed as prompts;
 - *answers*: `teacher_samples` sampled continuations per prompt (the GKD teacher-sampled part),
   and a greedy answer that becomes an imitation *memory* for the RL term;
-- *probes*: a held-out share of the questions with the teacher's greedy answer, and as
-  distractors what the model says *without* the day in context (sampled closed-book answers
-  that differ from the teacher's) plus answers to other questions. Before sleep the model
-  prefers its own closed-book answers; after a good sleep it prefers what it was told.
+- *restatements*: for each salient word of a user turn, "What do you remember about Lisbon?"
+  with the user's own words quoted ("You told me: ...") among the continuations the teacher
+  scores. A small teacher answers open questions poorly, but with the day in context it copies
+  reliably, so its distribution over a quote carries the facts;
+- *probes*, label-free: "What did I tell you about Ana?" with the true quote as the answer and,
+  as distractors, the same sentence with its other salient word swapped for one from another
+  turn ("... lives in Tromsø"). A probe is kept only if the teacher, with the day in context,
+  prefers the true quote; closed book, before sleep, the model cannot tell them apart.
 
     dreamer sleep --now            # runs this stage first; `--dry-run` shows what it would use
 """
@@ -26,7 +30,6 @@ from dataclasses import dataclass, field
 import torch
 
 from dreamer.prompt_cache import PromptCache
-from dreamer.rewards import edit_similarity
 from dreamer.sleep_config import MemoriesConfig
 from dreamer.weights import adapters
 
@@ -34,14 +37,17 @@ QUESTION_REQUEST = (
     "Write one short question that checks whether you remember something the user told you today. "
     "Write only the question."
 )
-RESTATEMENTS = ("What did I tell you about {topic}?", "Do you remember what I said about {topic}?")
+TRAIN_ASK = "What do you remember about {topic}?"
+PROBE_ASK = "What did I tell you about {topic}?"
+QUOTE = "You told me: {turn}"
 MAX_ROWS = 32  # sequences decoded together in one generate() call
 GENERAL_RESTATEMENTS = ("What do you remember about me?", "What did I tell you today?")
 STOPWORDS = set(
     "a an the and or but if of to in on at for with about from by as is are was were be been am i you he she it we "
     "they my your his her its our their me him us them this that these those what which who whom when where why how "
     "do does did have has had not no yes so too very just also can could would should will shall may might must "
-    "there here then than into over under after before again today tomorrow yesterday really please thanks".split()
+    "there here then than into over under after before again today tomorrow yesterday really please thanks "
+    "called named favourite favorite lives works".split()
 )
 
 
@@ -178,18 +184,19 @@ def write_memories(
     sampled = sample(model, tokenizer, opened + [{"role": "user", "content": QUESTION_REQUEST}], stack, n=wanted, **gen)
     progress()
     generated = [q for q in dict.fromkeys(s.split("\n")[0].strip() for s in sampled) if is_question(q)]
-    built = [t.format(topic=topic) for turn in user_turns for topic in topics(turn) for t in RESTATEMENTS[:1]]
-    questions = list(dict.fromkeys(generated + built))
-    rng.shuffle(questions)
-    n_probes = max(1, round(len(questions) * cfg.probe_fraction)) if len(questions) > 1 else 0
-    probe_questions, train_questions = questions[:n_probes], questions[n_probes:]
+    questions = list(generated)
+    quotes = {}  # restatement prompt -> the user's own words, quoted
+    for turn in user_turns:
+        for topic in topics(turn):
+            quotes.setdefault(TRAIN_ASK.format(topic=topic), QUOTE.format(turn=" ".join(turn.split())))
+    built = list(quotes)
 
     # --- teacher answers: greedy (memories, probe answers) and sampled (GKD targets) ---------
     answers = sample_many(model, tokenizer, [opened + [{"role": "user", "content": q}] for q in questions], stack,
                           n=1, max_new_tokens=cfg.max_new_tokens, temperature=None, cache=cache)
     greedy = {question: answer[0] for question, answer in zip(questions, answers)}
     progress()
-    prompts = list(dict.fromkeys(train_questions + list(GENERAL_RESTATEMENTS) + user_turns))
+    prompts = list(dict.fromkeys(questions + built + list(GENERAL_RESTATEMENTS) + user_turns))
     sampled_answers = sample_many(model, tokenizer, [opened + [{"role": "user", "content": p}] for p in prompts],
                                   stack, n=cfg.teacher_samples, **gen)
     progress()
@@ -199,30 +206,17 @@ def write_memories(
         if prompt in greedy:
             samples.append(greedy[prompt])
             documents.append((closed + [user], greedy[prompt]))
+        if prompt in quotes:
+            samples.append(quotes[prompt])
+            documents.append((closed + [user], quotes[prompt]))
         samples = [s for s in samples if s]
         if samples:
             examples.append(Example("today", closed + [user], opened + [user], stack or None, samples))
 
-    # --- probes: teacher's answer vs what the model says without the day ----------------------
-    probes = []
-    closed_books = sample_many(model, tokenizer, [closed + [{"role": "user", "content": q}] for q in probe_questions],
-                               stack, n=cfg.distractors + 2, **gen)
+    # --- probes: the true quote vs the same sentence with a salient word swapped --------------
+    probes = fact_probes(model, tokenizer, user_turns, day=day, system=with_day, stack=stack,
+                         distractors=cfg.distractors, rng=rng)
     progress()
-    for question, closed_book in zip(probe_questions, closed_books):
-        answer = greedy[question]
-        if not answer:
-            continue
-        others = [greedy[q] for q in questions if q != question and greedy[q]]
-        rng.shuffle(others)
-        distractors = []
-        for option in closed_book + others:
-            if option and all(edit_similarity(option, kept) < 0.8 for kept in [answer, *distractors]):
-                distractors.append(option)
-            if len(distractors) == cfg.distractors:
-                break
-        if distractors:
-            probes.append({"day": day, "question": question, "answer": answer, "distractors": distractors,
-                           "kind": "recall"})
     counts = {
         "user_turns": len(user_turns), "questions_generated": len(generated), "questions_from_turns": len(built),
         "training_prompts": len(examples), "memories": len(documents), "probes": len(probes),
@@ -230,6 +224,35 @@ def write_memories(
     return Memories(examples, documents, probes, counts)
 
 
+def fact_probes(model, tokenizer, user_turns: list[str], *, day: str, system: str, stack: list[str],
+                distractors: int, rng: random.Random) -> list[dict]:
+    """Closed-book probes on the facts of the day, checked by the teacher with the day in context."""
+    from dreamer.evaluate import option_scores
+
+    salient = {turn: topics(turn, limit=3) for turn in user_turns}
+    pool = list(dict.fromkeys(w for words in salient.values() for w in words))
+    probes = []
+    for turn, words in salient.items():
+        if len(words) < 2:
+            continue  # the cue and the swapped word must differ
+        cue, target = words[0], words[1]
+        others = [w for w in pool if w not in words and w.lower() not in turn.lower()]
+        rng.shuffle(others)
+        # Same kind of word first (a name for a name), so the sentence alone does not give it away.
+        others.sort(key=lambda w: w[0].isupper() != target[0].isupper())
+        if not others:
+            continue
+        text = " ".join(turn.split())
+        answer = QUOTE.format(turn=text)
+        wrong = [QUOTE.format(turn=re.sub(rf"\b{re.escape(target)}\b", other, text)) for other in others[:distractors]]
+        question = PROBE_ASK.format(topic=cue)
+        with adapters(model, stack):
+            scores = option_scores(model, tokenizer, question, [answer, *wrong], system=system)
+        if scores[0] > max(scores[1:]):  # the teacher, holding the day, knows which is true
+            probes.append({"day": day, "question": question, "answer": answer, "distractors": wrong, "kind": "recall"})
+    return probes
+
+
 def expected_generations(n_conversations: int, n_user_turns: int, cfg: MemoriesConfig) -> int:
     """The generate() batches above, for the progress bar."""
-    return 4  # questions, greedy answers, sampled answers, closed-book answers: one batch each
+    return 4  # questions, greedy answers, sampled answers, probe checks

@@ -56,7 +56,6 @@ class LoadConfig:
 @dataclass
 class MemoriesConfig:
     questions_per_conversation: int = field(default=6, metadata={"help": "questions the teacher writes per conversation"})
-    probe_fraction: float = field(default=0.35, metadata={"help": "share of questions held out as probes (gate, replay)"})
     distractors: int = field(default=3, metadata={"help": "wrong answers per probe"})
     teacher_samples: int = field(default=2, metadata={"help": "teacher continuations sampled per training prompt"})
     max_new_tokens: int = field(default=48, metadata={"help": "longest teacher answer, tokens"})
@@ -66,7 +65,6 @@ class MemoriesConfig:
     def __post_init__(self):
         for name in ("questions_per_conversation", "distractors", "teacher_samples", "max_new_tokens", "max_context_tokens"):
             _check(_positive_int(getattr(self, name)), f"memories.{name} must be a positive integer, got {getattr(self, name)!r}")
-        _check(0 < self.probe_fraction < 1, f"memories.probe_fraction must be in (0, 1), got {self.probe_fraction!r}")
         _check(0 < self.temperature <= 2, f"memories.temperature must be in (0, 2], got {self.temperature!r}")
 
 
