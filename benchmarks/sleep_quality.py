@@ -1,6 +1,6 @@
 """Sleep quality: does a night of sleep teach dreamer what the user told it, and at what cost?
 
-The script writes a synthetic week (fixed seed) and measures, on this machine:
+The script writes synthetic days of chat (fixed seed) and measures, on this machine:
 - Data: one day per night, each with `--facts` fictional personal facts about the user
   (a pet's name, a sister's city, a job...), each told once in chat in one phrasing with a
   short assistant reply, spread over 1-3 conversations. Every night gets new kinds of facts,
@@ -132,7 +132,7 @@ def make_days(seed: int, nights: int, facts: int) -> list[dict]:
     rng = random.Random(seed)
     if nights * facts > len(SLOTS):
         raise SystemExit(f"--nights x --facts must be at most {len(SLOTS)} (distinct kinds of facts)")
-    slots = rng.sample(SLOTS, nights * facts)
+    slots = rng.sample(SLOTS, len(SLOTS))  # all of them: night 1's facts do not depend on --nights
     unused = {k: rng.sample(v, len(v)) for k, v in POOLS.items()}  # no two facts share an answer or a person
     days = []
     for night in range(nights):

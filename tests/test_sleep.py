@@ -277,3 +277,38 @@ def test_batched_generation_matches_one_at_a_time(tiny_dir):
     left = sample_many(base, tokenizer, [c[1:] for c in chats], None, n=1, max_new_tokens=8, temperature=None)
     assert shared == alone
     assert left == [sample(base, tokenizer, c[1:], None, n=1, max_new_tokens=8, temperature=None) for c in chats]
+
+
+def test_fact_probes_swap_a_word_and_keep_what_the_teacher_confirms(monkeypatch):
+    import dreamer.evaluate as evaluate
+    from dreamer.memories import fact_probes, topics
+
+    assert topics("My cat is called Miso.") == ["Miso"]  # "called" is not a topic
+    turns = ["My sister Ana lives in Lisbon.", "My brother Tom flies to Oslo.", "My cat is called Miso."]
+    seen = []
+
+    def teacher(model, tokenizer, question, options, system=None):
+        seen.append((question, options, system))
+        return [0.0] + [-1.0] * (len(options) - 1) if "Ana" in question else [-1.0, 0.0]
+
+    monkeypatch.setattr(evaluate, "option_scores", teacher)
+    probes = fact_probes(None, None, turns, day="2026-11-21", system="THE DAY", stack=[], distractors=2,
+                         rng=random.Random(0))
+    assert [p["question"] for p in probes] == ["What did I tell you about Ana?"]  # Tom's was not confirmed
+    probe = probes[0]
+    assert probe["answer"] == "You told me: My sister Ana lives in Lisbon."
+    assert probe["distractors"][0] in ("You told me: My sister Ana lives in Tom.", "You told me: My sister Ana lives in Oslo.")
+    assert all(d != probe["answer"] and d.startswith("You told me: My sister Ana lives in ") for d in probe["distractors"])
+    assert {s for _, _, s in seen} == {"THE DAY"}  # checked with the day in context
+    assert len(seen) == 2  # the single-topic turn gives no probe
+
+
+def test_a_model_too_big_names_the_preset(monkeypatch, tiny_dir):
+    import dreamer.weights as weights
+
+    def too_big(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(weights.AutoModelForCausalLM, "from_pretrained", too_big)
+    with pytest.raises(SleepConfigError, match="does not fit in memory with this preset: use --preset cpu-tiny"):
+        load_base(str(tiny_dir), plan_device(LoadConfig()))
