@@ -14,7 +14,8 @@ The script writes synthetic days of chat (fixed seed) and measures, on this mach
   dreamer   `sleep_now` with the preset, night after night (the gate may reject a night: its
             status and reasons are reported as they are, and the stack that is active then is
             what is scored); before/after each night on that night's facts, night-1 facts after
-            every night (retention).
+            every night (retention). A rejected candidate is discarded by sleep, so it is also scored
+            on the same probes inside the night, just before the gate measures it ("candidate").
   naive     one fresh LoRA (the preset's rank, alpha, learning rate, steps, batch size, schedule
             and clipping), next-token cross-entropy on the raw day rendered with the chat
             template (dreamer's system prompt + the turns), cut in max_seq_len windows.
@@ -29,10 +30,11 @@ The script writes synthetic days of chat (fixed seed) and measures, on this mach
   ru_maxrss in a spawned child starts at its parent's peak. Scoring runs in a separate process.
 
     .venv/bin/python benchmarks/sleep_quality.py [--preset cpu-tiny] [--nights 3] [--arms dreamer,naive,context]
-        [--facts 10] [--seed 0] [--out bench-out/sleep_quality.json] [--steps N] [--quick]
+        [--facts 10] [--seed 0] [--out bench-out/sleep_quality.json] [--steps N] [--quick] [--model DIR]
 
 `--quick` (4 facts, 2 nights, 4 steps, 2 questions per conversation, 1 teacher sample, answers of at
-most 16 tokens) is a smoke test of the whole pipeline, not a result.
+most 16 tokens) is a smoke test of the whole pipeline, not a result; with `--model` set to the tests'
+tiny model (tests/tiny.py) it runs in about a minute.
 """
 
 from __future__ import annotations
@@ -185,21 +187,46 @@ def prepare_source(cache: str) -> str:
     return str(embedded_training_dir(Path(cache)))  # the GGUF dequantized once (~30 s), then reused
 
 
-def dreamer_night(home: str, source: str, records: list[dict], cfg, label: str = "dreamer") -> dict:
+def as_probes(rows: list[dict]) -> list:
+    from dreamer.probes import Probe
+
+    return [Probe(r["day"], r["question"], r["answer"], tuple(r["distractors"])) for r in rows]
+
+
+def dreamer_night(home: str, source: str, records: list[dict], cfg, label: str = "dreamer",
+                  probes: dict[str, list[dict]] | None = None) -> dict:
+    from dreamer import gate
+    from dreamer.evaluate import multiple_choice
     from dreamer.sleep import sleep_now
     from dreamer.stack import active_paths
+    from dreamer.weights import NEW, adapters
     from storage import Config, Store
 
+    # The gate discards a rejected candidate: score it on our probes too, just before the gate
+    # measures it (same model, same moment), and keep that time out of the night's wall time.
+    candidate, gate_measure = {"seconds": 0.0}, gate.measure
+
+    def measure_and_score(model, tokenizer, stack, *rest, **kwargs):
+        scoring = time.perf_counter()
+        with adapters(model, stack + [NEW]):
+            for key, rows in (probes or {}).items():
+                flags = multiple_choice(model, tokenizer, as_probes(rows))
+                candidate[key] = {"accuracy": sum(flags) / len(flags), "correct": flags}
+        candidate["seconds"] += time.perf_counter() - scoring
+        return gate_measure(model, tokenizer, stack, *rest, **kwargs)
+
+    gate.measure = measure_and_score  # sleep.py calls it as gate.measure(...)
     os.environ["DREAMER_HOME"] = home
     store = Store(Path(home) / "dreamer.db")
     store.import_conversations(records)
     start = time.perf_counter()
     outcome = sleep_now(store, Config(train_model=source), cfg, home=Path(home), progress=LogPhases(label))
-    wall = time.perf_counter() - start
+    wall = time.perf_counter() - start - candidate["seconds"]
     active = [str(p) for p in active_paths(store)]
     store.close()
     return {"status": outcome.status, "message": outcome.message, "metrics": outcome.metrics,
-            "report": outcome.report, "wall_s": wall, "peak_rss_mb": peak_rss_mb(), "active": active}
+            "report": outcome.report, "wall_s": wall, "peak_rss_mb": peak_rss_mb(), "active": active,
+            "candidate": candidate}
 
 
 def baseline(arm: str, out_dir: str, source: str, day: dict, cfg, seed: int) -> dict:
@@ -273,7 +300,6 @@ def score(source: str, paths: list[str], probe_sets: dict[str, list[dict]], cfg,
 
     from dreamer.evaluate import general_drift, multiple_choice, perplexity
     from dreamer.gate import general_texts
-    from dreamer.probes import Probe
     from dreamer.weights import build_stack, load_base, plan_device, stack_names
 
     base, tok = load_base(source, plan_device(cfg.load))
@@ -281,8 +307,7 @@ def score(source: str, paths: list[str], probe_sets: dict[str, list[dict]], cfg,
     names = stack_names(model) if paths else []
     out = {"stack": names, "torch_threads": torch.get_num_threads()}  # as load_base's device plan set them
     for key, rows in probe_sets.items():
-        flags = multiple_choice(model, tok, [Probe(r["day"], r["question"], r["answer"], tuple(r["distractors"]))
-                                             for r in rows])
+        flags = multiple_choice(model, tok, as_probes(rows))
         out[key] = {"accuracy": sum(flags) / len(flags), "correct": flags}
     if general:
         texts, max_len = general_texts(), cfg.load.max_seq_len
@@ -325,8 +350,10 @@ def table(result: dict) -> str:
         for n in nights:
             e, g = n.get("eval", {}), n.get("metrics", {}).get("gate")
             gate = f"{pct(g['today_before'])} -> {pct(g['today_after'])}, {g['drift']:.3f}" if g else "-"
+            cand = n.get("candidate", {}).get("today", {}).get("accuracy")
             rows.append((arm, str(n["night"]), n["status"],
-                         f"{pct(n['before'])} -> {pct(e.get('today', {}).get('accuracy'))}",
+                         f"{pct(n['before'])} -> {pct(e.get('today', {}).get('accuracy'))}"
+                         + (f" (candidate {pct(cand)})" if cand is not None and n["status"] != "promoted" else ""),
                          pct(e.get("night1", {}).get("accuracy")), num(e.get("drift_kl"), ".4f"),
                          num(e.get("perplexity"), ".2f"), gate, num(n.get("wall_s"), ".0f"),
                          num(n.get("peak_rss_mb"), ".0f")))
@@ -360,6 +387,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "sleep_quality.json")
     parser.add_argument("--cache", type=Path, default=ROOT / "bench-out" / "cache", help="shared model cache")
+    parser.add_argument("--model", help="training model folder (default: the embedded model, dequantized in --cache)")
     parser.add_argument("--steps", type=int, help="override distill.steps (smoke tests)")
     parser.add_argument("--quick", action="store_true", help="smoke test (see above)")
     args = parser.parse_args()
@@ -395,7 +423,7 @@ def main() -> None:
     # processes it spawns start small.
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as scorer, \
             tempfile.TemporaryDirectory(prefix="sleep-quality-") as tmp:
-        source = scorer.submit(prepare_source, str(args.cache)).result()
+        source = args.model or scorer.submit(prepare_source, str(args.cache)).result()
         sets = {f"night{k + 1}": d["probes"] for k, d in enumerate(days)}
         result["base"] = scorer.submit(score, source, [], sets, cfg).result()
         log("base: " + ", ".join(f"{k} {v['accuracy']:.0%}" for k, v in result["base"].items()
@@ -411,7 +439,7 @@ def main() -> None:
                 try:
                     if arm == "dreamer":
                         row = fresh_process(dreamer_night, str(Path(tmp) / arm), source, days[k]["records"], cfg,
-                                            f"night {k + 1}")
+                                            f"night {k + 1}", {**today, "night1": days[0]["probes"]})
                     else:
                         row = fresh_process(baseline, arm, str(Path(tmp) / arm), source, days[k], cfg, args.seed)
                     active = row["active"]
@@ -420,8 +448,10 @@ def main() -> None:
                 row.update(night=k + 1, before=before)
                 row["eval"] = scorer.submit(score, source, active, {**today, "night1": days[0]["probes"]}, cfg).result()
                 nights.append(row)
+                cand = {key: v["accuracy"] for key, v in row.get("candidate", {}).items() if key != "seconds"}
                 log(f"{arm} night {k + 1}: {row['status']}, today's facts {before:.0%} -> "
                     f"{row['eval']['today']['accuracy']:.0%}, night-1 facts {row['eval']['night1']['accuracy']:.0%}, "
+                    + (f"candidate {cand}, " if cand else "") +
                     f"{row.get('wall_s', 0):.0f} s, {row.get('peak_rss_mb', 0):.0f} MiB; {row['message']}")
                 save()
     result["loadavg"].append(os.getloadavg()[0])
