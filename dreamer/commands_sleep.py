@@ -67,14 +67,12 @@ def sleep(now: bool, day: str | None, preset: str, dry_run: bool) -> None:
     except KeyboardInterrupt:
         click.echo("sleep interrupted: the active memory and the conversations are unchanged", err=True)
         raise SystemExit(130) from None
-    except (MemoryError, RuntimeError) as err:
-        if isinstance(err, MemoryError) or "out of memory" in str(err).lower():
+    except Exception as err:  # recorded as failed in sleep_runs; show it without a traceback
+        if isinstance(err, MemoryError) or (isinstance(err, RuntimeError) and "out of memory" in str(err).lower()):
             raise DreamerError(
                 f"the model does not fit in memory with preset {cfg.preset!r}: use --preset cpu-tiny, or lower "
                 "load.max_seq_len / distill.batch_size in a preset of your own; nothing changed"
             ) from None
-        raise DreamerError(f"sleep failed: {type(err).__name__}: {err}; nothing changed") from None
-    except Exception as err:  # recorded as failed in sleep_runs; show it without a traceback
         raise DreamerError(f"sleep failed: {type(err).__name__}: {err}; nothing changed") from None
     if outcome.report:
         click.echo(outcome.report)

@@ -66,25 +66,26 @@ def continuation_ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
 
 
-def reply_logits(model, prompt: list[int], reply: list[int]) -> torch.Tensor:
-    """Logits at the positions that predict `reply` after `prompt`: [1, len(reply), vocab]."""
+def reply_logits(model, prompt: list[int], reply: list[int], past=None) -> torch.Tensor:
+    """Logits at the positions that predict `reply` after `prompt`: [1, len(reply), vocab].
+
+    With `past` (the KV cache of what precedes `prompt`), only `prompt` + `reply` are encoded.
+    """
     ids = torch.tensor([prompt + reply], device=model.device)
     # Only the reply's positions matter: skipping the vocabulary projection for the prompt (the
     # teacher's holds the whole day) saves most of a forward pass on a small model.
-    logits = model(input_ids=ids, logits_to_keep=len(reply) + 1).logits
+    extra = {} if past is None else {"past_key_values": past, "use_cache": True}
+    logits = model(input_ids=ids, logits_to_keep=len(reply) + 1, **extra).logits
     return logits[:, :-1].float()
 
 
 def teacher_logits(model, cache: PromptCache, messages: list[dict], names, reply: list[int]) -> torch.Tensor:
     """The teacher's logits over `reply`, reusing the cached day prefix when there is one."""
     prompt = chat_ids(cache.tokenizer, messages)
-    hit = cache.lookup(model, messages, names, prompt)
-    if hit is None:
+    prefix = cache.prefix(model, messages, names, prompt)
+    if prefix is None:
         return reply_logits(model, prompt, reply)
-    cached, past = hit
-    rest = torch.tensor([prompt[cached:] + reply], device=model.device)
-    logits = model(input_ids=rest, past_key_values=past, use_cache=True, logits_to_keep=len(reply) + 1).logits
-    return logits[:, :-1].float()
+    return reply_logits(model, prompt[len(prefix):], reply, past=cache.past(messages, names))
 
 
 def clip_prompt(ids: list[int], max_len: int, reply_len: int) -> list[int]:

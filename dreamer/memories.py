@@ -41,6 +41,7 @@ TRAIN_ASK = "What do you remember about {topic}?"
 PROBE_ASK = "What did I tell you about {topic}?"
 QUOTE = "You told me: {turn}"
 MAX_ROWS = 32  # sequences decoded together in one generate() call
+TEACHER_BATCHES = 4  # questions, greedy answers, sampled answers, probe checks: the progress bar
 GENERAL_RESTATEMENTS = ("What do you remember about me?", "What did I tell you today?")
 STOPWORDS = set(
     "a an the and or but if of to in on at for with about from by as is are was were be been am i you he she it we "
@@ -130,10 +131,10 @@ def sample_many(model, tokenizer, conversations: list[list[dict]], names, *, n: 
     pad = tokenizer.pad_token_id
     kwargs = {"do_sample": False} if temperature is None else {"do_sample": True, "temperature": temperature, "top_p": 0.95}
     with adapters(model, names):
-        hits = [cache.lookup(model, m, names, p, copies=1) if cache is not None else None
-                for m, p in zip(conversations, prompts)]
-        shared = all(h is not None for h in hits) and len({h[0] for h in hits}) == 1
-        start = hits[0][0] if shared else 0
+        prefixes = [cache.prefix(model, m, names, p) if cache is not None else None
+                    for m, p in zip(conversations, prompts)]
+        shared = prefixes[0] is not None and all(q == prefixes[0] for q in prefixes)
+        start = len(prefixes[0]) if shared else 0
         width = max(len(p) - start for p in prompts)
         rows, masks = [], []
         for prompt in prompts:
@@ -143,9 +144,7 @@ def sample_many(model, tokenizer, conversations: list[list[dict]], names, *, n: 
             masks += [[1] * start + [0] * gap + [1] * len(tail)] * n
         ids = torch.tensor(rows, device=model.device)
         if shared:
-            past = hits[0][1]
-            past.batch_repeat_interleave(len(rows))
-            kwargs["past_key_values"] = past
+            kwargs["past_key_values"] = cache.past(conversations[0], names, copies=len(rows))
         out = model.generate(
             input_ids=ids, attention_mask=torch.tensor(masks, device=model.device), max_new_tokens=max_new_tokens,
             pad_token_id=pad, **kwargs,
@@ -251,8 +250,3 @@ def fact_probes(model, tokenizer, user_turns: list[str], *, day: str, system: st
         if scores[0] > max(scores[1:]):  # the teacher, holding the day, knows which is true
             probes.append({"day": day, "question": question, "answer": answer, "distractors": wrong, "kind": "recall"})
     return probes
-
-
-def expected_generations(n_conversations: int, n_user_turns: int, cfg: MemoriesConfig) -> int:
-    """The generate() batches above, for the progress bar."""
-    return 4  # questions, greedy answers, sampled answers, probe checks

@@ -21,8 +21,8 @@ class PromptCache:
         self.tokenizer = tokenizer
         self.entries: dict[tuple, tuple[list[int], object]] = {}
 
-    def lookup(self, model, messages: list[dict], names, prompt: list[int], copies: int = 1):
-        """(prefix length, a private copy of its cache expanded to `copies` rows) or None."""
+    def prefix(self, model, messages: list[dict], names, prompt: list[int]) -> list[int] | None:
+        """The cached prefix ids if `prompt` starts with them (computing the cache once), else None."""
         if not messages or messages[0]["role"] != "system":
             return None
         key = (tuple(names or ()), messages[0]["content"])
@@ -33,10 +33,12 @@ class PromptCache:
             with torch.no_grad():
                 ids = torch.tensor([prefix], device=model.device)
                 self.entries[key] = (prefix, model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values)
-        prefix, cache = self.entries[key]
-        if len(prompt) <= len(prefix) or prompt[: len(prefix)] != prefix:
-            return None
-        private = copy.deepcopy(cache)
+        prefix = self.entries[key][0]
+        return prefix if len(prompt) > len(prefix) and prompt[: len(prefix)] == prefix else None
+
+    def past(self, messages: list[dict], names, copies: int = 1):
+        """A private copy of the prefix's cache (found by `prefix`), expanded to `copies` rows."""
+        private = copy.deepcopy(self.entries[(tuple(names or ()), messages[0]["content"])][1])
         if copies > 1:
             private.batch_repeat_interleave(copies)
-        return len(prefix), private
+        return private

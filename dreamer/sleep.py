@@ -161,7 +161,7 @@ def _night(store, config, cfg, conversations, days, message_ids, run_id, progres
     from dreamer import gate as gate_stage
     from dreamer import stack as stack_files
     from dreamer.distill import distill
-    from dreamer.memories import Example, expected_generations, sample_many, write_memories
+    from dreamer.memories import TEACHER_BATCHES, Example, sample_many, write_memories
     from dreamer.report import morning_report
     from dreamer.rewards import SemanticJudge
     from dreamer.weights import base_fingerprint, build_stack, load_base, plan_device, stack_names, training_source
@@ -191,8 +191,7 @@ def _night(store, config, cfg, conversations, days, message_ids, run_id, progres
     stack = stack_names(model, include_new=False)
     advance()
 
-    turns = sum(1 for c in conversations for m in c["messages"] if m["role"] == "user")
-    advance = begin("teacher writes memories", expected_generations(len(conversations), turns, cfg.memories))
+    advance = begin("teacher writes memories", TEACHER_BATCHES)
     base_system = system_message(config, date.fromisoformat(days[-1]))
     memories = write_memories(model, tokenizer, conversations, day=days[-1], base_system=base_system, stack=stack,
                               cfg=cfg.memories, rng=rng, progress=advance)
