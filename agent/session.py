@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from agent.memory import build_prompt
 from agent.runtime import ChatRuntime
+from agent.stack_watch import StackWatcher
 from storage import Config, Store
 
 FLUSH_SECONDS = 1.0
@@ -39,6 +40,8 @@ class ChatSession:
         self.config = config
         self.model_name = model_name or getattr(runtime, "name", "?")
         self.conversation_id: int | None = None
+        # The manifest lives beside the database, in DREAMER_HOME.
+        self.stack = StackWatcher(runtime, store.path.parent)
 
     # --- conversations -----------------------------------------------------
     def new_conversation(self) -> int:
@@ -104,7 +107,8 @@ class ChatSession:
         last = self.store.last_sleep()
         return {
             "model": self.model_name,
-            "memory": self.store.memory_version(),
+            # what the runtime has loaded; the database may already hold a newer night
+            "memory": self.stack.label or self.store.memory_version(),
             "day": str(self.store.today()),
             "unconsolidated": self.store.unconsolidated_count(),
             "last_sleep": f"{last['status']} {last['started_at'][:16].replace('T', ' ')}" if last else "never",

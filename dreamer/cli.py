@@ -7,7 +7,8 @@
     dreamer export FILE.jsonl [--day D]
     dreamer sleep --now [--day D] [--preset P] [--dry-run]   # consolidate into a new LoRA expert
     dreamer eval --probes FILE.jsonl [--stack VERSION|none] [--json]
-    dreamer memory                     # the adapter stack and the sleep runs
+    dreamer memory [--export]          # the adapter stack, its versions and the sleep runs
+    dreamer rollback [VERSION]         # re-activate an earlier stack (the chat swaps to it)
 
 Heavy modules (torch, transformers, llama_cpp, textual) are imported inside the commands
 that need them, so `dreamer --help` stays fast. Every domain error becomes one clean line
@@ -152,11 +153,13 @@ def export(file: Path, day: str | None) -> None:
     click.echo(f"exported {count} conversations to {file}")
 
 
-from dreamer.commands_sleep import eval_, memory, sleep  # noqa: E402  (registered below)
+from dreamer.commands_sleep import eval_, sleep  # noqa: E402  (registered below)
+from dreamer.commands_stack import memory, rollback  # noqa: E402
 
 cli.add_command(sleep)
 cli.add_command(eval_)
 cli.add_command(memory)
+cli.add_command(rollback)
 
 
 def main() -> None:

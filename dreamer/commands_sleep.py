@@ -1,4 +1,4 @@
-"""`dreamer sleep`, `dreamer eval` and `dreamer memory`: the sleep side of the command line.
+"""`dreamer sleep` and `dreamer eval`: the sleep side of the command line.
 
 torch and transformers are imported inside the commands, so `dreamer --help` stays fast.
 """
@@ -81,7 +81,7 @@ def sleep(now: bool, day: str | None, preset: str, dry_run: bool) -> None:
 
 @click.command(name="eval")
 @click.option("--probes", "probes_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--stack", default="active", show_default=True, help="active, none (the base), or a night number N")
+@click.option("--stack", default="active", show_default=True, help="active, none (the base), or a stack version V (see `dreamer memory`)")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 @click.option("--no-generate", is_flag=True, help="multiple choice only (faster)")
 def eval_(probes_path: Path, stack: str, as_json: bool, no_generate: bool) -> None:
@@ -94,16 +94,17 @@ def eval_(probes_path: Path, stack: str, as_json: bool, no_generate: bool) -> No
     except ProbeError as err:
         raise DreamerError(str(err)) from None
     config, store = _open()
-    rows = ledger.adapters(store, "active")
+    versions = {str(v["id"]): v["nights"] for v in ledger.versions(store)}
     if stack == "none":
-        chosen = []
+        nights = []
     elif stack == "active":
-        chosen = rows
-    elif stack.isdigit() and any(r["night"] == int(stack) for r in ledger.adapters(store)):
-        chosen = [r for r in ledger.adapters(store) if r["night"] <= int(stack) and r["status"] != "candidate"]
+        nights = versions[str(ledger.active_version(store))]
+    elif stack in versions:
+        nights = versions[stack]
     else:
-        raise DreamerError(f"--stack must be active, none or a night number; known nights: "
-                           f"{[r['night'] for r in ledger.adapters(store)] or 'none yet'}")
+        raise DreamerError(f"--stack must be active, none or a stack version (see `dreamer memory`); "
+                           f"known versions: {', '.join(versions)}")
+    chosen = [r for r in ledger.adapters(store) if r["night"] in nights]
     from dreamer.evaluate import evaluate, format_table
     from dreamer.sleep_config import LoadConfig
     from dreamer.weights import AdapterMismatch, build_stack, load_base, plan_device, training_source
@@ -117,24 +118,3 @@ def eval_(probes_path: Path, stack: str, as_json: bool, no_generate: bool) -> No
     result = evaluate(model, tokenizer, probes, generate=not no_generate)
     result["stack"] = [r["night"] for r in chosen]
     click.echo(json.dumps(result, indent=2, ensure_ascii=False) if as_json else format_table(result))
-
-
-@click.command()
-def memory() -> None:
-    """The adapter stack (experts, nights, metrics) and the sleep runs."""
-    _, store = _open()
-    rows = ledger.adapters(store)
-    click.secho("adapter stack", bold=True)
-    if not rows:
-        click.echo("  none yet: the first `dreamer sleep --now` creates night 1")
-    for row in rows:
-        gate = row["metrics"].get("gate", {})
-        click.echo(f"  night {row['night']:>3}  {row['day']}  {row['status']:<8} today {gate.get('today_before', 0):.2f}"
-                   f" -> {gate.get('today_after', 0):.2f}  drift {gate.get('drift', 0):.4f}  {row['path']}")
-    click.secho("\nsleep runs", bold=True)
-    runs = ledger.runs(store)
-    if not runs:
-        click.echo("  none yet")
-    for run in runs:
-        reason = f"  ({run['reason']})" if run["reason"] else ""
-        click.echo(f"  #{run['id']:<4} {run['started_at'][:16]}  {run['day']}  {run['status']:<11} {run['preset']}{reason}")

@@ -161,6 +161,7 @@ def _night(store, config, cfg, conversations, days, message_ids, run_id, progres
     from dreamer import gate as gate_stage
     from dreamer import stack as stack_files
     from dreamer.distill import distill
+    from dreamer.export_gguf import base_config_summary, check_exportable, export_expert
     from dreamer.memories import TEACHER_BATCHES, Example, sample_many, write_memories
     from dreamer.report import morning_report
     from dreamer.rewards import SemanticJudge
@@ -186,6 +187,8 @@ def _night(store, config, cfg, conversations, days, message_ids, run_id, progres
     plan = plan_device(cfg.load)
     source = training_source(config.train_model, cache_dir(home))
     base, tokenizer = load_base(source, plan)
+    base_config = base_config_summary(base)
+    check_exportable(base_config)  # before hours of training, not after: the chat needs the GGUF
     experts = stack_files.active_paths(store)
     model = build_stack(base, experts, cfg.distill)
     stack = stack_names(model, include_new=False)
@@ -237,12 +240,16 @@ def _night(store, config, cfg, conversations, days, message_ids, run_id, progres
     if decision.passed:
         advance = progress.phase("save and promote", 1)
         candidate = stack_files.save_candidate(model, stack_files.candidate_dir(root, run_id), {
-            "base": base_fingerprint(base), "base_source": source, "days": days, "run_id": run_id,
+            "base": base_fingerprint(base), "base_config": base_config, "base_source": source, "days": days,
+            "run_id": run_id,
             "rank": cfg.distill.rank, "lora_alpha": cfg.distill.lora_alpha, "metrics": metrics,
             "config": cfg.as_dict(), "conversation_ids": [c["conversation_id"] for c in conversations],
         })
+        export_started = time.monotonic()
+        exported = export_expert(candidate, base_config=base_config)  # a failure fails the night: nothing changes
+        metrics["export_seconds"] = round(time.monotonic() - export_started, 2)
         final = stack_files.place_expert(candidate, root, night)
-        adapter = {"night": night, "day": days[-1], "path": str(final), "gguf_path": None,
+        adapter = {"night": night, "day": days[-1], "path": str(final), "gguf_path": str(final / exported.name),
                    "metrics": json.dumps(metrics, default=str), "config": json.dumps(cfg.as_dict())}
         try:
             ledger.promote(store, run_id, adapter, message_ids)

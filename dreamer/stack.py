@@ -1,29 +1,27 @@
 """The adapter stack on disk: one folder per promoted night, and a manifest the chat reads.
 
     DREAMER_HOME/adapters/
-        manifest.json              {"version": N, "experts": [{"night", "path", "gguf_path", "scale"}]}
-        night-0001/                adapter_config.json, adapter_model.safetensors, metadata.json
+        manifest.json              {"version": V, "night": N, "experts": [{"night", "path", "gguf_path", "scale"}]}
+        night-0001/                adapter_config.json, adapter_model.safetensors, metadata.json,
+                                   adapter.gguf (the same expert for llama.cpp, dreamer.export_gguf)
         night-0002/ ...
         .candidate-run-<id>/       tonight's expert until the gate decides (deleted otherwise)
 
-The database (`adapters` table) is the source of truth; the manifest is rewritten from it after
-every promotion, atomically (write a temporary file, fsync, rename), so a reader never sees a
-half-written stack.
+The database (`adapters`, `stack_versions`) is the source of truth; the manifest
+(storage.manifest) is rewritten from it after every promotion and rollback, atomically.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 from storage import Store
+from storage import manifest
+from storage.ledger import active_version
 from storage.ledger import adapters as adapter_rows
 from storage.paths import ensure_private_dir
-
-MANIFEST = "manifest.json"
-
 
 def candidate_dir(root: Path, run_id: int) -> Path:
     return root / f".candidate-run-{run_id}"
@@ -67,28 +65,14 @@ def place_expert(candidate: Path, root: Path, night: int) -> Path:
 
 
 def write_manifest(store: Store, root: Path) -> Path:
+    """Rewrite the manifest from the database: the active version and its experts, in order."""
     rows = adapter_rows(store, "active")
-    manifest = {
-        "version": rows[-1]["night"] if rows else 0,
-        "experts": [
-            {"night": r["night"], "day": r["day"], "path": r["path"], "gguf_path": r["gguf_path"], "scale": 1.0}
-            for r in rows
-        ],
-    }
-    ensure_private_dir(root)
-    target = root / MANIFEST
-    temporary = target.with_suffix(".json.tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(manifest, handle, indent=2)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, target)
-    return target
-
-
-def read_manifest(root: Path) -> dict:
-    path = root / MANIFEST
-    return json.loads(path.read_text()) if path.exists() else {"version": 0, "experts": []}
+    return manifest.write_manifest({
+        "version": active_version(store),
+        "night": rows[-1]["night"] if rows else 0,
+        "experts": [{"night": r["night"], "day": r["day"], "path": r["path"], "gguf_path": r["gguf_path"], "scale": 1.0}
+                    for r in rows],
+    }, root.parent)
 
 
 def discard(path: Path | None) -> None:

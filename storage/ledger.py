@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from storage.store import Store, dumps
+from storage.store import WAITING, Store, dumps
 
 
 def unconsolidated(store: Store, day: str | None = None) -> list[dict]:
@@ -19,7 +19,7 @@ def unconsolidated(store: Store, day: str | None = None) -> list[dict]:
     Each: {"conversation_id", "title", "days", "messages": [{"id", "role", "content", "day"}]}.
     Turns still being written (`generating`) wait for a later night.
     """
-    where = "consolidated_run_id is null and status != 'generating' and content != ''"
+    where = f"{WAITING} and status != 'generating' and content != ''"
     args: list = []
     if day:
         where += " and day = ?"
@@ -87,11 +87,17 @@ def next_night(store: Store) -> int:
 
 
 def promote(store: Store, run_id: int, adapter: dict, message_ids: list[int]) -> int:
-    """Activate the new expert and mark its messages consolidated, atomically."""
+    """Activate the new expert (a new stack version) and mark its messages consolidated, atomically."""
     with store.db.atomic():
         adapter_id = store.db["adapters"].insert(
             {**adapter, "run_id": run_id, "status": "active", "created_at": store.now().isoformat()}
         ).last_pk
+        nights = [row["night"] for row in adapters(store, "active")]
+        version = store.db["stack_versions"].insert(
+            {"nights": json.dumps(nights), "parent": active_version(store), "created_at": store.now().isoformat(),
+             "reason": f"night {adapter['night']} promoted"}
+        ).last_pk
+        _set_active_version(store, version)
         for start in range(0, len(message_ids), 500):  # SQLite's variable limit
             chunk = message_ids[start : start + 500]
             store.db.execute(
@@ -99,3 +105,42 @@ def promote(store: Store, run_id: int, adapter: dict, message_ids: list[int]) ->
                 [run_id, *chunk],
             )
     return adapter_id
+
+
+# --- stack versions ---------------------------------------------------------------------------
+def versions(store: Store) -> list[dict]:
+    """Every stack version, oldest first: {"id", "nights", "created_at", "reason"}; id 0 = the base."""
+    rows = [{**row, "nights": json.loads(row["nights"])} for row in store.db["stack_versions"].rows_where(order_by="id")]
+    return [{"id": 0, "nights": [], "parent": None, "created_at": "", "reason": "the base alone"}, *rows]
+
+
+def active_version(store: Store) -> int:
+    row = next(iter(store.db.query("select value from state where key = 'active_version'")), None)
+    return int(row["value"]) if row else 0
+
+
+def _set_active_version(store: Store, version: int) -> None:
+    store.db["state"].upsert({"key": "active_version", "value": str(version)}, pk="key")
+
+
+def activate(store: Store, version: int) -> dict:
+    """Make stack `version` the active one, atomically; its nights' turns count as learned again."""
+    known = {v["id"]: v for v in versions(store)}
+    if version not in known:
+        raise ValueError(f"no stack version {version}; known versions: {', '.join(map(str, known))}")
+    nights = known[version]["nights"]
+    with store.db.atomic():
+        store.db.execute("update adapters set status = 'retired' where status = 'active'")
+        if nights:
+            store.db.execute(f"update adapters set status = 'active' where night in ({','.join('?' * len(nights))})",
+                             nights)
+        _set_active_version(store, version)
+    return known[version]
+
+
+def previous_version(store: Store) -> int:
+    """The version the active one was built on (where `dreamer rollback` with no argument goes)."""
+    current = active_version(store)
+    if current == 0:
+        raise ValueError("the active stack is already the base alone: nothing to roll back")
+    return next(v["parent"] for v in versions(store) if v["id"] == current) or 0

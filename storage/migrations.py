@@ -6,6 +6,8 @@ A migration that has landed is never edited: change the schema by adding the nex
 
 from __future__ import annotations
 
+import json
+
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
@@ -92,3 +94,20 @@ def m003_probes(db: Database) -> None:
         foreign_keys=[("run_id", "sleep_runs", "id")],
     )
     db["probes"].create_index(["run_id"])
+
+
+@migrations()
+def m004_stack_versions_schedule_and_report_seen(db: Database) -> None:
+    # A stack version is the list of nights active together; promotion adds one, rollback
+    # re-activates one. `state.active_version` names the active version (0 = the base alone);
+    # `parent` is the version a promotion was trained on, where `dreamer rollback` goes back to.
+    db["stack_versions"].create({"id": int, "nights": str, "parent": int, "created_at": str, "reason": str}, pk="id")
+    db["state"].create({"key": str, "value": str}, pk="key")
+    # What the scheduler did each time it fired (ran, skipped, deferred), for `dreamer schedule`.
+    db["schedule_events"].create({"id": int, "at": str, "event": str, "detail": str, "run_id": int}, pk="id")
+    # The chat shows a night's morning report once, on the first launch after it.
+    db["sleep_runs"].add_column("report_seen_at", str)
+    nights = [row["night"] for row in db.query("select night from adapters where status = 'active' order by night")]
+    if nights:  # a database promoted before versions existed: its stack becomes version 1
+        db["stack_versions"].insert({"id": 1, "nights": json.dumps(nights), "parent": 0, "created_at": "", "reason": "existing stack"})
+        db["state"].insert({"key": "active_version", "value": "1"})

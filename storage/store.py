@@ -23,6 +23,12 @@ from pathlib import Path
 from sqlite_utils import Database
 
 from storage.days import day_of
+
+# A turn waits for sleep until a night that is in the active stack has consolidated it: after a
+# rollback, the turns of the nights rolled back wait again (and count as learned again if a
+# later rollback re-activates their night).
+WAITING = ("(consolidated_run_id is null or consolidated_run_id not in "
+           "(select run_id from adapters where status = 'active'))")
 from storage.migrations import migrations
 from storage.paths import database_path, dreamer_home, ensure_private_dir, make_private
 
@@ -182,21 +188,30 @@ class Store:
         """Per day: messages, and those not yet consolidated (oldest day first)."""
         sql = """
             select day, count(*) as messages,
-                   sum(case when consolidated_run_id is null then 1 else 0 end) as unconsolidated
+                   sum(case when {WAITING} then 1 else 0 end) as unconsolidated
             from messages group by day order by day
-        """
+        """.format(WAITING=WAITING)
         return list(self.db.query(sql))
 
     def unconsolidated_count(self) -> int:
-        return self.db["messages"].count_where("consolidated_run_id is null and status != 'generating'")
+        return self.db["messages"].count_where(f"{WAITING} and status != 'generating'")
 
     def unconsolidated_days(self) -> list[str]:
-        sql = "select distinct day from messages where consolidated_run_id is null order by day"
+        sql = f"select distinct day from messages where {WAITING} order by day"
         return [row["day"] for row in self.db.query(sql)]
 
     def last_sleep(self) -> dict | None:
         rows = list(self.db["sleep_runs"].rows_where(order_by="id desc", limit=1))
         return rows[0] if rows else None
+
+    def unseen_report(self) -> dict | None:
+        """The last night's run if its morning report was never shown (only nights that finished)."""
+        rows = list(self.db["sleep_runs"].rows_where("status in ('promoted', 'rejected')", order_by="id desc", limit=1))
+        return rows[0] if rows and rows[0]["report"] and not rows[0]["report_seen_at"] else None
+
+    def mark_report_seen(self, run_id: int) -> None:
+        with self._lock, self.db.atomic():
+            self.db["sleep_runs"].update(run_id, {"report_seen_at": self.now().isoformat()})
 
     def active_adapters(self) -> list[dict]:
         return list(self.db["adapters"].rows_where("status = 'active'", order_by="night"))

@@ -127,3 +127,41 @@ def test_memory_lists_runs(dreamer_home):
     ledger.finish_run(store, run_id, "rejected", reason="today's recall did not improve enough")
     output = run("memory").output
     assert "rejected" in output and "did not improve" in output and "cpu-tiny" in output
+
+
+def test_rollback_rewrites_the_manifest_and_requeues_turns(dreamer_home):
+    from storage import ledger
+    from storage.manifest import read_manifest
+    from tests.test_versions import promote_night
+
+    store = Store(database_path())
+    for night in (1, 2):
+        promote_night(store, night)
+    from dreamer.stack import write_manifest
+
+    write_manifest(store, dreamer_home / "adapters")
+    assert read_manifest(dreamer_home)["version"] == 2
+    output = run("memory").output
+    assert "* v2    nights 1, 2" in output and "  v1    nights 1" in output and "NO GGUF" in output
+
+    result = run("rollback")
+    assert result.exit_code == 0, result.output
+    assert "stack v1 (nights: 1)" in result.output and "1 turns wait" in result.output
+    manifest = read_manifest(dreamer_home)
+    assert manifest["version"] == 1 and [e["night"] for e in manifest["experts"]] == [1]
+    assert run("rollback", "0").exit_code == 0 and read_manifest(dreamer_home)["experts"] == []
+    result = run("rollback")
+    assert result.exit_code == 1 and "already the base alone" in result.output
+    result = run("rollback", "9")
+    assert result.exit_code == 1 and "no stack version 9" in result.output
+    assert ledger.active_version(store) == 0
+
+
+def test_rollback_waits_for_no_sleep(dreamer_home):
+    from dreamer.sleep import sleep_lock
+    from tests.test_versions import promote_night
+
+    promote_night(Store(database_path()), 1)
+    with sleep_lock(dreamer_home):
+        result = run("rollback", "0")
+    assert result.exit_code == 1 and "another sleep is already running" in result.output

@@ -16,7 +16,8 @@ from dreamer.sleep import SleepBusy, sleep_lock, sleep_now
 from dreamer.sleep_config import (
     DistillConfig, GateConfig, LoadConfig, SleepConfigError, load_preset, preset_names, sleep_config_from_dict,
 )
-from dreamer.stack import read_manifest, save_candidate
+from dreamer.stack import save_candidate
+from storage.manifest import read_manifest
 from dreamer.weights import NEW, AdapterMismatch, build_stack, load_base, plan_device
 from storage import Config, ledger
 from tests.tiny import make_tiny_model_dir
@@ -136,8 +137,11 @@ def test_promoted_night_is_saved_and_consolidated(day_store, tiny_dir, dreamer_h
     [adapter] = ledger.adapters(day_store, "active")
     assert adapter["night"] == 1
     assert day_store.unconsolidated_count() == 0
-    manifest = read_manifest(dreamer_home / "adapters")
+    manifest = read_manifest(dreamer_home)
     assert manifest["version"] == 1 and manifest["experts"][0]["path"] == adapter["path"]
+    # exported for llama.cpp beside the PEFT folder, and listed in the manifest
+    gguf_file = dreamer_home / "adapters" / "night-0001" / "adapter.gguf"
+    assert gguf_file.is_file() and manifest["experts"][0]["gguf_path"] == adapter["gguf_path"] == str(gguf_file)
     meta = json.loads((dreamer_home / "adapters" / "night-0001" / "metadata.json").read_text())
     assert meta["night"] == 1 and meta["rank"] == 16 and meta["conversation_ids"] == [1]
     assert "Morning report: night 1" in outcome.report

@@ -15,9 +15,13 @@ EXPECTED_COLUMNS = {
         "id", "conversation_id", "role", "content", "created_at", "day", "status", "writer_pid",
         "consolidated_run_id",
     },
-    "sleep_runs": {"id", "day", "started_at", "finished_at", "status", "preset", "reason", "report", "metrics"},
+    "sleep_runs": {"id", "day", "started_at", "finished_at", "status", "preset", "reason", "report", "metrics",
+                   "report_seen_at"},
     "adapters": {"id", "night", "day", "run_id", "path", "gguf_path", "status", "created_at", "metrics", "config"},
     "probes": {"id", "run_id", "day", "question", "answer", "distractors", "kind"},
+    "stack_versions": {"id", "nights", "parent", "created_at", "reason"},
+    "state": {"key", "value"},
+    "schedule_events": {"id", "at", "event", "detail", "run_id"},
 }
 
 
@@ -33,7 +37,7 @@ def test_reapplying_migrations_is_a_noop(store):
     assert migrations.pending(store.db) == []
     migrations.apply(store.db)
     reopened = Store(store.path)
-    assert reopened.db["_sqlite_migrations"].count == before == 3
+    assert reopened.db["_sqlite_migrations"].count == before == 4
 
 
 def test_files_are_private(store, dreamer_home):

@@ -23,18 +23,25 @@ from textual.widgets import Footer, Input
 
 from agent.models import ModelError
 from agent.session import ChatSession, EmptyMessage, Reply
+from agent.stack_watch import Swap
+from agent.tui.report_screen import ReportScreen
 from agent.tui.widgets import ConversationList, MessageView, StatusBar
 from storage import StoreError
+from storage.manifest import ManifestError
 
 # Failures we expect and explain; anything else is still shown, never allowed to kill the app.
-EXPECTED_FAILURES = (ModelError, StoreError, sqlite3.Error)
+EXPECTED_FAILURES = (ModelError, StoreError, ManifestError, sqlite3.Error)
 # Streamed text reaches the screen at most this often: Markdown re-parses on each append.
 RENDER_INTERVAL = 0.05
+# How often the chat looks for a new memory (a promoted night or a rollback); a stat call.
+MEMORY_POLL_SECONDS = 2.0
 
 
 def describe(err: BaseException) -> str:
     if isinstance(err, ModelError):
         return f"model error: {err}"
+    if isinstance(err, ManifestError):
+        return f"memory not updated: {err}"
     if isinstance(err, (StoreError, sqlite3.Error)):
         return f"database error: {err}"
     return f"{type(err).__name__}: {err}"
@@ -54,6 +61,7 @@ class ChatScreen(Screen):
         super().__init__()
         self.session = session
         self._stop: threading.Event | None = None
+        self.swapping = False
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="body"):
@@ -73,6 +81,9 @@ class ChatScreen(Screen):
                 self.error(err)
         await self.show_conversation()
         self.query_one("#prompt", Input).focus()
+        self.check_memory()  # the first check loads the stack the chat starts with
+        self.set_interval(MEMORY_POLL_SECONDS, self.check_memory)
+        self.show_morning_report()
 
     def on_unmount(self) -> None:
         # Quitting mid-reply: let the worker end now; the session stores the partial reply.
@@ -161,6 +172,51 @@ class ChatScreen(Screen):
             await self.show_conversation()
         self.action_focus_input()
 
+    # --- memory: hot swap of the adapter stack, morning report -------------------
+    def check_memory(self) -> None:
+        """Swap in a new stack if the manifest changed; never while a reply is being written."""
+        if self.generating or self.swapping:
+            return  # reply_done checks again as soon as the reply ends
+        try:
+            manifest = self.session.stack.pending()
+        except EXPECTED_FAILURES as err:
+            self.error(err)
+            return
+        if manifest is not None:
+            self.swapping = True
+            self.swap_stack(manifest)
+
+    @work(thread=True, exclusive=True, group="memory")
+    def swap_stack(self, manifest: dict) -> None:
+        """Loading adapters takes a moment: off the UI thread, under the runtime's own lock."""
+        try:
+            swap = self.session.stack.apply(manifest)
+        except Exception as err:  # noqa: BLE001 - the runtime kept the previous stack
+            self.call_ui(self.swap_failed, manifest, err)
+        else:
+            self.call_ui(self.swapped, swap)
+
+    def swapped(self, swap: Swap) -> None:
+        self.swapping = False
+        if swap.message != "memory: none yet":
+            self.notify(swap.message, title="dreamer", timeout=8, markup=False)
+        self.refresh_sidebar()
+
+    def swap_failed(self, manifest: dict, err: BaseException) -> None:
+        self.swapping = False
+        still = self.session.stack.label or "the base alone"
+        self.notify(f"memory version {manifest['version']} could not be loaded: {describe(err)}; still using {still}",
+                    title="dreamer", severity="error", timeout=15, markup=False)
+
+    def show_morning_report(self) -> None:
+        try:
+            run = self.session.store.unseen_report()
+        except EXPECTED_FAILURES as err:
+            self.error(err)
+            return
+        if run is not None:
+            self.app.push_screen(ReportScreen(run["report"]), lambda _: self.session.store.mark_report_seen(run["id"]))
+
     # --- a turn ----------------------------------------------------------------
     async def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
@@ -228,6 +284,7 @@ class ChatScreen(Screen):
         finally:
             self.generating = False
             self.refresh_sidebar()
+            self.check_memory()  # a night promoted during the reply swaps in now
 
     async def reply_failed(self, bubble: MessageView, unrendered: str, err: BaseException) -> None:
         try:
@@ -240,3 +297,4 @@ class ChatScreen(Screen):
             self.generating = False
             self.error(err)
             self.refresh_sidebar()
+            self.check_memory()

@@ -1,0 +1,79 @@
+"""`StackWatcher`: keep the chat runtime's LoRA stack equal to the manifest the sleep writes.
+
+The sleep (after a promotion) and `dreamer rollback` rewrite `adapters/manifest.json`
+atomically. The chat polls it (a `stat` first, so polling costs nothing while it is
+unchanged) and, between replies, hands the whole new stack to `runtime.load_adapters`, which
+either swaps it in completely or raises and keeps the old one. A manifest that failed to load
+is not retried until it changes again, so the user is told once, not every two seconds.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.models import ModelError
+from agent.runtime import Adapter
+from storage.manifest import manifest_path, read_manifest
+
+
+@dataclass(frozen=True)
+class Swap:
+    """What a successful swap did, for the status bar and the notification."""
+
+    label: str  # "night 3", or "none yet" for the base alone
+    message: str  # "memory updated: night 3", "memory rolled back: night 1"
+
+
+def label_of(manifest: dict) -> str:
+    return f"night {manifest['night']}" if manifest["experts"] else "none yet"
+
+
+def adapters_for(manifest: dict, adapter_format: str) -> list[Adapter]:
+    """The runtime's adapter files: llama.cpp GGUFs, or PEFT folders for the transformers runtime."""
+    adapters = []
+    for expert in manifest["experts"]:
+        path = expert.get("gguf_path") if adapter_format == "gguf" else expert.get("path")
+        if not path:
+            raise ModelError(f"night {expert['night']} has no llama.cpp export: run `dreamer memory --export`")
+        adapters.append(Adapter(Path(path), float(expert.get("scale", 1.0))))
+    return adapters
+
+
+class StackWatcher:
+    def __init__(self, runtime, home: Path) -> None:
+        self.runtime = runtime
+        self.home = Path(home)
+        self.loaded: dict | None = None  # the manifest now in the runtime; None before the first load
+        self._stamp: tuple | None = None
+
+    @property
+    def label(self) -> str | None:
+        return label_of(self.loaded) if self.loaded is not None else None
+
+    def pending(self) -> dict | None:
+        """The manifest, if it names another stack than the loaded one (ManifestError if unreadable)."""
+        try:
+            status = os.stat(manifest_path(self.home))
+            stamp = (status.st_ino, status.st_mtime_ns, status.st_size)
+        except FileNotFoundError:
+            stamp = None
+        if stamp == self._stamp and self.loaded is not None:
+            return None
+        self._stamp = stamp
+        manifest = read_manifest(self.home)
+        if self.loaded is not None and manifest["version"] == self.loaded["version"]:
+            return None
+        return manifest
+
+    def apply(self, manifest: dict) -> Swap:
+        """Load `manifest`'s whole stack; on failure the runtime keeps the old one (ModelError)."""
+        self.runtime.load_adapters(adapters_for(manifest, getattr(self.runtime, "adapter_format", "gguf")))
+        before, self.loaded = self.loaded, manifest
+        label = label_of(manifest)
+        if before is None:
+            return Swap(label, f"memory: {label}")
+        if manifest["night"] < before["night"] or not manifest["experts"]:
+            return Swap(label, f"memory rolled back: {label if manifest['experts'] else 'the base alone'}")
+        return Swap(label, f"memory updated: {label}")

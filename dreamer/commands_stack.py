@@ -1,0 +1,103 @@
+"""`dreamer memory` and `dreamer rollback`: the adapter stack, its versions, and going back.
+
+    dreamer memory                  # experts, stack versions (the active one marked), sleep runs
+    dreamer memory --export         # (re-)write every active expert's llama.cpp GGUF
+    dreamer rollback [VERSION]      # re-activate an earlier stack; a running chat swaps to it
+
+A rollback is one transaction (the experts' status and the active version) followed by an
+atomic rewrite of the manifest the chat watches. The turns of the nights rolled back wait for
+the next sleep again, so nothing the user said is lost with them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from storage import dreamer_home, ledger
+from storage.paths import adapters_dir
+
+
+def _store():
+    from dreamer.cli import open_store
+    from storage import load_config
+
+    return open_store(load_config())
+
+
+def _nights(nights: list[int]) -> str:
+    return ", ".join(map(str, nights)) if nights else "base alone"
+
+
+@click.command()
+@click.option("--export", "export", is_flag=True, help="(re-)export every active expert to llama.cpp GGUF")
+def memory(export: bool) -> None:
+    """The adapter stack (experts, versions, metrics) and the sleep runs."""
+    store = _store()
+    if export:
+        _export_all(store)
+        return
+    rows = ledger.adapters(store)
+    click.secho("experts", bold=True)
+    if not rows:
+        click.echo("  none yet: the first `dreamer sleep --now` that passes the gate creates night 1")
+    for row in rows:
+        gate = row["metrics"].get("gate", {})
+        gguf = "gguf ok" if row["gguf_path"] and Path(row["gguf_path"]).is_file() else "NO GGUF"
+        click.echo(f"  night {row['night']:>3}  {row['day']}  {row['status']:<8} today {gate.get('today_before', 0):.2f}"
+                   f" -> {gate.get('today_after', 0):.2f}  drift {gate.get('drift', 0):.4f}  {gguf}  {row['path']}")
+    active = ledger.active_version(store)
+    click.secho("\nstack versions (dreamer rollback VERSION)", bold=True)
+    for version in ledger.versions(store):
+        mark = "*" if version["id"] == active else " "
+        click.echo(f"{mark} v{version['id']:<4} nights {_nights(version['nights']):<16} {version['created_at'][:16]}"
+                   f"  {version['reason']}")
+    click.secho("\nsleep runs", bold=True)
+    runs = ledger.runs(store)
+    if not runs:
+        click.echo("  none yet")
+    for run in runs:
+        reason = f"  ({run['reason']})" if run["reason"] else ""
+        click.echo(f"  #{run['id']:<4} {run['started_at'][:16]}  {run['day']}  {run['status']:<11} {run['preset']}{reason}")
+
+
+def _export_all(store) -> None:
+    from dreamer.cli import DreamerError
+    from dreamer.export_gguf import ExportError, export_expert
+    from dreamer.stack import write_manifest
+
+    rows = ledger.adapters(store, "active")
+    if not rows:
+        click.echo("no active experts to export")
+        return
+    for row in rows:
+        try:
+            path = export_expert(Path(row["path"]))
+        except (ExportError, OSError) as err:
+            raise DreamerError(f"night {row['night']}: {err}") from None
+        store.db["adapters"].update(row["id"], {"gguf_path": str(path)})
+        click.echo(f"night {row['night']}: {path}")
+    write_manifest(store, adapters_dir(dreamer_home()))
+
+
+@click.command()
+@click.argument("version", type=int, required=False)
+def rollback(version: int | None) -> None:
+    """Re-activate an earlier stack version (default: the one the active stack was built on)."""
+    from dreamer.cli import DreamerError
+    from dreamer.sleep import SleepBusy, sleep_lock
+    from dreamer.stack import write_manifest
+
+    store = _store()
+    home = dreamer_home()
+    try:
+        target = ledger.previous_version(store) if version is None else version
+        with sleep_lock(home):  # never while a sleep is about to promote on top of the old stack
+            chosen = ledger.activate(store, target)
+            write_manifest(store, adapters_dir(home))
+    except (ValueError, SleepBusy) as err:
+        raise DreamerError(str(err)) from None
+    waiting = store.unconsolidated_count()
+    click.echo(f"memory is now stack v{target} (nights: {_nights(chosen['nights'])}); a running chat swaps to it "
+               f"between replies; {waiting} turns wait for the next sleep")
