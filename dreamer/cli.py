@@ -9,6 +9,8 @@
     dreamer eval --probes FILE.jsonl [--stack VERSION|none] [--json]
     dreamer memory [--export]          # the adapter stack, its versions and the sleep runs
     dreamer rollback [VERSION]         # re-activate an earlier stack (the chat swaps to it)
+    dreamer daemon                     # the nightly scheduler (or scheduler_in_chat = true)
+    dreamer schedule [--install-systemd]
 
 Heavy modules (torch, transformers, llama_cpp, textual) are imported inside the commands
 that need them, so `dreamer --help` stays fast. Every domain error becomes one clean line
@@ -64,19 +66,38 @@ def cli() -> None:
 
 
 @cli.command()
+@click.option("--runtime", "runtime_name", type=click.Choice(["llama", "transformers"]),
+              help="llama.cpp on the GGUF model, or transformers on train_model with the PEFT stack "
+                   "[default: chat_runtime in config.toml, llama]")
 @_user_errors
-def chat() -> None:
+def chat(runtime_name: str | None) -> None:
     """Chat in the terminal; every turn is kept for tonight's sleep."""
-    from agent.llama_runtime import LlamaRuntime
     from agent.session import ChatSession
     from agent.tui import run_chat
 
     config = load_config()
     store = open_store(config)
-    runtime = LlamaRuntime.from_config(config)
+    if (runtime_name or config.chat_runtime) == "transformers":
+        from dreamer.hf_runtime import TransformersRuntime
+        from dreamer.weights import training_source
+        from storage.paths import cache_dir
+
+        click.echo("loading the model with transformers (the first time, the embedded GGUF is dequantized: ~30 s)")
+        runtime = TransformersRuntime(training_source(config.train_model, cache_dir(dreamer_home())))
+    else:
+        from agent.llama_runtime import LlamaRuntime
+
+        runtime = LlamaRuntime.from_config(config)
     session = ChatSession(store, runtime, config, model_name=runtime.name)
     session.resume_latest()
-    run_chat(session)
+    if not config.scheduler_in_chat:
+        run_chat(session)
+        return
+    from dreamer.scheduler import hosted_scheduler
+
+    with hosted_scheduler(dreamer_home(), config) as note:
+        click.echo(note)
+        run_chat(session)
 
 
 @cli.command()
@@ -155,11 +176,14 @@ def export(file: Path, day: str | None) -> None:
 
 from dreamer.commands_sleep import eval_, sleep  # noqa: E402  (registered below)
 from dreamer.commands_stack import memory, rollback  # noqa: E402
+from dreamer.commands_schedule import daemon, schedule  # noqa: E402
 
 cli.add_command(sleep)
 cli.add_command(eval_)
 cli.add_command(memory)
 cli.add_command(rollback)
+cli.add_command(daemon)
+cli.add_command(schedule)
 
 
 def main() -> None:

@@ -38,19 +38,26 @@ class RichPhases:
 
 
 @click.command()
-@click.option("--now", is_flag=True, required=True, help="sleep now (the scheduler runs it at night)")
+@click.option("--now", is_flag=True, help="sleep now")
+@click.option("--scheduled", is_flag=True,
+              help="what the nightly job runs: skip if nothing waits, wait until the chat is quiet, then sleep")
 @click.option("--day", help="consolidate only this day (YYYY-MM-DD); default: every waiting day")
-@click.option("--preset", default="cpu-tiny", show_default=True, help="a preset name in assets/presets or a .toml path")
+@click.option("--preset", help="a preset name in assets/presets, a .toml path, or auto  [default: sleep_preset in "
+                               "config.toml, auto = gpu-qlora on CUDA, else cpu-tiny]")
 @click.option("--dry-run", is_flag=True, help="show what would be consolidated and the cost; train nothing")
-def sleep(now: bool, day: str | None, preset: str, dry_run: bool) -> None:
+def sleep(now: bool, scheduled: bool, day: str | None, preset: str | None, dry_run: bool) -> None:
     """Consolidate the day's conversations into a new LoRA expert."""
     from dreamer.cli import DreamerError, _day_option
     from dreamer.sleep import SleepBusy, sleep_now
     from dreamer.sleep_config import SleepConfigError, load_preset
 
+    if now == scheduled:
+        raise DreamerError("say when: `dreamer sleep --now`, or `--scheduled` (what the nightly job runs)")
+    if scheduled and (day or dry_run):
+        raise DreamerError("--scheduled consolidates every waiting day; --day and --dry-run go with --now")
     try:
-        cfg = load_preset(preset)
         config, store = _open()
+        cfg = load_preset(preset or config.sleep_preset)
         day = _day_option(day)
     except (SleepConfigError, ValueError) as err:
         raise DreamerError(str(err)) from None
@@ -60,8 +67,17 @@ def sleep(now: bool, day: str | None, preset: str, dry_run: bool) -> None:
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
     try:
         with Progress(*columns, transient=False) as progress:
-            outcome = sleep_now(store, config, cfg, day=day, dry_run=dry_run, progress=RichPhases(progress),
-                                home=dreamer_home())
+            if scheduled:
+                from dreamer.nightly import run_scheduled
+
+                outcome = run_scheduled(store, config, cfg, dreamer_home(), progress=RichPhases(progress))
+                if outcome is None:
+                    event = ledger.schedule_events(store, 1)[0]
+                    click.echo(f"scheduled sleep {event['event']}: {event['detail']}")
+                    return
+            else:
+                outcome = sleep_now(store, config, cfg, day=day, dry_run=dry_run, progress=RichPhases(progress),
+                                    home=dreamer_home())
     except SleepBusy as err:
         raise DreamerError(str(err)) from None
     except KeyboardInterrupt:

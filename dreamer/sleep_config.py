@@ -132,7 +132,11 @@ def preset_names() -> list[str]:
 
 
 def load_preset(name_or_path: str) -> SleepConfig:
-    """A preset by name (`cpu-tiny`) or by path to a TOML file."""
+    """A preset by name (`cpu-tiny`), by path to a TOML file, or `auto` (gpu-qlora on CUDA, else cpu-tiny)."""
+    if name_or_path == "auto":
+        import torch
+
+        name_or_path = "gpu-qlora" if torch.cuda.is_available() else "cpu-tiny"
     path = Path(name_or_path)
     if path.suffix != ".toml":
         path = PRESETS / f"{name_or_path}.toml"

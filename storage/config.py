@@ -4,6 +4,7 @@
 model = "~/models/my-model.gguf"   # GGUF for chat (default: embedded SmolLM2-135M-Instruct)
 train_model = "HuggingFaceTB/SmolLM2-360M-Instruct"  # HF dir or id for sleep training
 day_boundary = "04:00"             # a chat at 01:30 belongs to the previous day
+sleep_time = "03:00"               # the nightly sleep (dreamer daemon, or the chat if scheduler_in_chat)
 ```
 
 Unknown keys and out-of-range values are refused with an error naming the key, so a typo
@@ -47,8 +48,24 @@ class Config:
     max_message_tokens: int = field(
         default=1024, metadata={"help": "a longer message is stored whole but truncated in the prompt"}
     )
+    chat_runtime: str = field(
+        default="llama", metadata={"help": "llama (llama.cpp on the GGUF `model`) or transformers (train_model, PEFT stack)"}
+    )
     n_threads: int = field(default=0, metadata={"help": "CPU threads for llama.cpp; 0 = all cores"})
     system_prompt: str = field(default=DEFAULT_SYSTEM_PROMPT, metadata={"help": "what the agent is told it is"})
+    sleep_time: str = field(default="03:00", metadata={"help": "local time (HH:MM) of the nightly sleep"})
+    sleep_preset: str = field(
+        default="auto", metadata={"help": "preset of scheduled sleeps: auto (gpu-qlora on CUDA, else cpu-tiny), a name or a .toml path"}
+    )
+    sleep_quiet_minutes: int = field(
+        default=30, metadata={"help": "a scheduled sleep waits until the chat has been quiet this long"}
+    )
+    sleep_max_wait_minutes: int = field(
+        default=360, metadata={"help": "a scheduled sleep that waited this long for quiet gives up until the next night"}
+    )
+    scheduler_in_chat: bool = field(
+        default=False, metadata={"help": "`dreamer chat` runs the nightly scheduler itself (no daemon needed)"}
+    )
 
     def __post_init__(self) -> None:
         try:
@@ -60,6 +77,18 @@ class Config:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        try:
+            parse_boundary(self.sleep_time, "sleep_time")
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        for name in ("sleep_quiet_minutes", "sleep_max_wait_minutes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.chat_runtime not in ("llama", "transformers"):
+            raise ConfigError(f"chat_runtime must be llama or transformers, got {self.chat_runtime!r}")
+        if not isinstance(self.scheduler_in_chat, bool):
+            raise ConfigError(f"scheduler_in_chat must be true or false, got {self.scheduler_in_chat!r}")
         if not isinstance(self.n_threads, int) or self.n_threads < 0:
             raise ConfigError(f"n_threads must be an integer >= 0, got {self.n_threads!r}")
         if not isinstance(self.temperature, (int, float)) or not 0 <= self.temperature <= 2:

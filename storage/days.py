@@ -13,7 +13,7 @@ from datetime import date, datetime, time, timedelta
 _BOUNDARY = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 
 
-def parse_boundary(text: str) -> time:
+def parse_boundary(text: str, name: str = "day_boundary") -> time:
     """Parse "HH:MM" into a time, naming the bad value otherwise.
 
     >>> parse_boundary("04:00")
@@ -21,7 +21,7 @@ def parse_boundary(text: str) -> time:
     """
     match = _BOUNDARY.match(text.strip()) if isinstance(text, str) else None
     if not match:
-        raise ValueError(f"day_boundary must be HH:MM (00:00-23:59), got {text!r}")
+        raise ValueError(f"{name} must be HH:MM (00:00-23:59), got {text!r}")
     return time(int(match.group(1)), int(match.group(2)))
 
 

@@ -144,3 +144,15 @@ def previous_version(store: Store) -> int:
     if current == 0:
         raise ValueError("the active stack is already the base alone: nothing to roll back")
     return next(v["parent"] for v in versions(store) if v["id"] == current) or 0
+
+
+# --- the scheduler's log ------------------------------------------------------------------------
+def log_schedule_event(store: Store, event: str, detail: str = "", run_id: int | None = None) -> None:
+    """event: started | skipped | waiting | gave-up | finished | failed (shown by `dreamer schedule`)."""
+    with store.db.atomic():
+        store.db["schedule_events"].insert({"at": store.now().isoformat(), "event": event, "detail": detail,
+                                            "run_id": run_id})
+
+
+def schedule_events(store: Store, limit: int = 10) -> list[dict]:
+    return list(store.db["schedule_events"].rows_where(order_by="id desc", limit=limit))

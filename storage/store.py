@@ -204,6 +204,12 @@ class Store:
         rows = list(self.db["sleep_runs"].rows_where(order_by="id desc", limit=1))
         return rows[0] if rows else None
 
+    def last_activity(self) -> tuple[datetime | None, bool]:
+        """(time of the newest turn, whether a reply is being written right now)."""
+        row = next(iter(self.db.query(
+            "select max(created_at) as at, coalesce(sum(status = 'generating'), 0) as live from messages")))
+        return (datetime.fromisoformat(row["at"]) if row["at"] else None), bool(row["live"])
+
     def unseen_report(self) -> dict | None:
         """The last night's run if its morning report was never shown (only nights that finished)."""
         rows = list(self.db["sleep_runs"].rows_where("status in ('promoted', 'rejected')", order_by="id desc", limit=1))
