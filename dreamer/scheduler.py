@@ -21,7 +21,6 @@ scheduler per DREAMER_HOME (a lock); one sleep at a time whoever starts it (the 
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import sqlite3
@@ -32,6 +31,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
+from dreamer.locks import pid_lock
 from storage import Config
 from storage.paths import ensure_private_dir, make_private
 
@@ -118,27 +118,9 @@ def start(scheduler, config: Config, home: Path) -> threading.Event:
     return stop
 
 
-@contextmanager
 def scheduler_lock(home: Path):
-    ensure_private_dir(Path(home))
-    handle = open(Path(home) / "scheduler.lock", "a+")
-    make_private(Path(home) / "scheduler.lock")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "?"
-        handle.close()
-        raise SchedulerBusy(f"the scheduler already runs for this DREAMER_HOME (pid {holder})") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
-    try:
-        yield
-    finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
+    return pid_lock(Path(home) / "scheduler.lock",
+                    lambda pid: SchedulerBusy(f"the scheduler already runs for this DREAMER_HOME (pid {pid})"))
 
 
 def scheduler_holder(home: Path) -> int | None:

@@ -18,9 +18,7 @@ leaves the stack and the conversations exactly as they were.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import random
 import resource
 import signal
@@ -34,7 +32,8 @@ from pathlib import Path
 from agent.memory import system_message
 from storage import Config, Store
 from storage import ledger
-from storage.paths import adapters_dir, cache_dir, ensure_private_dir
+from storage.paths import adapters_dir, cache_dir
+from dreamer.locks import pid_lock
 from dreamer.sleep_config import ASSETS, SleepConfig
 
 
@@ -58,26 +57,10 @@ class NoProgress:
         return lambda n=1: None
 
 
-@contextmanager
 def sleep_lock(home: Path):
-    ensure_private_dir(home)
-    handle = open(home / "sleep.lock", "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "?"
-        handle.close()
-        raise SleepBusy(f"another sleep is already running (pid {holder}); only one runs at a time") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
-    try:
-        yield
-    finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
+    """One sleep at a time, whoever starts it (the CLI, the scheduler, systemd)."""
+    return pid_lock(Path(home) / "sleep.lock",
+                    lambda pid: SleepBusy(f"another sleep is already running (pid {pid}); only one runs at a time"))
 
 
 @contextmanager

@@ -41,3 +41,11 @@ def store(dreamer_home, clock):
 @pytest.fixture
 def config():
     return Config()
+
+
+@pytest.fixture
+def db(tmp_path):
+    """A store at tmp_path (its manifest, for the chat, is tmp_path/adapters/manifest.json)."""
+    store = Store(tmp_path / "t.db")
+    yield store
+    store.close()

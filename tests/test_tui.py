@@ -19,13 +19,6 @@ SIZE = (110, 32)
 LONG_REPLY = " ".join(f"word{i}" for i in range(80))
 
 
-@pytest.fixture
-def db(tmp_path):
-    store = Store(tmp_path / "t.db")
-    yield store
-    store.close()
-
-
 def make_session(db: Store, runtime: FakeRuntime | None = None) -> ChatSession:
     return ChatSession(db, runtime or FakeRuntime(), Config())
 

@@ -12,7 +12,7 @@ from agent.tui.report_screen import ReportScreen
 from agent.tui.widgets import StatusBar
 from storage import ledger
 from storage.manifest import write_manifest
-from tests.test_tui import SIZE, chat, db, make_session, record_notifications, say, settle, until  # noqa: F401 (db: fixture)
+from tests.test_tui import SIZE, chat, make_session, record_notifications, say, settle, until
 
 
 @pytest.fixture(autouse=True)
