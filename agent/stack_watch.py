@@ -46,7 +46,7 @@ class StackWatcher:
         self.runtime = runtime
         self.home = Path(home)
         self.loaded: dict | None = None  # the manifest now in the runtime; None before the first load
-        self._stamp: tuple | None = None
+        self._stamp: tuple | None = ("never checked",)
 
     @property
     def label(self) -> str | None:
@@ -59,7 +59,7 @@ class StackWatcher:
             stamp = (status.st_ino, status.st_mtime_ns, status.st_size)
         except FileNotFoundError:
             stamp = None
-        if stamp == self._stamp and self.loaded is not None:
+        if stamp == self._stamp:  # unchanged since the last look, whether that load worked or not
             return None
         self._stamp = stamp
         manifest = read_manifest(self.home)

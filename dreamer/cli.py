@@ -19,33 +19,17 @@ on stderr and exit code 1, never a traceback.
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import click
 
-from storage import Config, ConfigError, Store, StoreError, dreamer_home, load_config
+from storage import Config, Store, dreamer_home, load_config
 from storage.days import parse_day
 from storage.paths import config_path, database_path
+from dreamer.cli_errors import DreamerError, user_errors  # noqa: F401  (DreamerError: re-exported)
 
 
-class DreamerError(click.ClickException):
-    """A user-facing error: printed as `Error: ...`, exit code 1."""
-
-
-def _user_errors(func):
-    """Turn the domain errors of the layers below into clean CLI errors."""
-    from agent.models import ModelError
-    from storage.transcripts import TranscriptError
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except (ConfigError, StoreError, TranscriptError, ModelError, ValueError, RuntimeError) as err:
-            raise DreamerError(str(err)) from None
-
-    return wrapper
+_user_errors = user_errors  # the name the commands below use
 
 
 def open_store(config: Config) -> Store:

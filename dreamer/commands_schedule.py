@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import click
 
+from dreamer.cli_errors import DreamerError, user_errors
 from storage import dreamer_home, ledger, load_config
 
 
 @click.command()
+@user_errors
 def daemon() -> None:
     """Run the nightly sleep scheduler in the foreground (Ctrl-C or SIGTERM stops it)."""
-    from dreamer.cli import DreamerError
     from dreamer.scheduler import SchedulerBusy, logs_dir, run_daemon
 
     config = load_config()
@@ -31,6 +32,7 @@ def daemon() -> None:
 
 @click.command()
 @click.option("--install-systemd", is_flag=True, help="write a user systemd service + timer (Persistent=true)")
+@user_errors
 def schedule(install_systemd: bool) -> None:
     """The next scheduled sleep, who runs the scheduler, and the last results."""
     from dreamer.cli import open_store

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from dreamer.cli_errors import DreamerError, user_errors
 from storage import dreamer_home, ledger
 from storage.paths import adapters_dir
 
@@ -32,6 +33,7 @@ def _nights(nights: list[int]) -> str:
 
 @click.command()
 @click.option("--export", "export", is_flag=True, help="(re-)export every active expert to llama.cpp GGUF")
+@user_errors
 def memory(export: bool) -> None:
     """The adapter stack (experts, versions, metrics) and the sleep runs."""
     store = _store()
@@ -63,7 +65,6 @@ def memory(export: bool) -> None:
 
 
 def _export_all(store) -> None:
-    from dreamer.cli import DreamerError
     from dreamer.export_gguf import ExportError, export_expert
     from dreamer.stack import write_manifest
 
@@ -83,17 +84,17 @@ def _export_all(store) -> None:
 
 @click.command()
 @click.argument("version", type=int, required=False)
+@user_errors
 def rollback(version: int | None) -> None:
     """Re-activate an earlier stack version (default: the one the active stack was built on)."""
-    from dreamer.cli import DreamerError
     from dreamer.sleep import SleepBusy, sleep_lock
     from dreamer.stack import write_manifest
 
     store = _store()
     home = dreamer_home()
     try:
-        target = ledger.previous_version(store) if version is None else version
         with sleep_lock(home):  # never while a sleep is about to promote on top of the old stack
+            target = ledger.previous_version(store) if version is None else version
             chosen = ledger.activate(store, target)
             write_manifest(store, adapters_dir(home))
     except (ValueError, SleepBusy) as err:

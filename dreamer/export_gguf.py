@@ -174,15 +174,28 @@ def read_peft(directory: Path) -> tuple[dict, dict[str, np.ndarray]]:
     return json.loads(config_file.read_text()), {k: v.float().cpu().numpy() for k, v in state.items()}
 
 
+def _base_config_from_metadata(directory: Path) -> dict:
+    """metadata.json's base_config; for experts saved before it existed, the base's config.json."""
+    metadata_file = directory / "metadata.json"
+    metadata = json.loads(metadata_file.read_text()) if metadata_file.exists() else {}
+    if metadata.get("base_config"):
+        return metadata["base_config"]
+    source = Path(str(metadata.get("base_source", ""))) / "config.json"
+    if not metadata.get("base_source") or not source.is_file():
+        raise ExportError(f"{directory}: metadata.json has neither base_config nor a base_source folder with a "
+                          "config.json; cannot tell the base's layout")
+    config = json.loads(source.read_text())
+    summary = {key: config.get(key) for key in BASE_CONFIG_KEYS}
+    metadata["base_config"] = summary  # so the next export needs no base folder
+    metadata_file.write_text(json.dumps(metadata, indent=2, sort_keys=True, default=str))
+    return summary
+
+
 def export_expert(directory: Path, out: Path | None = None, base_config: dict | None = None) -> Path:
     """Convert one expert folder; the base config comes from its metadata.json unless given."""
     directory = Path(directory)
     if base_config is None:
-        metadata_file = directory / "metadata.json"
-        metadata = json.loads(metadata_file.read_text()) if metadata_file.exists() else {}
-        base_config = metadata.get("base_config")
-        if not base_config:
-            raise ExportError(f"{directory}: metadata.json has no base_config; cannot tell the base's layout")
+        base_config = _base_config_from_metadata(directory)
     adapter_config, tensors = read_peft(directory)
     arch_name, alpha, converted = convert(tensors, adapter_config, base_config)
     return write_gguf(out or directory / "adapter.gguf", arch_name, alpha, converted, name=directory.name)

@@ -25,6 +25,7 @@ MIN_CHECK, MAX_CHECK = 30.0, 300.0
 
 def minutes_idle(store: Store) -> tuple[float, bool]:
     """(minutes since the newest turn, a reply is being written now); inf when there is no turn."""
+    store.recover_dead_replies()  # a chat that crashed mid-reply is not "writing a reply" all night
     last, live = store.last_activity()
     idle = (store.now() - last).total_seconds() / 60 if last else math.inf
     return idle, live

@@ -27,7 +27,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -96,6 +96,8 @@ def ensure_job(scheduler, config: Config, home: Path):
     job = scheduler.get_job(JOB_ID)
     if job is None:
         return scheduler.add_job(nightly_job, trigger, args=[str(home)], id=JOB_ID, name="dreamer nightly sleep")
+    if list(job.args) != [str(home)]:  # DREAMER_HOME moved: the job must point at the new one
+        job = scheduler.modify_job(JOB_ID, args=[str(home)])
     if str(job.trigger) != str(trigger):
         log.info("sleep_time changed: %s -> %s", job.trigger, trigger)
         return scheduler.reschedule_job(JOB_ID, trigger=trigger)
@@ -180,7 +182,7 @@ def next_run(home: Path, config: Config) -> tuple[datetime | None, str]:
     """(next fire time, where it comes from) read from the job store without starting a scheduler."""
     path = jobstore_path(home)
     if path.exists():
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
+        with closing(sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)) as connection:
             try:
                 row = connection.execute("select next_run_time from apscheduler_jobs where id = ?", (JOB_ID,)).fetchone()
             except sqlite3.OperationalError:

@@ -239,7 +239,12 @@ def _night(store, config, cfg, conversations, days, message_ids, run_id, progres
         except BaseException:
             stack_files.discard(final)  # the database said no: leave no orphan expert behind
             raise
-        stack_files.write_manifest(store, root)
+        try:
+            stack_files.write_manifest(store, root)
+        except OSError as err:  # the promotion is committed: say so, and how to repair, rather than "failed"
+            warning = (f"night {night} is promoted but the stack manifest could not be written ({err}): a running "
+                       f"chat keeps its old memory until `dreamer rollback {ledger.active_version(store)}` rewrites it")
+            report += f"\n\n**Warning:** {warning}"
         advance()
     ledger.finish_run(store, run_id, status, reason="; ".join(decision.reasons), report=report, metrics=metrics)
     message = (f"night {night} promoted: {len(message_ids)} turns consolidated" if decision.passed

@@ -13,7 +13,6 @@ the skip/wait rules and the one-sleep-at-a-time lock are the same. Then:
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 from pathlib import Path
 
@@ -27,15 +26,31 @@ def unit_dir() -> Path:
     return Path(base) / "systemd" / "user"
 
 
+def unit_word(text: str, *, command: bool = False) -> str:
+    """One word of a unit file: `%` specifiers (and `$` variables in a command) escaped, quoted if needed.
+
+    >>> unit_word("/home/me/my data/50%")
+    '"/home/me/my data/50%%"'
+    >>> unit_word("/opt/$HOME/python", command=True)
+    '/opt/$$HOME/python'
+    """
+    text = text.replace("%", "%%")
+    if command:
+        text = text.replace("$", "$$")
+    if any(c.isspace() or c in "\"'\\;" for c in text):
+        text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return text
+
+
 def service_text(home: Path) -> str:
-    command = " ".join(shlex.quote(part) for part in (sys.executable, "-m", "dreamer", "sleep", "--scheduled"))
+    command = " ".join(unit_word(part, command=True) for part in (sys.executable, "-m", "dreamer", "sleep", "--scheduled"))
     return (
         "[Unit]\n"
         "Description=dreamer: consolidate the day's conversations (sleep)\n"
         "\n"
         "[Service]\n"
         "Type=oneshot\n"
-        f"Environment=DREAMER_HOME={shlex.quote(str(home))}\n"
+        f"Environment={unit_word(f'DREAMER_HOME={home}')}\n"
         f"ExecStart={command}\n"
         # A night of training should not make the desktop sluggish.
         "Nice=10\n"

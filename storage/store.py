@@ -24,9 +24,10 @@ from sqlite_utils import Database
 
 from storage.days import day_of
 
-# A turn waits for sleep until a night that is in the active stack has consolidated it: after a
-# rollback, the turns of the nights rolled back wait again (and count as learned again if a
-# later rollback re-activates their night).
+# A turn waits for sleep until the night that last consolidated it is in the active stack: after
+# a rollback, the turns of the nights rolled back wait again. (Only the last consolidation is
+# recorded, so a turn re-learned by a later night and then rolled past may be learned a third
+# time: redundant work, never a lost turn.)
 WAITING = ("(consolidated_run_id is null or consolidated_run_id not in "
            "(select run_id from adapters where status = 'active'))")
 from storage.migrations import migrations
@@ -82,7 +83,7 @@ class Store:
             raise StoreError(f"cannot open the database {self.path}: {err}") from err
         for suffix in ("", "-wal", "-shm"):
             make_private(Path(f"{self.path}{suffix}"))
-        self._recover_dead_replies()
+        self.recover_dead_replies()
 
     # --- time --------------------------------------------------------------
     def now(self) -> datetime:
@@ -158,7 +159,7 @@ class Store:
         with self._lock:
             self.db["messages"].update(message_id, {"content": content, "status": status, "writer_pid": None})
 
-    def _recover_dead_replies(self) -> None:
+    def recover_dead_replies(self) -> None:
         rows = list(self.db["messages"].rows_where("status = 'generating'", select="id, writer_pid"))
         dead = [r["id"] for r in rows if not _pid_alive(r["writer_pid"])]
         if dead:

@@ -165,3 +165,12 @@ def test_rollback_waits_for_no_sleep(dreamer_home):
     with sleep_lock(dreamer_home):
         result = run("rollback", "0")
     assert result.exit_code == 1 and "another sleep is already running" in result.output
+
+
+def test_new_commands_turn_config_errors_into_one_line(dreamer_home):
+    dreamer_home.mkdir(parents=True, exist_ok=True)
+    (dreamer_home / "config.toml").write_text('sleep_time = "25:00"\n')
+    for command in (["schedule"], ["rollback"], ["memory"], ["daemon"]):
+        result = run(*command)
+        assert result.exit_code == 1, command
+        assert "sleep_time must be HH:MM" in result.output and "Traceback" not in result.output

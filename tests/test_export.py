@@ -106,10 +106,20 @@ def test_embeddings_and_tied_head_are_refused(tmp_path, target):
         export_expert(folder)
 
 
+def test_an_expert_saved_before_base_config_existed_exports_from_its_base_folder(tmp_path):
+    folder, model = save_expert(tmp_path, targets=["q_proj", "k_proj"])
+    base_dir = tmp_path / "base"
+    model.get_base_model().save_pretrained(base_dir)  # writes config.json with `architectures`
+    (folder / "metadata.json").write_text(json.dumps({"base_source": str(base_dir)}))
+    fields, tensors = read(export_expert(folder))
+    assert field_value(fields["general.architecture"]) == "llama" and "blk.1.attn_k.weight.lora_b" in tensors
+    assert json.loads((folder / "metadata.json").read_text())["base_config"]["num_key_value_heads"] == 2
+
+
 def test_missing_metadata_and_unknown_architecture_are_named(tmp_path):
     folder, _ = save_expert(tmp_path, targets=["q_proj"])
     (folder / "metadata.json").write_text("{}")
-    with pytest.raises(ExportError, match="base_config"):
+    with pytest.raises(ExportError, match="neither base_config nor a base_source"):
         export_expert(folder)
     config = {"architectures": ["GPT2LMHeadModel"], "num_hidden_layers": 2, "num_attention_heads": 4}
     with pytest.raises(ExportError, match="GPT2LMHeadModel is not supported"):

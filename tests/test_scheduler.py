@@ -209,7 +209,13 @@ def test_the_real_job_launches_a_detached_sleep_process(dreamer_home):
 
 # --- systemd ---------------------------------------------------------------------------------------
 
-def test_systemd_units_are_well_formed(dreamer_home, tmp_path):
+def test_systemd_units_are_well_formed(tmp_path):
+    import doctest
+
+    from dreamer import systemd
+
+    assert doctest.testmod(systemd).failed == 0
+    dreamer_home = tmp_path / "my home 50%"  # a space and a specifier character, escaped for systemd
     service, timer = install(dreamer_home, Config(sleep_time="02:45"), tmp_path / "units")
     parsed = {}
     for path in (service, timer):
@@ -220,7 +226,7 @@ def test_systemd_units_are_well_formed(dreamer_home, tmp_path):
     assert parsed[".service"]["Service"]["Type"] == "oneshot"
     exec_start = parsed[".service"]["Service"]["ExecStart"].split()
     assert os.path.isabs(exec_start[0]) and exec_start[1:] == ["-m", "dreamer", "sleep", "--scheduled"]
-    assert parsed[".service"]["Service"]["Environment"] == f"DREAMER_HOME={dreamer_home}"
+    assert parsed[".service"]["Service"]["Environment"] == f'"DREAMER_HOME={tmp_path}/my home 50%%"'
     assert parsed[".timer"]["Timer"]["OnCalendar"] == "*-*-* 02:45:00"
     assert parsed[".timer"]["Timer"]["Persistent"] == "true"
     assert parsed[".timer"]["Timer"]["Unit"] == service.name

@@ -113,6 +113,8 @@ async def test_an_expert_without_gguf_is_named(db, tmp_path):
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: any("dreamer memory --export" in m for m, _ in seen))
         assert runtime.adapters == []
+        await pilot.pause(0.3)  # several polls later: said once, not at every poll
+        assert sum("dreamer memory --export" in m for m, _ in seen) == 1
 
 
 async def test_the_morning_report_is_shown_once(db):
