@@ -23,7 +23,7 @@ class Swap:
     """What a successful swap did, for the status bar and the notification."""
 
     label: str  # "night 3", or "none yet" for the base alone
-    message: str  # "memory updated: night 3", "memory rolled back: night 1"
+    message: str | None  # "memory updated: night 3", "memory rolled back: night 1"; None: nothing to say
 
 
 def label_of(manifest: dict) -> str:
@@ -72,8 +72,8 @@ class StackWatcher:
         self.runtime.load_adapters(adapters_for(manifest, getattr(self.runtime, "adapter_format", "gguf")))
         before, self.loaded = self.loaded, manifest
         label = label_of(manifest)
-        if before is None:
-            return Swap(label, f"memory: {label}")
+        if before is None:  # the stack the chat starts with; the base alone needs no notification
+            return Swap(label, f"memory: {label}" if manifest["experts"] else None)
         if manifest["night"] < before["night"] or not manifest["experts"]:
             return Swap(label, f"memory rolled back: {label if manifest['experts'] else 'the base alone'}")
         return Swap(label, f"memory updated: {label}")

@@ -33,17 +33,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runnable as a plain file from a checkout, installed or not
 
 from benchmarks.chat_speed import USER_PROMPTS, chat, machine, summary  # noqa: E402
+from dreamer.sleep import process_memory_mb  # noqa: E402
 from storage import Config  # noqa: E402
 
 STACK_SIZES = (0, 1, 3, 7)
 SWAP_CYCLE = (1, 3, 7, 3, 0)
-
-
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def make_experts(cache: Path, out: Path, preset: str, n: int) -> list[Path]:
@@ -133,7 +127,7 @@ def bench_llama(ggufs: list[Path], n_tokens: int, repeats: int, cycles: int) -> 
         decode(runtime, prompt, 8)  # warm-up with this stack
         runs = [decode(runtime, prompt, n_tokens) for _ in range(repeats)]
         speeds[k] = {"prompt_tokens": len(prompt), "prompt_eval_s": summary([r[0] for r in runs]),
-                     "decode_tok_s": summary([r[1] for r in runs]), "rss_mib": rss_mb()}
+                     "decode_tok_s": summary([r[1] for r in runs]), "rss_mib": process_memory_mb("VmRSS")}
     params = runtime.llm.context_params
     runtime.llm.close()
     return {"n_threads": params.n_threads, "swap_s": {k: summary(v) | {"raw": v} for k, v in swaps.items()},

@@ -47,7 +47,6 @@ import multiprocessing
 import os
 import platform
 import random
-import resource
 import sys
 import tempfile
 import time
@@ -157,15 +156,6 @@ def make_days(seed: int, nights: int, facts: int) -> list[dict]:
     return days
 
 
-def peak_rss_mb() -> float:
-    """This process's own peak RSS (VmHWM); ru_maxrss as a fallback where /proc is missing."""
-    try:
-        line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
-        return int(line.split()[1]) / 1024
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 # --- work done in child processes ---------------------------------------------------
 class LogPhases:
     """sleep_now's progress sink: a log line as each phase starts, with how long the last one took."""
@@ -197,7 +187,7 @@ def dreamer_night(home: str, source: str, records: list[dict], cfg, label: str =
                   probes: dict[str, list[dict]] | None = None) -> dict:
     from dreamer import gate
     from dreamer.evaluate import multiple_choice
-    from dreamer.sleep import sleep_now
+    from dreamer.sleep import process_memory_mb, sleep_now
     from dreamer.stack import active_paths
     from dreamer.weights import NEW, adapters
     from storage import Config, Store
@@ -225,7 +215,7 @@ def dreamer_night(home: str, source: str, records: list[dict], cfg, label: str =
     active = [str(p) for p in active_paths(store)]
     store.close()
     return {"status": outcome.status, "message": outcome.message, "metrics": outcome.metrics,
-            "report": outcome.report, "wall_s": wall, "peak_rss_mb": peak_rss_mb(), "active": active,
+            "report": outcome.report, "wall_s": wall, "peak_rss_mb": process_memory_mb(), "active": active,
             "candidate": candidate}
 
 
@@ -235,6 +225,7 @@ def baseline(arm: str, out_dir: str, source: str, day: dict, cfg, seed: int) -> 
     from agent.memory import system_message
     from dreamer.distill import clip_prompt, continuation_ids
     from dreamer.memories import chat_ids, write_memories
+    from dreamer.sleep import process_memory_mb
     from dreamer.stack import save_candidate
     from dreamer.weights import base_fingerprint, build_stack, load_base, plan_device, trainable_parameters
     from storage import Config
@@ -292,7 +283,7 @@ def baseline(arm: str, out_dir: str, source: str, day: dict, cfg, seed: int) -> 
     info.update(train_s=time.perf_counter() - train_start, loss_first=sum(losses[:5]) / len(losses[:5]),
                 loss_last=sum(losses[-5:]) / len(losses[-5:]), sequences=sum(len(g) for g in groups))
     return {"status": "trained", "message": f"{arm} LoRA, {d.steps} steps x {d.batch_size}", "metrics": info,
-            "wall_s": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb(), "active": [out_dir]}
+            "wall_s": time.perf_counter() - start, "peak_rss_mb": process_memory_mb(), "active": [out_dir]}
 
 
 def score(source: str, paths: list[str], probe_sets: dict[str, list[dict]], cfg, general: bool = True) -> dict:

@@ -26,10 +26,7 @@ import click
 from storage import Config, Store, dreamer_home, load_config
 from storage.days import parse_day
 from storage.paths import config_path, database_path
-from dreamer.cli_errors import DreamerError, user_errors  # noqa: F401  (DreamerError: re-exported)
-
-
-_user_errors = user_errors  # the name the commands below use
+from dreamer.cli_errors import user_errors
 
 
 def open_store(config: Config) -> Store:
@@ -53,7 +50,7 @@ def cli() -> None:
 @click.option("--runtime", "runtime_name", type=click.Choice(["llama", "transformers"]),
               help="llama.cpp on the GGUF model, or transformers on train_model with the PEFT stack "
                    "[default: chat_runtime in config.toml, llama]")
-@_user_errors
+@user_errors
 def chat(runtime_name: str | None) -> None:
     """Chat in the terminal; every turn is kept for tonight's sleep."""
     from agent.session import ChatSession
@@ -85,7 +82,7 @@ def chat(runtime_name: str | None) -> None:
 
 
 @cli.command()
-@_user_errors
+@user_errors
 def status() -> None:
     """Paths, model, messages per day and what waits for the next sleep."""
     from agent.models import ModelError, resolve_chat_model
@@ -118,7 +115,7 @@ def status() -> None:
 
 @cli.command()
 @click.option("--day", help="only this day (YYYY-MM-DD)")
-@_user_errors
+@user_errors
 def log(day: str | None) -> None:
     """Print conversations, oldest first."""
     config = load_config()
@@ -137,7 +134,7 @@ def log(day: str | None) -> None:
 
 @cli.command(name="import")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@_user_errors
+@user_errors
 def import_(file: Path) -> None:
     """Import conversations from JSON Lines (nothing is imported if any line is bad)."""
     from storage.transcripts import import_file
@@ -149,7 +146,7 @@ def import_(file: Path) -> None:
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--day", help="only this day (YYYY-MM-DD)")
-@_user_errors
+@user_errors
 def export(file: Path, day: str | None) -> None:
     """Export conversations as JSON Lines (the import format)."""
     from storage.transcripts import export_file

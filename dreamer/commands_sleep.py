@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from dreamer.cli_errors import DreamerError
 from storage import dreamer_home, load_config
 from storage import ledger
 
@@ -47,7 +48,7 @@ class RichPhases:
 @click.option("--dry-run", is_flag=True, help="show what would be consolidated and the cost; train nothing")
 def sleep(now: bool, scheduled: bool, day: str | None, preset: str | None, dry_run: bool) -> None:
     """Consolidate the day's conversations into a new LoRA expert."""
-    from dreamer.cli import DreamerError, _day_option
+    from dreamer.cli import _day_option
     from dreamer.sleep import SleepBusy, sleep_now
     from dreamer.sleep_config import SleepConfigError, load_preset
 
@@ -102,7 +103,6 @@ def sleep(now: bool, scheduled: bool, day: str | None, preset: str | None, dry_r
 @click.option("--no-generate", is_flag=True, help="multiple choice only (faster)")
 def eval_(probes_path: Path, stack: str, as_json: bool, no_generate: bool) -> None:
     """Closed-book evaluation of the memory on a probes file."""
-    from dreamer.cli import DreamerError
     from dreamer.probes import ProbeError, read_probes
 
     try:

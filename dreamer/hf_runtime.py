@@ -150,5 +150,5 @@ class TransformersRuntime:
             self.base = self.model
             return
         if name in self.model.base_model.active_adapters:
-            self.model.base_model.set_adapter([n for n in self._names.values()][:1])
+            self.model.base_model.set_adapter(list(self._names.values())[:1])
         self.model.delete_adapter(name)

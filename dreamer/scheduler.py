@@ -33,6 +33,7 @@ from pathlib import Path
 
 from dreamer.locks import pid_lock
 from storage import Config
+from storage.days import parse_boundary
 from storage.paths import ensure_private_dir, make_private
 
 JOB_ID = "nightly-sleep"
@@ -55,8 +56,8 @@ def logs_dir(home: Path) -> Path:
 def nightly_trigger(config: Config):
     from apscheduler.triggers.cron import CronTrigger
 
-    hour, minute = config.sleep_time.split(":")
-    return CronTrigger(hour=int(hour), minute=int(minute))  # the machine's local time zone
+    moment = parse_boundary(config.sleep_time, "sleep_time")
+    return CronTrigger(hour=moment.hour, minute=moment.minute)  # the machine's local time zone
 
 
 def sleep_command() -> list[str]:

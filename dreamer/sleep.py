@@ -80,19 +80,27 @@ def sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+def process_memory_mb(field: str = "VmHWM") -> float:
+    """This process's memory from /proc/self/status, MiB: `VmHWM` its own peak, `VmRSS` now.
+
+    ru_maxrss (a peak) is only the fallback where /proc is missing: in a forked or spawned child
+    it starts at the parent's peak.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
 def peak_memory_mb() -> float:
     import torch
 
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
-    # VmHWM is this process's own peak; ru_maxrss of a forked/spawned child starts at its parent's.
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return process_memory_mb("VmHWM")
 
 
 def collect(store: Store, day: str | None) -> tuple[list[dict], list[str], list[int]]:

@@ -23,6 +23,7 @@ from storage.ledger import active_version
 from storage.ledger import adapters as adapter_rows
 from storage.paths import ensure_private_dir
 
+
 def candidate_dir(root: Path, run_id: int) -> Path:
     return root / f".candidate-run-{run_id}"
 

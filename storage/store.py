@@ -23,6 +23,8 @@ from pathlib import Path
 from sqlite_utils import Database
 
 from storage.days import day_of
+from storage.migrations import migrations
+from storage.paths import database_path, dreamer_home, ensure_private_dir, make_private
 
 # A turn waits for sleep until the night that last consolidated it is in the active stack: after
 # a rollback, the turns of the nights rolled back wait again. (Only the last consolidation is
@@ -30,8 +32,6 @@ from storage.days import day_of
 # time: redundant work, never a lost turn.)
 WAITING = ("(consolidated_run_id is null or consolidated_run_id not in "
            "(select run_id from adapters where status = 'active'))")
-from storage.migrations import migrations
-from storage.paths import database_path, dreamer_home, ensure_private_dir, make_private
 
 ROLES = ("system", "user", "assistant")
 TITLE_CHARS = 48

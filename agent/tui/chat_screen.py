@@ -198,7 +198,7 @@ class ChatScreen(Screen):
 
     def swapped(self, swap: Swap) -> None:
         self.swapping = False
-        if swap.message != "memory: none yet":
+        if swap.message:
             self.notify(swap.message, title="dreamer", timeout=8, markup=False)
         self.refresh_sidebar()
 
