@@ -10,6 +10,10 @@ The script writes synthetic days of chat (fixed seed) and measures, on this mach
 - Score: `dreamer.evaluate.multiple_choice`, closed book (the question alone), with the stack
   under test active; general drift = mean per-token KL(base || stack) on `gate.general_texts()`,
   and the stack's perplexity on the same texts.
+- Controls on every probe set (`controls`): "in-day", the same questions with other answers of
+  the same day as distractors (a model that favours today's words whatever it is asked stays at
+  chance there), and "generic", the original options after "Tell me something." (a rise there is
+  a rise in the answers' prior, not recall). A real gain shows on the probes *and* in-day.
 - Arms, each in its own temporary DREAMER_HOME, the embedded SmolLM2-135M-Instruct as the base:
   dreamer   `sleep_now` with the preset, night after night (the gate may reject a night: its
             status and reasons are reported as they are, and the stack that is active then is
@@ -154,6 +158,22 @@ def make_days(seed: int, nights: int, facts: int) -> list[dict]:
             records.append({"day": day, "title": part[0][:48], "messages": messages})
         days.append({"day": day, "records": records, "probes": probes})
     return days
+
+
+def controls(probes: list[dict], seed: int) -> dict[str, list[dict]]:
+    """Two checks on what a gain means (keys are suffixes of a probe set's name).
+
+    `_inday`: the same questions, with other answers of the same day as distractors. A model that
+    favours today's words whatever it is asked stays at chance (25%) here; only one that ties each
+    answer to its question gains. `_generic`: the original options after an unrelated question
+    ("Tell me something."); a rise here is a rise in the answers' prior, not recall.
+    """
+    rng = random.Random(seed + 1)  # its own stream: the facts and probes above do not change
+    answers = [p["answer"] for p in probes]
+    inday = [{**p, "distractors": rng.sample([a for a in answers if a != p["answer"]], min(DISTRACTORS, len(answers) - 1))}
+             for p in probes]
+    generic = [{**p, "question": "Tell me something."} for p in probes]
+    return {"_inday": inday, "_generic": generic}
 
 
 # --- work done in child processes ---------------------------------------------------
@@ -332,11 +352,13 @@ def machine() -> dict:
 def table(result: dict) -> str:
     pct = lambda v: "-" if v is None else f"{100 * v:.0f}%"  # noqa: E731
     num = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
-    rows = [("arm", "night", "outcome", "today's facts: before -> after", "night-1 facts", "drift KL vs base",
-             "perplexity", "gate: its probes, KL", "wall s", "peak RSS MiB"), ("---",) * 10]
+    rows = [("arm", "night", "outcome", "today's facts: before -> after", "controls: in-day, generic",
+             "night-1 facts", "drift KL vs base", "perplexity", "gate: its probes, KL", "wall s", "peak RSS MiB"),
+            ("---",) * 11]
     b = result["base"]
-    rows.append(("base", "-", "-", pct(b["night1"]["accuracy"]), pct(b["night1"]["accuracy"]), "0",
-                 num(b["perplexity"], ".2f"), "-", "-", "-"))
+    controls_of = lambda e, key: ", ".join(pct(e.get(f"{key}{c}", {}).get("accuracy")) for c in ("_inday", "_generic"))  # noqa: E731
+    rows.append(("base", "-", "-", pct(b["night1"]["accuracy"]), controls_of(b, "night1"), pct(b["night1"]["accuracy"]),
+                 "0", num(b["perplexity"], ".2f"), "-", "-", "-"))
     for arm, nights in result["arms"].items():
         for n in nights:
             e, g = n.get("eval", {}), n.get("metrics", {}).get("gate")
@@ -345,7 +367,7 @@ def table(result: dict) -> str:
             rows.append((arm, str(n["night"]), n["status"],
                          f"{pct(n['before'])} -> {pct(e.get('today', {}).get('accuracy'))}"
                          + (f" (candidate {pct(cand)})" if cand is not None and n["status"] != "promoted" else ""),
-                         pct(e.get("night1", {}).get("accuracy")), num(e.get("drift_kl"), ".4f"),
+                         controls_of(e, "today"), pct(e.get("night1", {}).get("accuracy")), num(e.get("drift_kl"), ".4f"),
                          num(e.get("perplexity"), ".2f"), gate, num(n.get("wall_s"), ".0f"),
                          num(n.get("peak_rss_mb"), ".0f")))
     m, a = result["machine"], result["args"]
@@ -415,7 +437,8 @@ def main() -> None:
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as scorer, \
             tempfile.TemporaryDirectory(prefix="sleep-quality-") as tmp:
         source = args.model or scorer.submit(prepare_source, str(args.cache)).result()
-        sets = {f"night{k + 1}": d["probes"] for k, d in enumerate(days)}
+        sets = {f"night{k + 1}{suffix}": rows for k, d in enumerate(days)
+                for suffix, rows in {"": d["probes"], **controls(d["probes"], args.seed)}.items()}
         result["base"] = scorer.submit(score, source, [], sets, cfg).result()
         log("base: " + ", ".join(f"{k} {v['accuracy']:.0%}" for k, v in result["base"].items()
                                  if k.startswith("night")))
@@ -423,7 +446,8 @@ def main() -> None:
         for arm in arms:
             nights, active = result["arms"].setdefault(arm, []), []
             for k in range(args.nights if arm == "dreamer" else 1):
-                today = {"today": days[k]["probes"]}
+                today = {f"today{suffix}": rows for suffix, rows in
+                         {"": days[k]["probes"], **controls(days[k]["probes"], args.seed)}.items()}
                 before = (result["base"][f"night{k + 1}"]["accuracy"] if not active else
                           scorer.submit(score, source, active, today, cfg, False).result()["today"]["accuracy"])
                 log(f"{arm} night {k + 1}: training ({days[k]['day']}, {len(days[k]['records'])} conversations)")
@@ -442,6 +466,8 @@ def main() -> None:
                 cand = {key: v["accuracy"] for key, v in row.get("candidate", {}).items() if key != "seconds"}
                 log(f"{arm} night {k + 1}: {row['status']}, today's facts {before:.0%} -> "
                     f"{row['eval']['today']['accuracy']:.0%}, night-1 facts {row['eval']['night1']['accuracy']:.0%}, "
+                    f"controls: in-day {row['eval']['today_inday']['accuracy']:.0%}, "
+                    f"generic {row['eval']['today_generic']['accuracy']:.0%}, "
                     + (f"candidate {cand}, " if cand else "") +
                     f"{row.get('wall_s', 0):.0f} s, {row.get('peak_rss_mb', 0):.0f} MiB; {row['message']}")
                 save()

@@ -106,11 +106,14 @@ def option_scores(model, tokenizer, question: str, options: list[str], system: s
     return scores
 
 
-def multiple_choice(model, tokenizer, probes) -> list[bool]:
-    """Per probe: True iff the answer scores strictly above every distractor (ties are wrong)."""
+def multiple_choice(model, tokenizer, probes, system: str | None = None) -> list[bool]:
+    """Per probe: True iff the answer scores strictly above every distractor (ties are wrong).
+
+    `system` None is the question alone (the chat template's own default system turn).
+    """
     results = []
     for probe in probes:
-        answer, *rest = option_scores(model, tokenizer, probe.question, [probe.answer, *probe.distractors])
+        answer, *rest = option_scores(model, tokenizer, probe.question, [probe.answer, *probe.distractors], system=system)
         results.append(all(answer > other for other in rest))
     return results
 

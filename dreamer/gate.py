@@ -70,14 +70,19 @@ def accuracy(flags: list[bool]) -> float:
     return sum(flags) / len(flags) if flags else 0.0
 
 
-def measure(model, tokenizer, stack: list[str], today: list[dict], old: list[dict], max_len: int) -> dict:
-    """Figures for `decide`, plus before/after replies to today's probes for the report."""
+def measure(model, tokenizer, stack: list[str], today: list[dict], old: list[dict], max_len: int,
+            system: str | None = None) -> dict:
+    """Figures for `decide`, plus before/after replies to today's probes for the report.
+
+    `system` is the chat's system prompt: the probes are asked as the chat would ask them (the
+    student was trained under it), still without the day.
+    """
     today_probes, old_probes = as_probes(today), as_probes(old)
     figures: dict = {"today_probes": len(today_probes), "old_probes": len(old_probes)}
     for label, names in (("before", stack), ("after", stack + [NEW])):
         with adapters(model, names):
-            figures[f"today_{label}"] = accuracy(multiple_choice(model, tokenizer, today_probes))
-            figures[f"old_{label}"] = accuracy(multiple_choice(model, tokenizer, old_probes)) if old_probes else None
+            figures[f"today_{label}"] = accuracy(multiple_choice(model, tokenizer, today_probes, system))
+            figures[f"old_{label}"] = accuracy(multiple_choice(model, tokenizer, old_probes, system)) if old_probes else None
         # Replies for the morning report, the question alone in the prompt as in evaluate.generation,
         # decoded in one batch.
         questions = [[{"role": "user", "content": p.question}] for p in today_probes]

@@ -13,10 +13,12 @@ same requests without the conversations. From the day the teacher produces:
   with the user's own words quoted ("You told me: ...") among the continuations the teacher
   scores. A small teacher answers open questions poorly, but with the day in context it copies
   reliably, so its distribution over a quote carries the facts;
-- *probes*, label-free: "What did I tell you about Ana?" with the true quote as the answer and,
-  as distractors, the same sentence with its other salient word swapped for one from another
-  turn ("... lives in Tromsø"). A probe is kept only if the teacher, with the day in context,
-  prefers the true quote; closed book, before sleep, the model cannot tell them apart.
+- *cloze prompts* (dreamer/cloze.py): each salient word of a user turn blanked out ("Fill in
+  the blank from what I told you: \"My sister Ana moved to ___\""); the continuation is the
+  user's own sentence, scored by the teacher holding that turn (it copies the missing word),
+  and it is also an imitation memory;
+- *probes*, label-free (dreamer/cloze.py): the same blanks worded differently, the true word
+  against other salient words of the day, kept only if the teacher prefers the true word.
 
     dreamer sleep --now            # runs this stage first; `--dry-run` shows what it would use
 """
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from dreamer.cloze import FILL, cloze_probes, clozes, focused_system
 from dreamer.prompt_cache import PromptCache
 from dreamer.sleep_config import MemoriesConfig
 from dreamer.weights import adapters
@@ -38,10 +41,9 @@ QUESTION_REQUEST = (
     "Write only the question."
 )
 TRAIN_ASK = "What do you remember about {topic}?"
-PROBE_ASK = "What did I tell you about {topic}?"
 QUOTE = "You told me: {turn}"
 MAX_ROWS = 32  # sequences decoded together in one generate() call
-TEACHER_BATCHES = 4  # questions, greedy answers, sampled answers, probe checks: the progress bar
+TEACHER_BATCHES = 5  # questions, greedy answers, sampled answers, cloze prompts, probe checks: the progress bar
 GENERAL_RESTATEMENTS = ("What do you remember about me?", "What did I tell you today?")
 STOPWORDS = set(
     "a an the and or but if of to in on at for with about from by as is are was were be been am i you he she it we "
@@ -212,41 +214,25 @@ def write_memories(
         if samples:
             examples.append(Example("today", closed + [user], opened + [user], stack or None, samples))
 
-    # --- probes: the true quote vs the same sentence with a salient word swapped --------------
-    probes = fact_probes(model, tokenizer, user_turns, day=day, system=with_day, stack=stack,
-                         distractors=cfg.distractors, rng=rng)
+    # --- cloze prompts: the reply is the user's own sentence, scored by the teacher holding it ---
+    # The teacher asked for the bare word puts almost no mass on it (measured: p = 0.004 on the
+    # synthetic day); reading the sentence back, it copies the missing word from the turn in
+    # its memory (p = 0.35, the student without it 0.01). So the continuation is the sentence,
+    # and the divergence at the blank carries the fact; it is also an imitation memory.
+    items = clozes(user_turns, topics)
+    for item in items:
+        request = {"role": "user", "content": FILL.format(blanked=item.blanked)}
+        teacher_view = [{"role": "system", "content": focused_system(base_system, item.turn)}, request]
+        examples.append(Example("today", closed + [request], teacher_view, stack or None, [item.turn]))
+        documents.append((closed + [request], item.turn))
+    progress()
+
+    probes = cloze_probes(model, tokenizer, items, day=day, base_system=base_system, stack=stack,
+                          distractors=cfg.distractors, rng=rng)
     progress()
     counts = {
         "user_turns": len(user_turns), "questions_generated": len(generated), "questions_from_turns": len(built),
+        "cloze_prompts": len(items),
         "training_prompts": len(examples), "memories": len(documents), "probes": len(probes),
     }
     return Memories(examples, documents, probes, counts)
-
-
-def fact_probes(model, tokenizer, user_turns: list[str], *, day: str, system: str, stack: list[str],
-                distractors: int, rng: random.Random) -> list[dict]:
-    """Closed-book probes on the facts of the day, checked by the teacher with the day in context."""
-    from dreamer.evaluate import option_scores
-
-    salient = {turn: topics(turn, limit=3) for turn in user_turns}
-    pool = list(dict.fromkeys(w for words in salient.values() for w in words))
-    probes = []
-    for turn, words in salient.items():
-        if len(words) < 2:
-            continue  # the cue and the swapped word must differ
-        cue, target = words[0], words[1]
-        others = [w for w in pool if w not in words and w.lower() not in turn.lower()]
-        rng.shuffle(others)
-        # Same kind of word first (a name for a name), so the sentence alone does not give it away.
-        others.sort(key=lambda w: w[0].isupper() != target[0].isupper())
-        if not others:
-            continue
-        text = " ".join(turn.split())
-        answer = QUOTE.format(turn=text)
-        wrong = [QUOTE.format(turn=re.sub(rf"\b{re.escape(target)}\b", other, text)) for other in others[:distractors]]
-        question = PROBE_ASK.format(topic=cue)
-        with adapters(model, stack):
-            scores = option_scores(model, tokenizer, question, [answer, *wrong], system=system)
-        if scores[0] > max(scores[1:]):  # the teacher, holding the day, knows which is true
-            probes.append({"day": day, "question": question, "answer": answer, "distractors": wrong, "kind": "recall"})
-    return probes

@@ -213,7 +213,8 @@ def _night(store, config, cfg, conversations, days, message_ids, run_id, progres
                   stack=stack, cfg=cfg.distill, max_len=cfg.load.max_seq_len, judge=judge, rng=rng, on_step=step_hook)
 
     advance = begin("gate", 1)
-    figures = gate_stage.measure(model, tokenizer, stack, memories.probes, replay_rows, cfg.load.max_seq_len)
+    figures = gate_stage.measure(model, tokenizer, stack, memories.probes, replay_rows, cfg.load.max_seq_len,
+                                 system=base_system)
     decision = gate_stage.decide(figures, cfg.gate)
     ledger.save_probes(store, run_id, memories.probes)
     advance()

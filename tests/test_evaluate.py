@@ -108,7 +108,7 @@ def test_multiple_choice_picks_the_trained_answer(tiny, trained):
 
 def test_multiple_choice_counts_a_tie_as_wrong(monkeypatch, tiny):
     model, tokenizer = tiny
-    monkeypatch.setattr(ev, "option_scores", lambda *args: [-1.0, -1.0, -2.0])
+    monkeypatch.setattr(ev, "option_scores", lambda *args, **kwargs: [-1.0, -1.0, -2.0])
     assert ev.multiple_choice(model, tokenizer, [probe("a", ["b", "c"])]) == [False]
 
 

@@ -1,0 +1,91 @@
+"""Cloze memories: each salient word of a user turn, blanked out, becomes a question.
+
+"My sister Ana moved to ___ last year." asks from the rest of the sentence to the missing word,
+which is the direction a later question asks ("Where does my sister Ana live?"); the answer is
+the user's own word, so no label is needed. Measured on the synthetic days of
+`benchmarks/sleep_quality.py` (docs/BENCHMARKS.md, "Why cloze"): the 135M teacher writes poor
+questions of its own, and restatements keyed by a word teach the wrong direction (word ->
+sentence), while cloze prompts teach the association between the fact's words.
+
+The teacher for a cloze prompt holds the turn it came from in its short-term memory, the line
+the chat's own recall (agent/memory.py) would find for it: a 135M model copies one relevant line
+far more reliably than it finds it in a whole day.
+
+Gate probes come from the same blanks, worded differently, with distractors taken from the
+other salient words of the *same* day (same kind first: a capitalised word for a capitalised
+word). A model that merely favours today's words whatever the question scores chance on them;
+only one that ties each word to its sentence gains.
+
+    dreamer sleep --now        # memories.write_memories calls this stage
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+FILL = 'Fill in the blank from what I told you: "{blanked}"'
+PROBE = 'Which word is missing from what I told you? "{blanked}"'
+BLANK = "___"
+
+
+@dataclass(frozen=True)
+class Cloze:
+    turn: str  # the user's turn, whitespace normalised
+    word: str  # the blanked word: the answer
+    blanked: str
+
+
+def clozes(user_turns: list[str], topics, limit: int = 3) -> list[Cloze]:
+    """One cloze per salient word (`topics(turn, limit)`) of each user turn, in order, no repeats.
+
+    >>> from dreamer.memories import topics
+    >>> [c.blanked for c in clozes(["My sister Ana moved to Lisbon."], topics)]
+    ['My sister ___ moved to Lisbon.', 'My sister Ana moved to ___.', 'My ___ Ana moved to Lisbon.']
+    """
+    out = []
+    for turn in user_turns:
+        text = " ".join(turn.split())
+        for word in topics(text, limit=limit):
+            blanked = re.sub(rf"(?<![\w'-]){re.escape(word)}(?![\w'-])", BLANK, text, count=1)
+            if blanked != text:
+                out.append(Cloze(text, word, blanked))
+    return list(dict.fromkeys(out))
+
+
+def focused_system(base_system: str, turn: str) -> str:
+    """The teacher's short-term memory for a prompt about `turn`: the one line recall would find."""
+    from dreamer.memories import teacher_system
+
+    return teacher_system(base_system, f"- User: {turn}")
+
+
+def distractor_words(item: Cloze, pool: list[str], count: int, rng: random.Random) -> list[str]:
+    """Other salient words of the day, not in this turn; the same kind (capitalised or not) first."""
+    others = [w for w in dict.fromkeys(pool) if w != item.word and w.lower() not in item.turn.lower()]
+    rng.shuffle(others)
+    others.sort(key=lambda w: w[0].isupper() != item.word[0].isupper())  # stable: shuffled within a kind
+    return others[:count]
+
+
+def cloze_probes(model, tokenizer, items: list[Cloze], *, day: str, base_system: str, stack: list[str],
+                 distractors: int, rng: random.Random) -> list[dict]:
+    """Closed-book probes, kept when the teacher holding the turn prefers the true word."""
+    from dreamer.evaluate import option_scores
+    from dreamer.weights import adapters
+
+    pool = [c.word for c in items]
+    probes = []
+    for item in items:
+        wrong = distractor_words(item, pool, distractors, rng)
+        if not wrong:
+            continue
+        question = PROBE.format(blanked=item.blanked)
+        with adapters(model, stack):
+            scores = option_scores(model, tokenizer, question, [item.word, *wrong],
+                                   system=focused_system(base_system, item.turn))
+        if scores[0] > max(scores[1:]):
+            probes.append({"day": day, "question": question, "answer": item.word, "distractors": wrong,
+                           "kind": "recall"})
+    return probes
