@@ -178,7 +178,8 @@ def sharpness(model, tokenizer, day: dict) -> dict:
         views = {"teacher": [{"role": "system", "content": focused_system(base, item.turn)}, request],
                  "student": [{"role": "system", "content": base}, request]}
         for who, messages in views.items():
-            for reply, word in (("", item.word), (read_back, " " + item.word if read_back else item.word)):
+            replies = [("", item.word)] + ([(read_back, " " + item.word)] if read_back else [])  # blank at the start: no read-back
+            for reply, word in replies:
                 ids = chat_ids(tokenizer, messages) + tokenizer(reply, add_special_tokens=False)["input_ids"]
                 first = tokenizer(word, add_special_tokens=False)["input_ids"][0]
                 with torch.no_grad():

@@ -215,10 +215,11 @@ def write_memories(
             examples.append(Example("today", closed + [user], opened + [user], stack or None, samples))
 
     # --- cloze prompts: the reply is the user's own sentence, scored by the teacher holding it ---
-    # The teacher asked for the bare word puts almost no mass on it (measured: p = 0.004 on the
-    # synthetic day); reading the sentence back, it copies the missing word from the turn in
-    # its memory (p = 0.35, the student without it 0.01). So the continuation is the sentence,
-    # and the divergence at the blank carries the fact; it is also an imitation memory.
+    # Asked for the bare word, the teacher puts almost no mass on it (p = 0.004 on the synthetic
+    # day); reading the sentence back, it copies the missing word from the turn it holds (p =
+    # 0.37, the student without it 0.01; `benchmarks/training_signal.py sharpness`). So the
+    # continuation is the sentence, and the divergence at the blank carries the fact; it is
+    # also an imitation memory.
     items = clozes(user_turns, topics)
     for item in items:
         request = {"role": "user", "content": FILL.format(blanked=item.blanked)}
