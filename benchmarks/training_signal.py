@@ -71,6 +71,10 @@ def accuracy(model, tokenizer, probes: list[dict], system=None) -> float:
     return hits / len(probes)
 
 
+def user_turns(day: dict) -> list[str]:
+    return [" ".join(m["content"].split()) for r in day["records"] for m in r["messages"] if m["role"] == "user"]
+
+
 def chat_system(day: date) -> str:
     from agent.memory import system_message
     from storage import Config
@@ -81,7 +85,7 @@ def chat_system(day: date) -> str:
 def ceiling(model, tokenizer, day: dict) -> dict:
     from dreamer.memories import STOPWORDS, teacher_system
 
-    users = [" ".join(m["content"].split()) for r in day["records"] for m in r["messages"] if m["role"] == "user"]
+    users = user_turns(day)
     words = lambda text: {w.lower() for w in re.findall(r"[A-Za-z']+", text)} - STOPWORDS  # noqa: E731
     base = chat_system(FIRST_DAY)
     holding = lambda lines: teacher_system(base, "\n".join(f"- User: {u}" for u in lines))  # noqa: E731
@@ -100,9 +104,9 @@ def training_pairs(model, tokenizer, day: dict, data: str) -> list[tuple[str, st
     from dreamer.cloze import FILL, clozes, focused_system
     from dreamer.memories import is_question, sample_many, topics
 
-    users = [" ".join(m["content"].split()) for r in day["records"] for m in r["messages"] if m["role"] == "user"]
+    users = user_turns(day)
     if data == "cloze":
-        return [(FILL.format(blanked=c.blanked), c.word) for c in clozes(users, topics)]
+        return [(FILL.format(blanked=c.blanked), c.word) for c in clozes(users)]
     base = chat_system(FIRST_DAY)
     asks = [(u, [{"role": "system", "content": base}, {"role": "user", "content": r.format(turn=u)}])
             for u in users for r in QUESTION_REQUESTS]
@@ -167,12 +171,12 @@ def sharpness(model, tokenizer, day: dict) -> dict:
     import torch
 
     from dreamer.cloze import BLANK, FILL, clozes, focused_system
-    from dreamer.memories import chat_ids, topics
+    from dreamer.memories import chat_ids
 
-    users = [" ".join(m["content"].split()) for r in day["records"] for m in r["messages"] if m["role"] == "user"]
+    users = user_turns(day)
     base = chat_system(FIRST_DAY)
     probabilities: dict[str, list[float]] = {}
-    for item in clozes(users, topics):
+    for item in clozes(users):
         request = {"role": "user", "content": FILL.format(blanked=item.blanked)}
         read_back = item.blanked.split(BLANK)[0].rstrip()
         views = {"teacher": [{"role": "system", "content": focused_system(base, item.turn)}, request],

@@ -37,13 +37,14 @@ class Cloze:
     blanked: str
 
 
-def clozes(user_turns: list[str], topics, limit: int = 3) -> list[Cloze]:
-    """One cloze per salient word (`topics(turn, limit)`) of each user turn, in order, no repeats.
+def clozes(user_turns: list[str], limit: int = 3) -> list[Cloze]:
+    """One cloze per salient word (`memories.topics(turn, limit)`) of each user turn, in order, no repeats.
 
-    >>> from dreamer.memories import topics
-    >>> [c.blanked for c in clozes(["My sister Ana moved to Lisbon."], topics)]
+    >>> [c.blanked for c in clozes(["My sister Ana moved to Lisbon."])]
     ['My sister ___ moved to Lisbon.', 'My sister Ana moved to ___.', 'My ___ Ana moved to Lisbon.']
     """
+    from dreamer.memories import topics  # memories imports this module: import at call time
+
     out = []
     for turn in user_turns:
         text = " ".join(turn.split())
@@ -56,7 +57,7 @@ def clozes(user_turns: list[str], topics, limit: int = 3) -> list[Cloze]:
 
 def focused_system(base_system: str, turn: str) -> str:
     """The teacher's short-term memory for a prompt about `turn`: the one line recall would find."""
-    from dreamer.memories import teacher_system
+    from dreamer.memories import teacher_system  # see clozes
 
     return teacher_system(base_system, f"- User: {turn}")
 
@@ -77,15 +78,15 @@ def cloze_probes(model, tokenizer, items: list[Cloze], *, day: str, base_system:
 
     pool = [c.word for c in items]
     probes = []
-    for item in items:
-        wrong = distractor_words(item, pool, distractors, rng)
-        if not wrong:
-            continue
-        question = PROBE.format(blanked=item.blanked)
-        with adapters(model, stack):
+    with adapters(model, stack):
+        for item in items:
+            wrong = distractor_words(item, pool, distractors, rng)
+            if not wrong:
+                continue
+            question = PROBE.format(blanked=item.blanked)
             scores = option_scores(model, tokenizer, question, [item.word, *wrong],
                                    system=focused_system(base_system, item.turn))
-        if scores[0] > max(scores[1:]):
-            probes.append({"day": day, "question": question, "answer": item.word, "distractors": wrong,
-                           "kind": "recall"})
+            if scores[0] > max(scores[1:]):
+                probes.append({"day": day, "question": question, "answer": item.word, "distractors": wrong,
+                               "kind": "recall"})
     return probes

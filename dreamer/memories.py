@@ -220,7 +220,7 @@ def write_memories(
     # 0.37, the student without it 0.01; `benchmarks/training_signal.py sharpness`). So the
     # continuation is the sentence, and the divergence at the blank carries the fact; it is
     # also an imitation memory.
-    items = clozes(user_turns, topics)
+    items = clozes(user_turns)
     for item in items:
         request = {"role": "user", "content": FILL.format(blanked=item.blanked)}
         teacher_view = [{"role": "system", "content": focused_system(base_system, item.turn)}, request]

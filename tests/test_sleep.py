@@ -285,12 +285,12 @@ def test_batched_generation_matches_one_at_a_time(tiny_dir):
 
 def test_cloze_probes_use_the_days_other_words_and_keep_what_the_teacher_confirms(monkeypatch):
     import dreamer.evaluate as evaluate
-    from dreamer.cloze import PROBE, clozes
+    from dreamer.cloze import PROBE, cloze_probes, clozes
     from dreamer.memories import topics
 
     assert topics("My cat is called Miso.") == ["Miso"]  # "called" is not a topic
     turns = ["My sister Ana lives in Lisbon.", "My brother Tom flies to Oslo.", "My cat is called Miso."]
-    items = clozes(turns, topics)
+    items = clozes(turns)
     assert [(c.word, c.blanked) for c in items] == [
         ("Ana", "My sister ___ lives in Lisbon."), ("Lisbon", "My sister Ana lives in ___."),
         ("sister", "My ___ Ana lives in Lisbon."),
@@ -305,8 +305,6 @@ def test_cloze_probes_use_the_days_other_words_and_keep_what_the_teacher_confirm
         return [-1.0, 0.0] if "Tom" in question else [0.0] + [-1.0] * (len(options) - 1)
 
     monkeypatch.setattr(evaluate, "option_scores", teacher)
-    from dreamer.cloze import cloze_probes
-
     probes = cloze_probes(None, None, items, day="2026-11-21", base_system="SYS", stack=[], distractors=2,
                           rng=random.Random(0))
     assert [p["question"] for p in probes] == [PROBE.format(blanked=c.blanked) for c in items if "Tom" not in c.turn
@@ -316,6 +314,7 @@ def test_cloze_probes_use_the_days_other_words_and_keep_what_the_teacher_confirm
         assert len(probe["distractors"]) == 2 and probe["answer"] == item.word
         # Other words of the same day, never one of this turn; a capitalised word for a capitalised one.
         assert all(d in {c.word for c in items} and d.lower() not in item.turn.lower() for d in probe["distractors"])
+        assert probe["distractors"][0][0].isupper() == item.word[0].isupper()
     # Checked by the teacher holding the turn the blank came from (the chat's recall), not the whole day.
     assert all(system.startswith("SYS") and f"- User: {next(c.turn for c in items if c.blanked in q)}" in system
                for q, _, system in seen)
@@ -338,7 +337,8 @@ def test_cloze_doctests():
 
     from dreamer import cloze
 
-    assert doctest.testmod(cloze).attempted > 0 and doctest.testmod(cloze).failed == 0
+    result = doctest.testmod(cloze)
+    assert result.attempted > 0 and result.failed == 0
 
 
 def test_cloze_prompts_are_taught_from_the_turn_they_came_from(tiny_dir):
