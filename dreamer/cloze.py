@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass
 
 FILL = 'Fill in the blank from what I told you: "{blanked}"'
+ASK = 'Which word did I leave out here: "{blanked}"'  # the cloze recall term's prompt
 PROBE = 'Which word is missing from what I told you? "{blanked}"'
 BLANK = "___"
 
@@ -38,10 +39,17 @@ class Cloze:
 
 
 def clozes(user_turns: list[str], limit: int = 3) -> list[Cloze]:
-    """One cloze per salient word (`memories.topics(turn, limit)`) of each user turn, in order, no repeats.
+    """Clozes of the salient words (`memories.topics(turn, limit)`) of each user turn, in order, no repeats.
+
+    Each salient word is blanked alone and, where it is part of a short phrase (`phrase`), with
+    its phrase: many facts are two words ("water polo", "chai latte").
 
     >>> [c.blanked for c in clozes(["My sister Ana moved to Lisbon."])]
     ['My sister ___ moved to Lisbon.', 'My sister Ana moved to ___.', 'My ___ Ana moved to Lisbon.']
+    >>> [c.word for c in clozes(["I play water polo and read Ursula Le Guin."], limit=4)]
+    ['Ursula', 'Ursula Le Guin', 'Le', 'Guin', 'water', 'water polo']
+    >>> [c.blanked for c in clozes(["I'm sure Ana's cat is Tom."], limit=1)]
+    ["I'm sure ___'s cat is Tom."]
     """
     from dreamer.memories import topics  # memories imports this module: import at call time
 
@@ -49,10 +57,49 @@ def clozes(user_turns: list[str], limit: int = 3) -> list[Cloze]:
     for turn in user_turns:
         text = " ".join(turn.split())
         for word in topics(text, limit=limit):
-            blanked = re.sub(rf"(?<![\w'-]){re.escape(word)}(?![\w'-])", BLANK, text, count=1)
-            if blanked != text:
-                out.append(Cloze(text, word, blanked))
+            for answer in (word, phrase(text, word)):
+                # A whole word, or a name before its possessive ("Ana's" -> "___'s").
+                blanked = re.sub(rf"(?<![\w'-]){re.escape(answer or '')}(?![\w-]|'(?!s\b))", BLANK, text, count=1)
+                if answer and blanked != text:
+                    out.append(Cloze(text, answer, blanked))
     return list(dict.fromkeys(out))
+
+
+def phrase(text: str, word: str) -> str | None:
+    """The short phrase `word` belongs to in `text`, or None.
+
+    A capitalised word: the run of capitalised words around it ("Ursula Le Guin"). Another: the
+    next content word when that one ends the phrase ("water polo in"), else the content word
+    before it ("a chai latte"). Punctuation ends a phrase.
+
+    >>> phrase("I drink a chai latte before work.", "latte"), phrase("She is a veterinary nurse.", "veterinary")
+    ('chai latte', 'veterinary nurse')
+    >>> phrase("We adopted a kitten last week.", "kitten") is None
+    True
+    """
+    from dreamer.memories import STOPWORDS
+
+    tokens = re.findall(r"[A-Za-zÀ-ÿ][\w'-]*|[^\w\s]", text)  # words and punctuation marks
+
+    def content(i: int) -> bool:
+        w = tokens[i] if 0 <= i < len(tokens) else "."
+        return w[0].isalpha() and "'" not in w and w.lower() not in STOPWORDS
+
+    if word not in tokens:
+        return None
+    i = tokens.index(word)
+    if word[0].isupper():
+        start, end = i, i
+        while start > 1 and content(start - 1) and tokens[start - 1][0].isupper():  # not the sentence's first word
+            start -= 1
+        while content(end + 1) and tokens[end + 1][0].isupper():
+            end += 1
+        return " ".join(tokens[start:end + 1]) if end > start else None
+    if content(i + 1) and not content(i + 2) and not tokens[i + 1][0].isupper():
+        return f"{word} {tokens[i + 1]}"
+    if content(i - 1) and not content(i - 2) and not tokens[i - 1][0].isupper():
+        return f"{tokens[i - 1]} {word}"
+    return None
 
 
 def focused_system(base_system: str, turn: str) -> str:

@@ -1,6 +1,6 @@
 """Sleep stage 1b: generalized distillation of the day into tonight's LoRA expert.
 
-    L = alpha * D  -  (1 - alpha) * E[r]
+    L = alpha * D  -  (1 - alpha) * E[r]  +  eta * C
 
 D, the GKD term: for a batch of prompts x, a continuation y is taken from the teacher's
 samples (probability 1 - lmbda) or sampled now from the student itself (probability lmbda,
@@ -14,6 +14,15 @@ completes the prefix `rl_group` times; each completion gets r = gamma * r_sem + 
 r_abs against the true rest of d (dreamer.rewards), and the policy gradient with a group-mean
 baseline pushes the student toward completions that mean and read like the memory
 (REINFORCE on the mean token log-probability of each completion).
+
+C, the cloze recall term ([dreamer], not in the paper): each step, `cloze_batch` of the day's
+cloze prompts (dreamer.cloze: a salient word or phrase of a user turn blanked out), asked
+without the day: cross-entropy on the missing word, plus a softmax over it and
+`cloze_negatives` other salient words of the day, so the word is tied to its sentence rather
+than made likely after any blank. The label is the user's own word: no human labels. It is
+there because the 135M teacher's distribution is a weak target for one word of a sentence
+(p = 0.37 on the blank when reading the sentence back, 0.004 when asked for the bare word),
+and the fact is exactly that word. eta = `cloze_weight`; 0 gives the paper's objective.
 
 The mix of prompts per step: today's (teacher = old stack + day in context), replay of earlier
 nights' probes (teacher = old stack, no context: keeps old memories) and general text
@@ -44,6 +53,7 @@ from dreamer.weights import NEW, adapters, trainable_parameters
 class DistillLog:
     steps: int = 0
     divergence: list[float] = field(default_factory=list)
+    cloze: list[float] = field(default_factory=list)
     reward: list[float] = field(default_factory=list)
     on_policy: int = 0
     off_policy: int = 0
@@ -57,7 +67,8 @@ class DistillLog:
         return {
             "steps": self.steps, "on_policy_samples": self.on_policy, "teacher_samples": self.off_policy,
             "divergence_first": mean(self.divergence[:5]), "divergence_last": mean(self.divergence, 5),
-            "reward_mean": mean(self.reward), "reward_last": mean(self.reward, 5), "seconds": round(self.seconds, 1),
+            "reward_mean": mean(self.reward), "reward_last": mean(self.reward, 5),
+            "cloze_loss_first": mean(self.cloze[:5]), "cloze_loss_last": mean(self.cloze, 5), "seconds": round(self.seconds, 1),
         }
 
 
@@ -139,6 +150,35 @@ def imitation_loss(model, tokenizer, document: tuple[list[dict], str], stack: li
     return loss, rewards
 
 
+def cloze_loss(model, tokenizer, batch: list[tuple[list[dict], str, list[str]]], stack: list[str]) -> torch.Tensor:
+    """The cloze recall term, averaged over `batch` of (student prompt, missing word, other words).
+
+    Per blank: cross-entropy of the missing word as the whole reply (then end of turn), plus,
+    when other words are given, a softmax over the options' mean token log-probabilities (the
+    score `dreamer eval` ranks options by) with the missing word as the class. The first part
+    makes the word come out; the second ties it to its sentence rather than to every blank.
+    """
+    total = torch.zeros((), device=model.device)
+    with adapters(model, stack + [NEW]):
+        for messages, word, others in batch:
+            prompt = chat_ids(tokenizer, messages)
+            options = [tokenizer(o, add_special_tokens=False)["input_ids"] for o in [word, *others]]
+            options[0] = options[0] + [tokenizer.eos_token_id]
+            width = max(len(prompt) + len(o) for o in options)
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+            rows = [prompt + o + [pad] * (width - len(prompt) - len(o)) for o in options]
+            # Right padding: with a causal mask no real token attends to the padding after it.
+            logits = model(input_ids=torch.tensor(rows, device=model.device)).logits.float()
+            logprobs = torch.log_softmax(logits[:, len(prompt) - 1:-1], -1)
+            per_token = [logprobs[i, :len(o)].gather(-1, torch.tensor(o, device=model.device)[:, None]).squeeze(-1)
+                         for i, o in enumerate(options)]
+            total = total - per_token[0].mean()
+            if others:
+                scores = torch.stack([per_token[0][:-1].mean()] + [t.mean() for t in per_token[1:]])
+                total = total - torch.log_softmax(scores, 0)[0]
+    return total / len(batch)
+
+
 def pick(pools: dict[str, list], weights: dict[str, float], rng: random.Random):
     kinds = [k for k in pools if pools[k] and weights[k] > 0]
     kind = rng.choices(kinds, weights=[weights[k] for k in kinds])[0]
@@ -148,9 +188,14 @@ def pick(pools: dict[str, list], weights: dict[str, float], rng: random.Random):
 def distill(
     model, tokenizer, *, today: list[Example], replay: list[Example], anchor: list[Example],
     documents: list, stack: list[str], cfg: DistillConfig, max_len: int, judge, rng: random.Random,
+    clozes: list[tuple[list[dict], str]] = (),
     on_step: Callable[[int, dict], None] = lambda step, info: None,
 ) -> DistillLog:
-    """Train the `new` adapter in place; `on_step` reports progress (and may raise to stop)."""
+    """Train the `new` adapter in place; `on_step` reports progress (and may raise to stop).
+
+    `clozes` are (student prompt, missing word, other words of the day) for the cloze recall term;
+    each step takes `cloze_negatives` of the other words.
+    """
     if not today:
         raise ValueError("no training prompts for today: nothing to distil")
     params = trainable_parameters(model)
@@ -182,6 +227,12 @@ def distill(
             (cfg.alpha * loss).backward()
             total += loss.item()
         log.divergence.append(total)
+        if cfg.cloze_weight > 0 and clozes:
+            picked = [rng.choice(clozes) for _ in range(cfg.cloze_batch)]
+            picked = [(m, w, rng.sample(o, min(cfg.cloze_negatives, len(o)))) for m, w, o in picked]
+            loss = cloze_loss(model, tokenizer, picked, stack)
+            (cfg.cloze_weight * loss).backward()
+            log.cloze.append(loss.item())
         if cfg.alpha < 1 and documents and step % cfg.rl_every == 0:
             rl_loss, rewards = imitation_loss(model, tokenizer, rng.choice(documents), stack, cfg, judge, rng)
             if rl_loss.requires_grad:

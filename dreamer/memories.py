@@ -16,7 +16,8 @@ same requests without the conversations. From the day the teacher produces:
 - *cloze prompts* (dreamer/cloze.py): each salient word of a user turn blanked out ("Fill in
   the blank from what I told you: \"My sister Ana moved to ___\""); the continuation is the
   user's own sentence, scored by the teacher holding that turn (it copies the missing word),
-  and it is also an imitation memory;
+  and it is also an imitation memory; the same blank, asked for the bare missing word with the
+  user's own word as the label, feeds the cloze recall term (dreamer.distill);
 - *probes*, label-free (dreamer/cloze.py): the same blanks worded differently, the true word
   against other salient words of the day, kept only if the teacher prefers the true word.
 
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dreamer.cloze import FILL, cloze_probes, clozes, focused_system
+from dreamer.cloze import ASK, FILL, cloze_probes, clozes, distractor_words, focused_system
 from dreamer.prompt_cache import PromptCache
 from dreamer.sleep_config import MemoriesConfig
 from dreamer.weights import adapters
@@ -50,7 +51,7 @@ STOPWORDS = set(
     "they my your his her its our their me him us them this that these those what which who whom when where why how "
     "do does did have has had not no yes so too very just also can could would should will shall may might must "
     "there here then than into over under after before again today tomorrow yesterday really please thanks "
-    "called named favourite favorite lives works".split()
+    "called named favourite favorite lives works one last next".split()
 )
 
 
@@ -69,6 +70,7 @@ class Example:
 class Memories:
     examples: list[Example]
     documents: list[tuple[list[dict], str]]  # (student prompt, teacher-written memory) for imitation
+    clozes: list[tuple[list[dict], str, list[str]]]  # (student prompt, missing word, other words of the day)
     probes: list[dict]
     counts: dict
 
@@ -101,10 +103,14 @@ def topics(text: str, limit: int = 2) -> list[str]:
 
     >>> topics("My sister Ana lives in Lisbon and works as a pilot.")
     ['Ana', 'Lisbon']
+    >>> topics("I'm told Ana's brother, who's a nurse, is in Porto.", limit=3)
+    ['Ana', 'Porto', 'brother']
     """
-    words = re.findall(r"[A-Za-zÀ-ÿ][\w'-]*", text)
-    capitals = [w for i, w in enumerate(words) if i > 0 and w[0].isupper() and w.lower() not in STOPWORDS]
-    longer = sorted((w for w in words if w.lower() not in STOPWORDS and len(w) > 4), key=len, reverse=True)
+    # Contractions ("I'm", "There's") are never the fact; a possessive keeps its name ("Ana's" -> "Ana").
+    words = [re.sub(r"'s$", "", w) for w in re.findall(r"[A-Za-zÀ-ÿ][\w'-]*", text)]
+    kept = [(i, w) for i, w in enumerate(words) if "'" not in w and w.lower() not in STOPWORDS]
+    capitals = [w for i, w in kept if i > 0 and w[0].isupper()]
+    longer = sorted((w for _, w in kept if len(w) > 4), key=len, reverse=True)
     return list(dict.fromkeys(capitals + longer))[:limit]
 
 
@@ -221,6 +227,9 @@ def write_memories(
     # continuation is the sentence, and the divergence at the blank carries the fact; it is
     # also an imitation memory.
     items = clozes(user_turns)
+    pool = [c.word for c in items]
+    recall = [(closed + [{"role": "user", "content": ASK.format(blanked=item.blanked)}], item.word,
+               distractor_words(item, pool, len(pool), rng)) for item in items]
     for item in items:
         request = {"role": "user", "content": FILL.format(blanked=item.blanked)}
         teacher_view = [{"role": "system", "content": focused_system(base_system, item.turn)}, request]
@@ -236,4 +245,4 @@ def write_memories(
         "cloze_prompts": len(items),
         "training_prompts": len(examples), "memories": len(documents), "probes": len(probes),
     }
-    return Memories(examples, documents, probes, counts)
+    return Memories(examples, documents, recall, probes, counts)

@@ -210,7 +210,7 @@ def _night(store, config, cfg, conversations, days, message_ids, run_id, progres
             on_step(step, info)
 
     log = distill(model, tokenizer, today=memories.examples, replay=replay, anchor=anchor, documents=memories.documents,
-                  stack=stack, cfg=cfg.distill, max_len=cfg.load.max_seq_len, judge=judge, rng=rng, on_step=step_hook)
+                  clozes=memories.clozes, stack=stack, cfg=cfg.distill, max_len=cfg.load.max_seq_len, judge=judge, rng=rng, on_step=step_hook)
 
     advance = begin("gate", 1)
     figures = gate_stage.measure(model, tokenizer, stack, memories.probes, replay_rows, cfg.load.max_seq_len,

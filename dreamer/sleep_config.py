@@ -85,17 +85,28 @@ class DistillConfig:
     rl_group: int = field(default=4, metadata={"help": "completions per prefix (group-mean baseline)"})
     rl_every: int = field(default=2, metadata={"help": "run the imitation RL term every k steps (it samples)"})
     rl_new_tokens: int = field(default=24, metadata={"help": "longest student sample: RL completions and on-policy continuations"})
+    cloze_weight: float = field(
+        default=1.0, metadata={"help": "weight of the cloze recall term (cross-entropy on the user's blanked words); 0 = the paper's objective"}
+    )
+    cloze_batch: int = field(default=4, metadata={"help": "cloze prompts per step for the cloze recall term"})
+    cloze_negatives: int = field(
+        default=1, metadata={"help": "other words of the day each cloze's word is contrasted with; 0 = cross-entropy only"}
+    )
     replay_fraction: float = field(default=0.2, metadata={"help": "share of prompts replayed from earlier nights"})
     anchor_fraction: float = field(default=0.15, metadata={"help": "share of general-text prompts (teacher = base)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "rank", "lora_alpha", "rl_group", "rl_every", "rl_new_tokens"):
+        for name in ("steps", "batch_size", "rank", "lora_alpha", "rl_group", "rl_every", "rl_new_tokens", "cloze_batch"):
             _check(_positive_int(getattr(self, name)), f"distill.{name} must be a positive integer, got {getattr(self, name)!r}")
         for name in ("alpha", "lmbda", "beta", "gamma", "z0", "sem_threshold", "replay_fraction", "anchor_fraction"):
             _check(_unit(getattr(self, name)), f"distill.{name} must be in [0, 1], got {getattr(self, name)!r}")
         _check(self.divergence in DIVERGENCES, f"distill.divergence must be one of {', '.join(DIVERGENCES)}, got {self.divergence!r}")
         _check(self.replay_fraction + self.anchor_fraction < 1, "distill.replay_fraction + distill.anchor_fraction must be < 1")
+        _check(isinstance(self.cloze_weight, (int, float)) and not isinstance(self.cloze_weight, bool) and self.cloze_weight >= 0,
+               f"distill.cloze_weight must be a number >= 0, got {self.cloze_weight!r}")
+        _check(isinstance(self.cloze_negatives, int) and not isinstance(self.cloze_negatives, bool) and self.cloze_negatives >= 0,
+               f"distill.cloze_negatives must be an integer >= 0, got {self.cloze_negatives!r}")
         _check(self.learning_rate > 0, f"distill.learning_rate must be > 0, got {self.learning_rate!r}")
         _check(self.rl_group >= 2 or self.alpha == 1, "distill.rl_group must be >= 2 for a group-mean baseline")
 

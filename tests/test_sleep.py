@@ -107,9 +107,11 @@ def test_only_the_new_expert_changes(tiny_dir, tmp_path, fake_judge):
     ask = [{"role": "user", "content": "Where does Ana live?"}]
     today = [Example("today", system + ask, day + ask, ["night1"], ["She lives in Lisbon."])]
     cfg = DistillConfig(steps=4, batch_size=2, lmbda=0.5, alpha=0.7, rl_group=2, rl_new_tokens=4, learning_rate=1e-2)
+    cloze = [(system + [{"role": "user", "content": 'Which word? "Ana lives in ___."'}], "Lisbon", ["Paris", "Oslo"])]
     log = distill(model, tokenizer, today=today, replay=[], anchor=[], documents=[(system + ask, "She lives in Lisbon now.")],
-                  stack=["night1"], cfg=cfg, max_len=128, judge=fake_judge, rng=random.Random(0))
+                  stack=["night1"], cfg=cfg, max_len=128, judge=fake_judge, rng=random.Random(0), clozes=cloze)
     assert log.steps == 4 and log.on_policy + log.off_policy == 8 and log.divergence[0] > 0
+    assert len(log.cloze) == 4 and log.cloze[0] > 0  # the cloze recall term ran every step
 
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed, "the new expert did not learn"
@@ -283,44 +285,6 @@ def test_batched_generation_matches_one_at_a_time(tiny_dir):
     assert left == [sample(base, tokenizer, c[1:], None, n=1, max_new_tokens=8, temperature=None) for c in chats]
 
 
-def test_cloze_probes_use_the_days_other_words_and_keep_what_the_teacher_confirms(monkeypatch):
-    import dreamer.evaluate as evaluate
-    from dreamer.cloze import PROBE, cloze_probes, clozes
-    from dreamer.memories import topics
-
-    assert topics("My cat is called Miso.") == ["Miso"]  # "called" is not a topic
-    turns = ["My sister Ana lives in Lisbon.", "My brother Tom flies to Oslo.", "My cat is called Miso."]
-    items = clozes(turns)
-    assert [(c.word, c.blanked) for c in items] == [
-        ("Ana", "My sister ___ lives in Lisbon."), ("Lisbon", "My sister Ana lives in ___."),
-        ("sister", "My ___ Ana lives in Lisbon."),
-        ("Tom", "My brother ___ flies to Oslo."), ("Oslo", "My brother Tom flies to ___."),
-        ("brother", "My ___ Tom flies to Oslo."),
-        ("Miso", "My cat is called ___."),
-    ]
-    seen = []
-
-    def teacher(model, tokenizer, question, options, system=None):
-        seen.append((question, options, system))
-        return [-1.0, 0.0] if "Tom" in question else [0.0] + [-1.0] * (len(options) - 1)
-
-    monkeypatch.setattr(evaluate, "option_scores", teacher)
-    probes = cloze_probes(None, None, items, day="2026-11-21", base_system="SYS", stack=[], distractors=2,
-                          rng=random.Random(0))
-    assert [p["question"] for p in probes] == [PROBE.format(blanked=c.blanked) for c in items if "Tom" not in c.turn
-                                               or c.word == "Tom"]  # "Tom ... ___" was not confirmed
-    for probe in probes:
-        item = next(c for c in items if PROBE.format(blanked=c.blanked) == probe["question"])
-        assert len(probe["distractors"]) == 2 and probe["answer"] == item.word
-        # Other words of the same day, never one of this turn; a capitalised word for a capitalised one.
-        assert all(d in {c.word for c in items} and d.lower() not in item.turn.lower() for d in probe["distractors"])
-        assert probe["distractors"][0][0].isupper() == item.word[0].isupper()
-    # Checked by the teacher holding the turn the blank came from (the chat's recall), not the whole day.
-    assert all(system.startswith("SYS") and f"- User: {next(c.turn for c in items if c.blanked in q)}" in system
-               for q, _, system in seen)
-    assert len(seen) == len(items)
-
-
 def test_a_model_too_big_names_the_preset(monkeypatch, tiny_dir):
     import dreamer.weights as weights
 
@@ -330,37 +294,3 @@ def test_a_model_too_big_names_the_preset(monkeypatch, tiny_dir):
     monkeypatch.setattr(weights.AutoModelForCausalLM, "from_pretrained", too_big)
     with pytest.raises(SleepConfigError, match="does not fit in memory with this preset: use --preset cpu-tiny"):
         load_base(str(tiny_dir), plan_device(LoadConfig()))
-
-
-def test_cloze_doctests():
-    import doctest
-
-    from dreamer import cloze
-
-    result = doctest.testmod(cloze)
-    assert result.attempted > 0 and result.failed == 0
-
-
-def test_cloze_prompts_are_taught_from_the_turn_they_came_from(tiny_dir):
-    """The cloze examples of write_memories: who sees what, and which continuation is scored."""
-    from dreamer.cloze import FILL
-    from dreamer.memories import write_memories
-
-    base, tokenizer = load_base(str(tiny_dir), plan_device(LoadConfig(device="cpu")))
-    turns = ["My sister Ana lives in Lisbon.", "My cat is called Miso."]
-    day = [{"conversation_id": 1, "messages": [{"role": "user", "content": t} for t in turns]}]
-    cfg = sleep_config_from_dict(SMALL, preset="test").memories
-    memories = write_memories(base, tokenizer, day, day="2026-11-21", base_system="SYS", stack=[], cfg=cfg,
-                              rng=random.Random(0))
-    cloze = {e.student[-1]["content"]: e for e in memories.examples if e.student[-1]["content"].startswith("Fill in")}
-    assert set(cloze) == {FILL.format(blanked=b) for b in (
-        "My sister ___ lives in Lisbon.", "My sister Ana lives in ___.", "My ___ Ana lives in Lisbon.",
-        "My cat is called ___.")}
-    lisbon = cloze[FILL.format(blanked="My sister Ana lives in ___.")]
-    assert lisbon.student[0] == {"role": "system", "content": "SYS"}  # the student: no day in its prompt
-    assert "- User: My sister Ana lives in Lisbon." in lisbon.teacher[0]["content"]  # the teacher: the turn...
-    assert "Miso" not in lisbon.teacher[0]["content"]  # ...and only that turn
-    # The continuation is the user's own sentence: the teacher, holding it, copies the missing word.
-    assert lisbon.samples == ["My sister Ana lives in Lisbon."]
-    assert (lisbon.student, "My sister Ana lives in Lisbon.") in memories.documents  # and an imitation memory
-    assert memories.counts["cloze_prompts"] == 4
