@@ -113,9 +113,11 @@ def collect(store: Store, day: str | None) -> tuple[list[dict], list[str], list[
 def estimate(conversations: list[dict], cfg: SleepConfig) -> str:
     turns = sum(1 for c in conversations for m in c["messages"] if m["role"] == "user")
     questions = cfg.memories.questions_per_conversation * len(conversations) + 2 * turns
-    passes = cfg.distill.steps * cfg.distill.batch_size
+    d = cfg.distill
+    passes = d.steps * d.batch_size
+    cloze = f", plus {d.steps * d.cloze_batch * (1 + d.cloze_negatives)} short cloze passes" if d.cloze_weight > 0 else ""
     return (f"{len(conversations)} conversations, {turns} user turns; the teacher answers up to {questions} "
-            f"questions; {cfg.distill.steps} steps x {cfg.distill.batch_size} sequences ({passes} teacher+student passes)")
+            f"questions; {d.steps} steps x {d.batch_size} sequences ({passes} teacher+student passes{cloze})")
 
 
 def sleep_now(store: Store, config: Config, cfg: SleepConfig, *, day: str | None = None, dry_run: bool = False,

@@ -86,7 +86,8 @@ class DistillConfig:
     rl_every: int = field(default=2, metadata={"help": "run the imitation RL term every k steps (it samples)"})
     rl_new_tokens: int = field(default=24, metadata={"help": "longest student sample: RL completions and on-policy continuations"})
     cloze_weight: float = field(
-        default=1.0, metadata={"help": "weight of the cloze recall term (cross-entropy on the user's blanked words); 0 = the paper's objective"}
+        default=0.5,
+        metadata={"help": "weight of the cloze recall term (the user's blanked words, closed book); 0 = the paper's objective"},
     )
     cloze_batch: int = field(default=4, metadata={"help": "cloze prompts per step for the cloze recall term"})
     cloze_negatives: int = field(
