@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dreamer.divergences import token_divergence
+from dreamer.evaluate import tail_logprobs
 from dreamer.memories import Example, chat_ids, sample_many
 from dreamer.prompt_cache import PromptCache
 from dreamer.rewards import group_advantages, imitation_reward
@@ -161,17 +162,9 @@ def cloze_loss(model, tokenizer, batch: list[tuple[list[dict], str, list[str]]],
     total = torch.zeros((), device=model.device)
     with adapters(model, stack + [NEW]):
         for messages, word, others in batch:
-            prompt = chat_ids(tokenizer, messages)
             options = [tokenizer(o, add_special_tokens=False)["input_ids"] for o in [word, *others]]
-            options[0] = options[0] + [tokenizer.eos_token_id]
-            width = max(len(prompt) + len(o) for o in options)
-            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-            rows = [prompt + o + [pad] * (width - len(prompt) - len(o)) for o in options]
-            # Right padding: with a causal mask no real token attends to the padding after it.
-            logits = model(input_ids=torch.tensor(rows, device=model.device)).logits.float()
-            logprobs = torch.log_softmax(logits[:, len(prompt) - 1:-1], -1)
-            per_token = [logprobs[i, :len(o)].gather(-1, torch.tensor(o, device=model.device)[:, None]).squeeze(-1)
-                         for i, o in enumerate(options)]
+            options[0] = options[0] + [tokenizer.eos_token_id]  # the word as the whole reply
+            per_token = tail_logprobs(model, tokenizer, chat_ids(tokenizer, messages), options)
             total = total - per_token[0].mean()
             if others:
                 scores = torch.stack([per_token[0][:-1].mean()] + [t.mean() for t in per_token[1:]])
@@ -188,7 +181,7 @@ def pick(pools: dict[str, list], weights: dict[str, float], rng: random.Random):
 def distill(
     model, tokenizer, *, today: list[Example], replay: list[Example], anchor: list[Example],
     documents: list, stack: list[str], cfg: DistillConfig, max_len: int, judge, rng: random.Random,
-    clozes: list[tuple[list[dict], str]] = (),
+    clozes: list[tuple[list[dict], str, list[str]]] = (),
     on_step: Callable[[int, dict], None] = lambda step, info: None,
 ) -> DistillLog:
     """Train the `new` adapter in place; `on_step` reports progress (and may raise to stop).

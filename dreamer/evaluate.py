@@ -90,20 +90,23 @@ def option_scores(model, tokenizer, question: str, options: list[str], system: s
     for option, tail in zip(options, tails):
         if not tail:
             raise ValueError(f"option {option!r} has no tokens")
-    ids, mask = _right_padded([prompt + tail for tail in tails], _pad_id(tokenizer), _device(model))
     with _inference(model):
-        logits = model(input_ids=ids, attention_mask=mask).logits.float()
-    logprobs = F.log_softmax(logits, dim=-1)
-    scores = []
-    for row, tail in enumerate(tails):
-        # The logits at position t predict token t + 1: the option's tokens are predicted
-        # from positions len(prompt) - 1 .. len(prompt) + len(tail) - 2.
-        start = len(prompt) - 1
-        picked = logprobs[row, start : start + len(tail)].gather(
-            -1, torch.tensor(tail, device=logprobs.device).unsqueeze(-1)
-        )
-        scores.append(picked.mean().item())
-    return scores
+        return [picked.mean().item() for picked in tail_logprobs(model, tokenizer, prompt, tails)]
+
+
+def tail_logprobs(model, tokenizer, prompt: list[int], tails: list[list[int]]) -> list[torch.Tensor]:
+    """Per-token log-probabilities of each tail after the same `prompt` ids, one per tail.
+
+    One right-padded batch. Gradients flow when the caller allows them (the sleep's cloze
+    recall term trains on these; `option_scores` wraps them in `_inference`).
+    """
+    ids, mask = _right_padded([prompt + tail for tail in tails], _pad_id(tokenizer), _device(model))
+    logprobs = F.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+    # The logits at position t predict token t + 1: a tail's tokens are predicted from
+    # positions len(prompt) - 1 .. len(prompt) + len(tail) - 2.
+    start = len(prompt) - 1
+    return [logprobs[row, start : start + len(tail)].gather(-1, torch.tensor(tail, device=logprobs.device)[:, None]).squeeze(-1)
+            for row, tail in enumerate(tails)]
 
 
 def multiple_choice(model, tokenizer, probes, system: str | None = None) -> list[bool]:

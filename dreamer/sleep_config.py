@@ -32,6 +32,11 @@ def _unit(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
 
 
+def _at_least_zero(value, integer: bool = False) -> bool:
+    kinds = int if integer else (int, float)
+    return isinstance(value, kinds) and not isinstance(value, bool) and value >= 0
+
+
 def _positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
@@ -104,9 +109,8 @@ class DistillConfig:
             _check(_unit(getattr(self, name)), f"distill.{name} must be in [0, 1], got {getattr(self, name)!r}")
         _check(self.divergence in DIVERGENCES, f"distill.divergence must be one of {', '.join(DIVERGENCES)}, got {self.divergence!r}")
         _check(self.replay_fraction + self.anchor_fraction < 1, "distill.replay_fraction + distill.anchor_fraction must be < 1")
-        _check(isinstance(self.cloze_weight, (int, float)) and not isinstance(self.cloze_weight, bool) and self.cloze_weight >= 0,
-               f"distill.cloze_weight must be a number >= 0, got {self.cloze_weight!r}")
-        _check(isinstance(self.cloze_negatives, int) and not isinstance(self.cloze_negatives, bool) and self.cloze_negatives >= 0,
+        _check(_at_least_zero(self.cloze_weight), f"distill.cloze_weight must be a number >= 0, got {self.cloze_weight!r}")
+        _check(_at_least_zero(self.cloze_negatives, integer=True),
                f"distill.cloze_negatives must be an integer >= 0, got {self.cloze_negatives!r}")
         _check(self.learning_rate > 0, f"distill.learning_rate must be > 0, got {self.learning_rate!r}")
         _check(self.rl_group >= 2 or self.alpha == 1, "distill.rl_group must be >= 2 for a group-mean baseline")
