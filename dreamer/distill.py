@@ -1,6 +1,6 @@
 """Sleep stage 1b: generalized distillation of the day into tonight's LoRA expert.
 
-    L = alpha * D  -  (1 - alpha) * E[r]  +  eta * C
+    L = alpha * D  -  (1 - alpha) * E[r]  +  eta * C  +  kappa * K
 
 D, the GKD term: for a batch of prompts x, a continuation y is taken from the teacher's
 samples (probability 1 - lmbda) or sampled now from the student itself (probability lmbda,
@@ -24,6 +24,12 @@ there because the 135M teacher's distribution is a weak target for one word of a
 (p = 0.37 on the blank when reading the sentence back, 0.004 when asked for the bare word),
 and the fact is exactly that word. eta = `cloze_weight`; 0 gives the paper's objective.
 
+K, the drift term ([dreamer]): each step, per-token KL(active stack || student) over every
+token of `drift_batch` general texts (the bare base's answers to assets/general_prompts.jsonl),
+the gate's drift measure on texts the gate does not use (it holds out assets/general_heldout.jsonl).
+The anchor prompts below pull only the student's *replies* toward the base; K holds the whole
+next-token distribution on plain text, where the cloze term's drift shows. kappa = `drift_weight`.
+
 The mix of prompts per step: today's (teacher = old stack + day in context), replay of earlier
 nights' probes (teacher = old stack, no context: keeps old memories) and general text
 (teacher = base: keeps skills). Only the new expert's parameters receive gradients.
@@ -42,7 +48,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dreamer.divergences import token_divergence
-from dreamer.evaluate import tail_logprobs
+from dreamer.evaluate import tail_logprobs, text_batches
 from dreamer.memories import Example, chat_ids, sample_many
 from dreamer.prompt_cache import PromptCache
 from dreamer.rewards import group_advantages, imitation_reward
@@ -55,6 +61,7 @@ class DistillLog:
     steps: int = 0
     divergence: list[float] = field(default_factory=list)
     cloze: list[float] = field(default_factory=list)
+    drift: list[float] = field(default_factory=list)
     reward: list[float] = field(default_factory=list)
     on_policy: int = 0
     off_policy: int = 0
@@ -69,7 +76,8 @@ class DistillLog:
             "steps": self.steps, "on_policy_samples": self.on_policy, "teacher_samples": self.off_policy,
             "divergence_first": mean(self.divergence[:5]), "divergence_last": mean(self.divergence, 5),
             "reward_mean": mean(self.reward), "reward_last": mean(self.reward, 5),
-            "cloze_loss_first": mean(self.cloze[:5]), "cloze_loss_last": mean(self.cloze, 5), "seconds": round(self.seconds, 1),
+            "cloze_loss_first": mean(self.cloze[:5]), "cloze_loss_last": mean(self.cloze, 5),
+            "drift_first": mean(self.drift[:5]), "drift_last": mean(self.drift, 5), "seconds": round(self.seconds, 1),
         }
 
 
@@ -172,6 +180,20 @@ def cloze_loss(model, tokenizer, batch: list[tuple[list[dict], str, list[str]]],
     return total / len(batch)
 
 
+def drift_loss(model, tokenizer, texts: list[str], stack: list[str], max_len: int) -> torch.Tensor:
+    """Mean per-token KL(active stack || student) over every real token of `texts`."""
+    batches = list(text_batches(tokenizer, texts, max_len, model.device))
+    tokens = sum(int(mask.sum()) for _, mask in batches)
+    total = torch.zeros((), device=model.device)
+    for ids, mask in batches:
+        with torch.no_grad(), adapters(model, stack):
+            reference = model(input_ids=ids, attention_mask=mask).logits.float()
+        with adapters(model, stack + [NEW]):
+            student = model(input_ids=ids, attention_mask=mask).logits.float()
+        total = total + token_divergence(student, reference, "forward_kl", mask=mask) * int(mask.sum()) / tokens
+    return total
+
+
 def pick(pools: dict[str, list], weights: dict[str, float], rng: random.Random):
     kinds = [k for k in pools if pools[k] and weights[k] > 0]
     kind = rng.choices(kinds, weights=[weights[k] for k in kinds])[0]
@@ -181,13 +203,13 @@ def pick(pools: dict[str, list], weights: dict[str, float], rng: random.Random):
 def distill(
     model, tokenizer, *, today: list[Example], replay: list[Example], anchor: list[Example],
     documents: list, stack: list[str], cfg: DistillConfig, max_len: int, judge, rng: random.Random,
-    clozes: list[tuple[list[dict], str, list[str]]] = (),
+    clozes: list[tuple[list[dict], str, list[str]]] = (), general_texts: list[str] = (),
     on_step: Callable[[int, dict], None] = lambda step, info: None,
 ) -> DistillLog:
     """Train the `new` adapter in place; `on_step` reports progress (and may raise to stop).
 
     `clozes` are (student prompt, missing word, other words of the day) for the cloze recall term;
-    each step takes `cloze_negatives` of the other words.
+    each step takes `cloze_negatives` of the other words. `general_texts` feed the drift term.
     """
     if not today:
         raise ValueError("no training prompts for today: nothing to distil")
@@ -226,6 +248,11 @@ def distill(
             loss = cloze_loss(model, tokenizer, picked, stack)
             (cfg.cloze_weight * loss).backward()
             log.cloze.append(loss.item())
+        if cfg.drift_weight > 0 and general_texts:
+            loss = drift_loss(model, tokenizer, rng.sample(general_texts, min(cfg.drift_batch, len(general_texts))),
+                              stack, max_len)
+            (cfg.drift_weight * loss).backward()
+            log.drift.append(loss.item())
         if cfg.alpha < 1 and documents and step % cfg.rl_every == 0:
             rl_loss, rewards = imitation_loss(model, tokenizer, rng.choice(documents), stack, cfg, judge, rng)
             if rl_loss.requires_grad:

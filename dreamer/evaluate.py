@@ -208,7 +208,8 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _text_batches(tokenizer, texts: list[str], max_len: int, device):
+def text_batches(tokenizer, texts: list[str], max_len: int, device):
+    """(ids, mask) batches of at most KL_BATCH right-padded texts, each cut to `max_len` tokens."""
     if not texts:
         raise ValueError("no texts")
     encoded = [tokenizer(text, truncation=True, max_length=max_len)["input_ids"] for text in texts]
@@ -230,7 +231,7 @@ def general_drift(model, tokenizer, texts: list[str], reference: list[str] | Non
         return 0.0  # the same stack: the same distributions, no need to run it twice
     total, count = 0.0, 0
     with _inference(model):
-        for ids, mask in _text_batches(tokenizer, texts, max_len, _device(model)):
+        for ids, mask in text_batches(tokenizer, texts, max_len, _device(model)):
             with adapters(model, reference):
                 ref = F.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
             with adapters(model, candidate):
@@ -246,7 +247,7 @@ def perplexity(model, tokenizer, texts: list[str], max_len: int = 256) -> float:
     """exp(mean next-token NLL) over the texts, with whatever adapters are active on the model."""
     total, count = 0.0, 0
     with _inference(model):
-        for ids, mask in _text_batches(tokenizer, texts, max_len, _device(model)):
+        for ids, mask in text_batches(tokenizer, texts, max_len, _device(model)):
             logits = model(input_ids=ids, attention_mask=mask).logits.float()
             nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
             target = mask[:, 1:]  # a token counts when it is real (it then follows a real one)

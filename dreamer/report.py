@@ -58,6 +58,9 @@ def morning_report(*, night: int | None, days: list[str], status: str, reasons: 
             f"- divergence {training.get('divergence_first') or 0:.4f} (first steps) -> "
             f"{training.get('divergence_last') or 0:.4f} (last steps)",
             f"- imitation reward: mean {training.get('reward_mean') or 0:.3f}, last {training.get('reward_last') or 0:.3f}",
-            "",
         ]
+        for key, label in (("cloze_loss", "cloze recall loss"), ("drift", "drift term, KL on general text")):
+            if training.get(f"{key}_first") is not None:
+                lines.append(f"- {label} {training[f'{key}_first']:.4f} (first steps) -> {training[f'{key}_last']:.4f} (last steps)")
+        lines.append("")
     return "\n".join(lines)

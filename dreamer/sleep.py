@@ -115,9 +115,10 @@ def estimate(conversations: list[dict], cfg: SleepConfig) -> str:
     questions = cfg.memories.questions_per_conversation * len(conversations) + 2 * turns
     d = cfg.distill
     passes = d.steps * d.batch_size
-    cloze = f", plus {d.steps * d.cloze_batch * (1 + d.cloze_negatives)} short cloze passes" if d.cloze_weight > 0 else ""
+    extra = f", plus {d.steps * d.cloze_batch * (1 + d.cloze_negatives)} short cloze passes" if d.cloze_weight > 0 else ""
+    extra += f", plus {2 * d.steps} drift passes over {d.drift_batch} general texts" if d.drift_weight > 0 else ""
     return (f"{len(conversations)} conversations, {turns} user turns; the teacher answers up to {questions} "
-            f"questions; {d.steps} steps x {d.batch_size} sequences ({passes} teacher+student passes{cloze})")
+            f"questions; {d.steps} steps x {d.batch_size} sequences ({passes} teacher+student passes{extra})")
 
 
 def sleep_now(store: Store, config: Config, cfg: SleepConfig, *, day: str | None = None, dry_run: bool = False,
@@ -201,6 +202,11 @@ def _night(store, config, cfg, conversations, days, message_ids, run_id, progres
     answers = sample_many(model, tokenizer, general, None, n=1, max_new_tokens=cfg.memories.max_new_tokens,
                           temperature=None)  # teacher for the anchor = the bare base
     anchor = [Example("anchor", user, user, None, answer) for user, answer in zip(general, answers) if answer[0]]
+    # The drift term's plain texts: general questions with the base's own answers.
+    general_texts = [f"{user[0]['content']}\n\n{answer[0]}" for user, answer in zip(general, answers) if answer[0]]
+    if cfg.distill.drift_weight > 0 and not general_texts:  # a failure to say, not a term to skip quietly
+        raise RuntimeError("the base answered none of assets/general_prompts.jsonl, so the drift term has no text; "
+                           "set [distill] drift_weight = 0 to sleep without it")
 
     advance = begin("distil into a new expert", cfg.distill.steps)
     needs_judge = cfg.distill.alpha < 1 and cfg.distill.gamma > 0
@@ -212,7 +218,8 @@ def _night(store, config, cfg, conversations, days, message_ids, run_id, progres
             on_step(step, info)
 
     log = distill(model, tokenizer, today=memories.examples, replay=replay, anchor=anchor, documents=memories.documents,
-                  clozes=memories.clozes, stack=stack, cfg=cfg.distill, max_len=cfg.load.max_seq_len, judge=judge, rng=rng, on_step=step_hook)
+                  clozes=memories.clozes, general_texts=general_texts, stack=stack, cfg=cfg.distill,
+                  max_len=cfg.load.max_seq_len, judge=judge, rng=rng, on_step=step_hook)
 
     advance = begin("gate", 1)
     figures = gate_stage.measure(model, tokenizer, stack, memories.probes, replay_rows, cfg.load.max_seq_len,

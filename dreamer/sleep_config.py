@@ -91,25 +91,32 @@ class DistillConfig:
     rl_every: int = field(default=2, metadata={"help": "run the imitation RL term every k steps (it samples)"})
     rl_new_tokens: int = field(default=24, metadata={"help": "longest student sample: RL completions and on-policy continuations"})
     cloze_weight: float = field(
-        default=0.5,
+        default=1.0,
         metadata={"help": "weight of the cloze recall term (the user's blanked words, closed book); 0 = the paper's objective"},
     )
     cloze_batch: int = field(default=4, metadata={"help": "cloze prompts per step for the cloze recall term"})
     cloze_negatives: int = field(
         default=1, metadata={"help": "other words of the day each cloze's word is contrasted with; 0 = cross-entropy only"}
     )
+    drift_weight: float = field(
+        default=2.0,
+        metadata={"help": "weight of the drift term: per-token KL(active stack || student) on general text, every step; 0 = off"},
+    )
+    drift_batch: int = field(default=4, metadata={"help": "general texts per step for the drift term"})
     replay_fraction: float = field(default=0.2, metadata={"help": "share of prompts replayed from earlier nights"})
     anchor_fraction: float = field(default=0.15, metadata={"help": "share of general-text prompts (teacher = base)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "rank", "lora_alpha", "rl_group", "rl_every", "rl_new_tokens", "cloze_batch"):
+        for name in ("steps", "batch_size", "rank", "lora_alpha", "rl_group", "rl_every", "rl_new_tokens", "cloze_batch",
+                     "drift_batch"):
             _check(_positive_int(getattr(self, name)), f"distill.{name} must be a positive integer, got {getattr(self, name)!r}")
         for name in ("alpha", "lmbda", "beta", "gamma", "z0", "sem_threshold", "replay_fraction", "anchor_fraction"):
             _check(_unit(getattr(self, name)), f"distill.{name} must be in [0, 1], got {getattr(self, name)!r}")
         _check(self.divergence in DIVERGENCES, f"distill.divergence must be one of {', '.join(DIVERGENCES)}, got {self.divergence!r}")
         _check(self.replay_fraction + self.anchor_fraction < 1, "distill.replay_fraction + distill.anchor_fraction must be < 1")
         _check(_at_least_zero(self.cloze_weight), f"distill.cloze_weight must be a number >= 0, got {self.cloze_weight!r}")
+        _check(_at_least_zero(self.drift_weight), f"distill.drift_weight must be a number >= 0, got {self.drift_weight!r}")
         _check(_at_least_zero(self.cloze_negatives, integer=True),
                f"distill.cloze_negatives must be an integer >= 0, got {self.cloze_negatives!r}")
         _check(self.learning_rate > 0, f"distill.learning_rate must be > 0, got {self.learning_rate!r}")

@@ -24,7 +24,7 @@ from tests.tiny import make_tiny_model_dir
 
 SMALL = {
     "memories": {"questions_per_conversation": 2, "max_new_tokens": 10, "teacher_samples": 1},
-    "distill": {"steps": 3, "batch_size": 2, "rl_every": 1, "rl_new_tokens": 6, "alpha": 0.7},
+    "distill": {"steps": 3, "batch_size": 2, "rl_every": 1, "rl_new_tokens": 6, "alpha": 0.7, "drift_weight": 0.5},
     "load": {"max_seq_len": 128},
 }
 GOOD_FIGURES = {"today_probes": 3, "old_probes": 0, "today_before": 0.0, "today_after": 1.0, "old_before": None,
@@ -106,12 +106,16 @@ def test_only_the_new_expert_changes(tiny_dir, tmp_path, fake_judge):
     day = [{"role": "system", "content": "You are dreamer. The user said: my sister Ana lives in Lisbon."}]
     ask = [{"role": "user", "content": "Where does Ana live?"}]
     today = [Example("today", system + ask, day + ask, ["night1"], ["She lives in Lisbon."])]
-    cfg = DistillConfig(steps=4, batch_size=2, lmbda=0.5, alpha=0.7, rl_group=2, rl_new_tokens=4, learning_rate=1e-2)
+    cfg = DistillConfig(steps=4, batch_size=2, lmbda=0.5, alpha=0.7, rl_group=2, rl_new_tokens=4, learning_rate=1e-2,
+                        drift_weight=1.0)
     cloze = [(system + [{"role": "user", "content": 'Which word? "Ana lives in ___."'}], "Lisbon", ["Paris", "Oslo"])]
     log = distill(model, tokenizer, today=today, replay=[], anchor=[], documents=[(system + ask, "She lives in Lisbon now.")],
-                  stack=["night1"], cfg=cfg, max_len=128, judge=fake_judge, rng=random.Random(0), clozes=cloze)
+                  stack=["night1"], cfg=cfg, max_len=128, judge=fake_judge, rng=random.Random(0), clozes=cloze,
+                  general_texts=["The library opens at nine.", "Water boils at one hundred degrees."])
     assert log.steps == 4 and log.on_policy + log.off_policy == 8 and log.divergence[0] > 0
     assert len(log.cloze) == 4 and log.cloze[0] > 0  # the cloze recall term ran every step
+    # The drift term too: zero while the new expert is still zero (LoRA's B starts at 0), then not.
+    assert len(log.drift) == 4 and log.drift[0] == pytest.approx(0.0, abs=1e-7) and log.drift[-1] > 0
 
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed, "the new expert did not learn"
@@ -147,6 +151,7 @@ def test_promoted_night_is_saved_and_consolidated(day_store, tiny_dir, dreamer_h
     meta = json.loads((dreamer_home / "adapters" / "night-0001" / "metadata.json").read_text())
     assert meta["night"] == 1 and meta["rank"] == 16 and meta["conversation_ids"] == [1]
     assert "Morning report: night 1" in outcome.report
+    assert "- drift term, KL on general text " in outcome.report and "- cloze recall loss " in outcome.report
     assert ledger.runs(day_store)[0]["status"] == "promoted"
     assert day_store.memory_version() == "night 1"
     # the saved expert loads back onto the same base, frozen
