@@ -116,7 +116,8 @@ def estimate(conversations: list[dict], cfg: SleepConfig) -> str:
     d = cfg.distill
     passes = d.steps * d.batch_size
     extra = f", plus {d.steps * d.cloze_batch * (1 + d.cloze_negatives)} short cloze passes" if d.cloze_weight > 0 else ""
-    extra += f", plus {2 * d.steps} drift passes over {d.drift_batch} general texts" if d.drift_weight > 0 else ""
+    # Texts, not passes: drift_batch above evaluate.KL_BATCH takes more than two passes a step.
+    extra += f", plus {d.steps} x {d.drift_batch} general texts through both stacks (drift term)" if d.drift_weight > 0 else ""
     return (f"{len(conversations)} conversations, {turns} user turns; the teacher answers up to {questions} "
             f"questions; {d.steps} steps x {d.batch_size} sequences ({passes} teacher+student passes{extra})")
 
