@@ -316,7 +316,8 @@ def score(source: str, paths: list[str], probe_sets: dict[str, list[dict]], cfg,
     base, tok = load_base(source, plan_device(cfg.load))
     model = build_stack(base, [Path(p) for p in paths], None)  # every expert active, as the chat uses them
     names = stack_names(model) if paths else []
-    out = {"stack": names, "torch_threads": torch.get_num_threads()}  # as load_base's device plan set them
+    out = {"stack": names, "torch_threads": torch.get_num_threads(),  # as load_base's device plan set them
+           "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
     for key, rows in probe_sets.items():
         flags = multiple_choice(model, tok, as_probes(rows))
         out[key] = {"accuracy": sum(flags) / len(flags), "correct": flags}

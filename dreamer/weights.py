@@ -84,6 +84,7 @@ def embedded_training_dir(cache_root: Path) -> Path:
     """The embedded GGUF as a regular HF folder (config, tokenizer, safetensors), made once."""
     target = cache_root / EMBEDDED_CACHE
     if (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file():
+        drop_gguf_quantization(target / "config.json")  # caches written before this fix
         return target
     gguf = embedded_gguf_path()
     # The GGUF-loaded model refuses save_pretrained: copy its dequantized weights into a model
@@ -95,9 +96,26 @@ def embedded_training_dir(cache_root: Path) -> Path:
     partial = target.with_name(target.name + ".partial")
     fresh.save_pretrained(partial, safe_serialization=True)
     tokenizer.save_pretrained(partial)
+    drop_gguf_quantization(partial / "config.json")
     (partial / "dreamer-source.json").write_text(json.dumps({"gguf": str(gguf)}))
     partial.rename(target)  # a crash mid-way leaves only the .partial folder, redone next time
     return target
+
+
+def drop_gguf_quantization(config_path: Path) -> None:
+    """Remove the `quantization_config` the GGUF loader leaves in the config.
+
+    The saved weights are plain float32, but that entry says "gguf", and transformers then refuses
+    any other quantization: loading the cache in NF4 for QLoRA failed with "The model is quantized
+    with GgufConfig but you are passing a BitsAndBytesConfig" (seen on the first CUDA run).
+    """
+    config = json.loads(config_path.read_text())
+    if config.get("quantization_config", {}).get("quant_method") != "gguf":
+        return
+    del config["quantization_config"]
+    partial = config_path.with_name(config_path.name + ".partial")
+    partial.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    partial.replace(config_path)  # atomic: a crash leaves the old file, fixed next time
 
 
 def training_source(train_model: str, cache_root: Path) -> str:
