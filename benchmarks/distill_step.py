@@ -1,0 +1,83 @@
+"""Distillation step time: seconds per step of `dreamer.distill.distill` on the embedded model.
+
+The night's memories are replaced by a fixed, synthetic set, so only the training loop is
+timed: the first synthetic day of `benchmarks/sleep_quality.py` (seed 0), its user turns as
+today's prompts (the teacher holds the whole day in its system prompt), the assistant's replies
+as the teacher's samples, the turns as imitation memories, the day's cloze recall prompts, and
+the gate's held-out general texts standing in for the drift term's (texts of the same kind). The preset's [distill] settings apply, with `--steps`
+steps after one untimed warm-up step. Prints and writes the mean and the median step time and the peak memory.
+
+    .venv/bin/python benchmarks/distill_step.py [--preset cpu-tiny] [--steps 8] [--out bench-out/distill_step.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="cpu-tiny")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--cache", type=Path, default=ROOT / "bench-out" / "cache")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "distill_step.json")
+    args = parser.parse_args()
+
+    import torch
+
+    from benchmarks.sleep_quality import make_days, machine
+    from dreamer.cloze import ASK, clozes, distractor_words
+    from dreamer.distill import distill
+    from dreamer.gate import general_texts
+    from dreamer.memories import Example
+    from dreamer.rewards import SemanticJudge
+    from dreamer.sleep import process_memory_mb
+    from dreamer.sleep_config import load_preset, sleep_config_from_dict
+    from dreamer.weights import build_stack, embedded_training_dir, load_base, plan_device
+
+    raw = load_preset(args.preset).as_dict()
+    cfg = sleep_config_from_dict(raw, preset=raw.pop("preset"))
+    base, tokenizer = load_base(str(embedded_training_dir(args.cache)), plan_device(cfg.load))
+    model = build_stack(base, [], cfg.distill)
+    day = make_days(0, 1, 10)[0]["records"]
+    turns = [(m, r) for c in day for m, r in zip(c["messages"][::2], c["messages"][1::2])]
+    context = {"role": "system", "content": "What the user said today:\n" + "\n".join(m["content"] for m, _ in turns)}
+    today = [Example("today", [m], [context, m], None, [r["content"]]) for m, r in turns]
+    documents = [([{"role": "user", "content": "What did I tell you?"}], m["content"]) for m, _ in turns]
+    items = clozes([m["content"] for m, _ in turns])
+    pool = [c.word for c in items]
+    recall = [([{"role": "user", "content": ASK.format(blanked=c.blanked)}], c.word,
+               distractor_words(c, pool, len(pool), random.Random(0))) for c in items]
+    times, last = [], [time.perf_counter()]
+
+    def on_step(step, info):
+        now = time.perf_counter()
+        times.append(now - last[0])
+        last[0] = now
+
+    cfg.distill.steps = args.steps + 1
+    distill(model, tokenizer, today=today, replay=[], anchor=[], documents=documents, stack=[], cfg=cfg.distill,
+            max_len=cfg.load.max_seq_len, judge=SemanticJudge(), rng=random.Random(0), clozes=recall,
+            general_texts=general_texts(), on_step=on_step)
+    timed = times[1:]  # the first step pays for lazy loading (the judge) and allocator warm-up
+    result = {"machine": machine(), "preset": args.preset, "device_plan": plan_device(cfg.load).describe(),
+              "torch": torch.__version__, "steps": len(timed), "mean_s": statistics.mean(timed),
+              "median_s": statistics.median(timed), "step_s": timed, "peak_rss_mb": process_memory_mb(),
+              "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(f"{args.preset} ({result['device_plan']}): {result['mean_s']:.2f} s a step on average, "
+          f"median {result['median_s']:.2f} s, over {len(timed)} steps; peak RSS {result['peak_rss_mb']:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
