@@ -110,7 +110,7 @@ def drop_gguf_quantization(config_path: Path) -> None:
     with GgufConfig but you are passing a BitsAndBytesConfig" (seen on the first CUDA run).
     """
     config = json.loads(config_path.read_text())
-    if config.get("quantization_config", {}).get("quant_method") != "gguf":
+    if (config.get("quantization_config") or {}).get("quant_method") != "gguf":
         return
     del config["quantization_config"]
     partial = config_path.with_name(config_path.name + ".partial")
