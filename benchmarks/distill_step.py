@@ -4,8 +4,9 @@ The night's memories are replaced by a fixed, synthetic set, so only the trainin
 timed: the first synthetic day of `benchmarks/sleep_quality.py` (seed 0), its user turns as
 today's prompts (the teacher holds the whole day in its system prompt), the assistant's replies
 as the teacher's samples, the turns as imitation memories, the day's cloze recall prompts, and
-the gate's held-out general texts standing in for the drift term's (texts of the same kind). The preset's [distill] settings apply, with `--steps`
-steps after one untimed warm-up step. Prints and writes the mean and the median step time and the peak memory.
+the gate's held-out general texts standing in for the drift term's (texts of the same kind).
+The preset's [distill] settings apply, with `--steps` steps after one untimed warm-up step.
+Prints and writes the mean and the median step time and the peak memory.
 
     .venv/bin/python benchmarks/distill_step.py [--preset cpu-tiny] [--steps 8] [--out bench-out/distill_step.json]
 """
@@ -35,7 +36,7 @@ def main() -> None:
     import torch
 
     from benchmarks.sleep_quality import make_days, machine
-    from dreamer.cloze import ASK, clozes, distractor_words
+    from dreamer.cloze import clozes, recall_prompts
     from dreamer.distill import distill
     from dreamer.gate import general_texts
     from dreamer.memories import Example
@@ -53,10 +54,7 @@ def main() -> None:
     context = {"role": "system", "content": "What the user said today:\n" + "\n".join(m["content"] for m, _ in turns)}
     today = [Example("today", [m], [context, m], None, [r["content"]]) for m, r in turns]
     documents = [([{"role": "user", "content": "What did I tell you?"}], m["content"]) for m, _ in turns]
-    items = clozes([m["content"] for m, _ in turns])
-    pool = [c.word for c in items]
-    recall = [([{"role": "user", "content": ASK.format(blanked=c.blanked)}], c.word,
-               distractor_words(c, pool, len(pool), random.Random(0))) for c in items]
+    recall = recall_prompts(clozes([m["content"] for m, _ in turns]), [], random.Random(0))
     times, last = [], [time.perf_counter()]
 
     def on_step(step, info):
@@ -70,7 +68,7 @@ def main() -> None:
             general_texts=general_texts(), on_step=on_step)
     timed = times[1:]  # the first step pays for lazy loading (the judge) and allocator warm-up
     result = {"machine": machine(), "preset": args.preset, "device_plan": plan_device(cfg.load).describe(),
-              "torch": torch.__version__, "steps": len(timed), "mean_s": statistics.mean(timed),
+              "steps": len(timed), "mean_s": statistics.mean(timed),
               "median_s": statistics.median(timed), "step_s": timed, "peak_rss_mb": process_memory_mb(),
               "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None}
     args.out.parent.mkdir(parents=True, exist_ok=True)

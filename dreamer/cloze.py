@@ -117,6 +117,13 @@ def distractor_words(item: Cloze, pool: list[str], count: int, rng: random.Rando
     return others[:count]
 
 
+def recall_prompts(items: list[Cloze], closed: list[dict], rng: random.Random) -> list[tuple[list[dict], str, list[str]]]:
+    """The cloze recall term's data: (student prompt without the day, missing word, the day's other words)."""
+    pool = [c.word for c in items]
+    return [(closed + [{"role": "user", "content": ASK.format(blanked=item.blanked)}], item.word,
+             distractor_words(item, pool, len(pool), rng)) for item in items]
+
+
 def cloze_probes(model, tokenizer, items: list[Cloze], *, day: str, base_system: str, stack: list[str],
                  distractors: int, rng: random.Random) -> list[dict]:
     """Closed-book probes, kept when the teacher holding the turn prefers the true word."""

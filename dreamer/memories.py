@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dreamer.cloze import ASK, FILL, cloze_probes, clozes, distractor_words, focused_system
+from dreamer.cloze import FILL, cloze_probes, clozes, focused_system, recall_prompts
 from dreamer.prompt_cache import PromptCache
 from dreamer.sleep_config import MemoriesConfig
 from dreamer.weights import adapters
@@ -227,9 +227,7 @@ def write_memories(
     # continuation is the sentence, and the divergence at the blank carries the fact; it is
     # also an imitation memory.
     items = clozes(user_turns)
-    pool = [c.word for c in items]
-    recall = [(closed + [{"role": "user", "content": ASK.format(blanked=item.blanked)}], item.word,
-               distractor_words(item, pool, len(pool), rng)) for item in items]
+    recall = recall_prompts(items, closed, rng)
     for item in items:
         request = {"role": "user", "content": FILL.format(blanked=item.blanked)}
         teacher_view = [{"role": "system", "content": focused_system(base_system, item.turn)}, request]
