@@ -18,6 +18,12 @@ sft       which *label-free* training data transfers to differently-worded probe
           distractors (`_inday`: favouring today's words in general gives chance there) and on the
           original options after "Tell me something." (`_generic`: the answers' prior).
           Direct supervision, not dreamer's objective: it says which prompts carry the fact.
+          Options: `--system` the system turn (the chat's on a random later day, on the day,
+          none, or a mix); `--objective dreamer` the sleep's own cloze recall term alone
+          (dreamer.distill.cloze_loss on its prompts, one negative; no other term);
+          `--schedule night` the sleep's warmup + cosine and clipping; `--targets mlp|attn` the
+          LoRA on the MLP or attention projections only. Reports drift KL and perplexity on the
+          gate's held-out general text too: what the recall costs.
 sharpness what a distillation target can carry: for each cloze prompt, the probability of the
           missing word's first token as the reply's first token ("word") and right after the
           sentence read back up to the blank ("sentence"), for the teacher holding the turn and
@@ -25,6 +31,7 @@ sharpness what a distillation target can carry: for each cloze prompt, the proba
 
     .venv/bin/python benchmarks/training_signal.py ceiling [--facts 20]
     .venv/bin/python benchmarks/training_signal.py sft --data cloze|questions [--facts 20] [--steps 100]
+    .venv/bin/python benchmarks/training_signal.py sft --objective dreamer --schedule night --targets mlp --facts 10
     .venv/bin/python benchmarks/training_signal.py sharpness [--facts 20]
 """
 
@@ -121,39 +128,68 @@ def training_pairs(model, tokenizer, day: dict, data: str) -> list[tuple[str, st
             if any(k.lower() in a[0].lower() and k.lower() not in q.lower() for k in topics(u, limit=3))]
 
 
-def sft(model, tokenizer, day: dict, data: str, steps: int, seed: int) -> dict:
+def sft(model, tokenizer, day: dict, data: str, steps: int, seed: int, system: str = "later",
+        objective: str = "ce", schedule: str = "constant", targets: str = "all") -> dict:
+    import math
+
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from dreamer.weights import LLAMA_TARGETS
+    from dreamer.cloze import clozes, recall_prompts
+    from dreamer.distill import cloze_loss
+    from dreamer.evaluate import general_drift, perplexity
+    from dreamer.gate import general_texts
+    from dreamer.weights import LLAMA_TARGETS, NEW
 
     started = time.perf_counter()
     pairs = training_pairs(model, tokenizer, day, data)
     if not pairs:
         raise SystemExit(f"no training pairs from --data {data}")
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=list(LLAMA_TARGETS),
-                                             task_type="CAUSAL_LM"))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    modules = {"all": LLAMA_TARGETS, "mlp": ["gate_proj", "up_proj", "down_proj"],
+               "attn": ["q_proj", "k_proj", "v_proj", "o_proj"]}[targets]
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=list(modules),
+                                             task_type="CAUSAL_LM"), adapter_name=NEW)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
     rng = random.Random(seed)
+    # "night": the sleep's warmup + cosine schedule and gradient clipping (dreamer.distill)
+    def lr_scale(s: int) -> float:
+        if schedule != "night":
+            return 1.0
+        return min(1.0, (s + 1) / max(1, steps // 10)) * 0.5 * (1 + math.cos(math.pi * s / steps))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_scale)
+    # "dreamer": the sleep's cloze recall term itself (its prompt, one negative from the day)
+    recall = recall_prompts(clozes(user_turns(day)), [{"role": "system", "content": chat_system(FIRST_DAY)}], rng)
 
     def encode(question: str, answer: str) -> tuple[list[int], list[int]]:
         later = FIRST_DAY + timedelta(days=rng.randint(1, 20))  # the chat meets the fact on later days
-        prompt = tokenizer.apply_chat_template([{"role": "system", "content": chat_system(later)},
-                                                {"role": "user", "content": question}], add_generation_prompt=True,
-                                                tokenize=True, return_dict=False)
+        turns = [{"role": "user", "content": question}]
+        if system == "later" or (system == "mix" and rng.random() < 0.5):
+            turns.insert(0, {"role": "system", "content": chat_system(later)})
+        elif system == "fixed":
+            turns.insert(0, {"role": "system", "content": chat_system(FIRST_DAY)})
+        prompt = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=True, return_dict=False)
         reply = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         return prompt + reply, [-100] * len(prompt) + reply
 
     model.train()
     for _ in range(steps):
-        batch = [encode(*rng.choice(pairs)) for _ in range(4)]
-        width = max(len(ids) for ids, _ in batch)
-        pad = lambda row, fill: row + [fill] * (width - len(row))  # noqa: E731
-        loss = model(input_ids=torch.tensor([pad(i, tokenizer.pad_token_id) for i, _ in batch]),
-                     attention_mask=torch.tensor([pad([1] * len(i), 0) for i, _ in batch]),
-                     labels=torch.tensor([pad(y, -100) for _, y in batch])).loss
+        if objective == "dreamer":
+            picked = [rng.choice(recall) for _ in range(4)]
+            loss = cloze_loss(model, tokenizer, [(m, w, rng.sample(o, min(1, len(o)))) for m, w, o in picked], [])
+        else:
+            batch = [encode(*rng.choice(pairs)) for _ in range(4)]
+            width = max(len(ids) for ids, _ in batch)
+            pad = lambda row, fill: row + [fill] * (width - len(row))  # noqa: E731
+            loss = model(input_ids=torch.tensor([pad(i, tokenizer.pad_token_id) for i, _ in batch]),
+                         attention_mask=torch.tensor([pad([1] * len(i), 0) for i, _ in batch]),
+                         labels=torch.tensor([pad(y, -100) for _, y in batch])).loss
         loss.backward()
+        if schedule == "night":
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
+        scheduler.step()
         optimizer.zero_grad()
     model.eval()
     sets = {"probes": day["probes"], **{name.strip("_"): rows for name, rows in controls(day["probes"], seed).items()}}
@@ -162,6 +198,9 @@ def sft(model, tokenizer, day: dict, data: str, steps: int, seed: int) -> dict:
         out[f"after, {name}"] = accuracy(model, tokenizer, rows)
         with model.disable_adapter():
             out[f"base, {name}"] = accuracy(model, tokenizer, rows)
+    texts = general_texts()
+    out["drift KL vs base"] = general_drift(model, tokenizer, texts, None, [NEW], max_len=384)
+    out["perplexity"] = perplexity(model, tokenizer, texts, max_len=384)
     return out
 
 
@@ -199,7 +238,17 @@ def main() -> None:
     parser.add_argument("mode", choices=("ceiling", "sft", "sharpness"))
     parser.add_argument("--data", choices=("cloze", "questions"), default="cloze")
     parser.add_argument("--facts", type=int, default=20)
+    parser.add_argument("--system", choices=("later", "fixed", "none", "mix"), default="later",
+                        help="sft's system turn: the chat's on a random later day, on the day itself, none "
+                             "(the template's default), or half later, half none")
     parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--objective", choices=("ce", "dreamer"), default="ce",
+                        help="sft's loss: cross-entropy on --data, or the sleep's cloze recall term (its prompts, "
+                             "one negative; --data and --system are then not used)")
+    parser.add_argument("--targets", choices=("all", "mlp", "attn"), default="all",
+                        help="the LoRA's modules: every projection, the MLP's, or attention's")
+    parser.add_argument("--schedule", choices=("constant", "night"), default="constant",
+                        help="constant lr 1e-3, or the sleep's warmup + cosine with gradient clipping at 1")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", type=Path, default=ROOT / "bench-out" / "cache")
@@ -211,7 +260,8 @@ def main() -> None:
     model, tokenizer = load(args.cache)
     day = make_days(args.seed, 1, args.facts)[0]
     if args.mode == "sft":
-        result = sft(model, tokenizer, day, args.data, args.steps, args.seed)
+        result = sft(model, tokenizer, day, args.data, args.steps, args.seed, args.system, args.objective,
+                     args.schedule, args.targets)
     else:
         result = {"ceiling": ceiling, "sharpness": sharpness}[args.mode](model, tokenizer, day)
     print(json.dumps({"args": vars(args) | {"cache": str(args.cache)}, "result": result}, indent=1))

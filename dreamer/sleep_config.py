@@ -17,6 +17,7 @@ from pathlib import Path
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 PRESETS = ASSETS / "presets"
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
+TARGETS = ("all", "mlp", "attention")  # which projections of each layer the new expert adapts
 
 
 class SleepConfigError(ValueError):
@@ -80,6 +81,9 @@ class DistillConfig:
     learning_rate: float = field(default=3e-4, metadata={"help": "AdamW learning rate of the new expert"})
     rank: int = field(default=16, metadata={"help": "LoRA rank of the new expert"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / rank)"})
+    targets: str = field(
+        default="all", metadata={"help": "all | mlp | attention: the projections the new expert adapts in each layer"}
+    )
     alpha: float = field(default=0.8, metadata={"help": "weight of the divergence term; 1 - alpha weighs the imitation RL term"})
     lmbda: float = field(default=0.5, metadata={"help": "on-policy fraction: share of student-sampled continuations"})
     divergence: str = field(default="jsd", metadata={"help": "forward_kl | reverse_kl | jsd"})
@@ -114,6 +118,7 @@ class DistillConfig:
         for name in ("alpha", "lmbda", "beta", "gamma", "z0", "sem_threshold", "replay_fraction", "anchor_fraction"):
             _check(_unit(getattr(self, name)), f"distill.{name} must be in [0, 1], got {getattr(self, name)!r}")
         _check(self.divergence in DIVERGENCES, f"distill.divergence must be one of {', '.join(DIVERGENCES)}, got {self.divergence!r}")
+        _check(self.targets in TARGETS, f"distill.targets must be one of {', '.join(TARGETS)}, got {self.targets!r}")
         _check(self.replay_fraction + self.anchor_fraction < 1, "distill.replay_fraction + distill.anchor_fraction must be < 1")
         _check(_at_least_zero(self.cloze_weight), f"distill.cloze_weight must be a number >= 0, got {self.cloze_weight!r}")
         _check(_at_least_zero(self.drift_weight), f"distill.drift_weight must be a number >= 0, got {self.drift_weight!r}")

@@ -41,6 +41,8 @@ from dreamer.sleep_config import DistillConfig, LoadConfig, SleepConfigError
 
 NEW = "new"
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+TARGET_GROUPS = {"all": LLAMA_TARGETS, "mlp": ["gate_proj", "up_proj", "down_proj"],
+                 "attention": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 EMBEDDED_CACHE = "smollm2-135m-instruct-f32"
 
 
@@ -173,7 +175,15 @@ def lora_config(model, distill: DistillConfig):
     from peft import LoraConfig
 
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    targets = [t for t in LLAMA_TARGETS if t in names] or "all-linear"
+    if not any(t in names for t in LLAMA_TARGETS):
+        if distill.targets != "all":
+            raise ValueError(f"distill.targets = {distill.targets!r} names Llama projections, and this model has none; "
+                             "use targets = \"all\"")
+        targets = "all-linear"  # not a Llama layout: every linear layer
+    else:
+        targets = [t for t in TARGET_GROUPS[distill.targets] if t in names]
+        if not targets:
+            raise ValueError(f"distill.targets = {distill.targets!r}: this model has none of {TARGET_GROUPS[distill.targets]}")
     return LoraConfig(
         r=distill.rank, lora_alpha=distill.lora_alpha, lora_dropout=0.0, target_modules=targets,
         bias="none", task_type="CAUSAL_LM",

@@ -61,6 +61,13 @@ def test_tensor_names_shapes_alpha_and_metadata(tmp_path):
     np.testing.assert_array_equal(tensors["blk.1.attn_v.weight.lora_b"][1], v)  # v: no permutation
 
 
+def test_an_mlp_only_expert_exports_only_its_ffn_tensors(tmp_path):  # distill.targets = "mlp"
+    folder, _ = save_expert(tmp_path, targets=["gate_proj", "up_proj", "down_proj"])
+    _, tensors = read(export_expert(folder))
+    assert set(tensors) == {f"blk.{i}.{name}.weight.lora_{side}" for i in range(2) for side in "ab"
+                            for name in ("ffn_gate", "ffn_up", "ffn_down")}
+
+
 def test_q_and_k_rows_are_permuted_like_the_base_conversion(tmp_path):
     """transformers' own GGUF loader un-permutes q/k; applied to our B it must give PEFT's B back."""
     from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor

@@ -71,6 +71,7 @@ def test_every_preset_loads():
         ({"dreaming": {}}, "unknown section [dreaming]"),
         ({"load": {"device": "tpu"}}, "load.device must be auto, cpu or cuda"),
         ({"gate": {"max_drift": 0}}, "gate.max_drift must be > 0"),
+        ({"distill": {"targets": "embeddings"}}, "distill.targets must be one of all, mlp, attention"),
     ],
 )
 def test_bad_values_name_the_key(data, message):
@@ -84,7 +85,8 @@ def test_unknown_preset_lists_the_known_ones():
         load_preset("gpu-huge")
 
 
-def test_only_the_new_expert_changes(tiny_dir, tmp_path, fake_judge):
+@pytest.mark.parametrize("targets", ["all", "mlp"])  # an MLP-only expert on top of an all-projection one
+def test_only_the_new_expert_changes(tiny_dir, tmp_path, fake_judge, targets):
     base, tokenizer = load_base(str(tiny_dir), plan_device(LoadConfig()))
     earlier = build_stack(base, [], DistillConfig(rank=4))
     for name, param in earlier.named_parameters():
@@ -97,7 +99,7 @@ def test_only_the_new_expert_changes(tiny_dir, tmp_path, fake_judge):
     (tmp_path / "night1" / "metadata.json").write_text(json.dumps({**meta, "base": base_fingerprint(base)}))
 
     base, tokenizer = load_base(str(tiny_dir), plan_device(LoadConfig()))
-    model = build_stack(base, [tmp_path / "night1"], DistillConfig(rank=4))
+    model = build_stack(base, [tmp_path / "night1"], DistillConfig(rank=4, targets=targets))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(f".{NEW}." in n for n in trainable)
@@ -124,6 +126,18 @@ def test_only_the_new_expert_changes(tiny_dir, tmp_path, fake_judge):
     for name, param in model.named_parameters():
         if name not in trainable:
             assert torch.equal(param, before[name]), f"{name} is frozen but changed"
+
+
+def test_expert_targets_pick_the_adapted_projections(tiny_dir):
+    def adapted(targets: str) -> set[str]:
+        base, _ = load_base(str(tiny_dir), plan_device(LoadConfig()))
+        model = build_stack(base, [], DistillConfig(rank=4, targets=targets))
+        return {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, p in model.named_parameters()
+                if p.requires_grad and ".lora_A." in n}
+
+    assert adapted("all") == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert adapted("mlp") == {"gate_proj", "up_proj", "down_proj"}
+    assert adapted("attention") == {"q_proj", "k_proj", "v_proj", "o_proj"}
 
 
 def test_gate_accepts_and_rejects():
