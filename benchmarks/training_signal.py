@@ -21,7 +21,7 @@ sft       which *label-free* training data transfers to differently-worded probe
           Options: `--system` the system turn (the chat's on a random later day, on the day,
           none, or a mix); `--objective dreamer` the sleep's own cloze recall term alone
           (dreamer.distill.cloze_loss on its prompts, one negative; no other term);
-          `--schedule night` the sleep's warmup + cosine and clipping; `--targets mlp|attn` the
+          `--schedule night` the sleep's warmup + cosine and clipping; `--targets mlp|attention` the
           LoRA on the MLP or attention projections only. Reports drift KL and perplexity on the
           gate's held-out general text too: what the recall costs.
 sharpness what a distillation target can carry: for each cloze prompt, the probability of the
@@ -130,35 +130,27 @@ def training_pairs(model, tokenizer, day: dict, data: str) -> list[tuple[str, st
 
 def sft(model, tokenizer, day: dict, data: str, steps: int, seed: int, system: str = "later",
         objective: str = "ce", schedule: str = "constant", targets: str = "all") -> dict:
-    import math
-
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
     from dreamer.cloze import clozes, recall_prompts
-    from dreamer.distill import cloze_loss
+    from dreamer.distill import cloze_loss, lr_scale
     from dreamer.evaluate import general_drift, perplexity
     from dreamer.gate import general_texts
-    from dreamer.weights import LLAMA_TARGETS, NEW
+    from dreamer.sleep_config import DistillConfig
+    from dreamer.weights import NEW, lora_config
 
     started = time.perf_counter()
     pairs = training_pairs(model, tokenizer, day, data)
     if not pairs:
         raise SystemExit(f"no training pairs from --data {data}")
-    modules = {"all": LLAMA_TARGETS, "mlp": ["gate_proj", "up_proj", "down_proj"],
-               "attn": ["q_proj", "k_proj", "v_proj", "o_proj"]}[targets]
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=list(modules),
-                                             task_type="CAUSAL_LM"), adapter_name=NEW)
+    model = get_peft_model(model, lora_config(model, DistillConfig(rank=16, lora_alpha=32, targets=targets)),
+                           adapter_name=NEW)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
     rng = random.Random(seed)
     # "night": the sleep's warmup + cosine schedule and gradient clipping (dreamer.distill)
-    def lr_scale(s: int) -> float:
-        if schedule != "night":
-            return 1.0
-        return min(1.0, (s + 1) / max(1, steps // 10)) * 0.5 * (1 + math.cos(math.pi * s / steps))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_scale)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_scale(s, steps) if schedule == "night" else 1.0)
     # "dreamer": the sleep's cloze recall term itself (its prompt, one negative from the day)
     recall = recall_prompts(clozes(user_turns(day)), [{"role": "system", "content": chat_system(FIRST_DAY)}], rng)
 
@@ -245,7 +237,7 @@ def main() -> None:
     parser.add_argument("--objective", choices=("ce", "dreamer"), default="ce",
                         help="sft's loss: cross-entropy on --data, or the sleep's cloze recall term (its prompts, "
                              "one negative; --data and --system are then not used)")
-    parser.add_argument("--targets", choices=("all", "mlp", "attn"), default="all",
+    parser.add_argument("--targets", choices=("all", "mlp", "attention"), default="all",
                         help="the LoRA's modules: every projection, the MLP's, or attention's")
     parser.add_argument("--schedule", choices=("constant", "night"), default="constant",
                         help="constant lr 1e-3, or the sleep's warmup + cosine with gradient clipping at 1")

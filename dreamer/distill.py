@@ -194,6 +194,11 @@ def drift_loss(model, tokenizer, texts: list[str], stack: list[str], max_len: in
     return total
 
 
+def lr_scale(step: int, steps: int) -> float:
+    """The night's learning-rate factor: linear warmup over the first tenth, then cosine to 0."""
+    return min(1.0, (step + 1) / max(1, steps // 10)) * 0.5 * (1 + math.cos(math.pi * step / steps))
+
+
 def pick(pools: dict[str, list], weights: dict[str, float], rng: random.Random):
     kinds = [k for k in pools if pools[k] and weights[k] > 0]
     kind = rng.choices(kinds, weights=[weights[k] for k in kinds])[0]
@@ -217,9 +222,7 @@ def distill(
     if not params:
         raise RuntimeError("the model has no trainable parameters: the new expert is missing")
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / max(1, cfg.steps // 10)) * 0.5 * (1 + math.cos(math.pi * s / cfg.steps))
-    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_scale(s, cfg.steps))
     pools = {"today": today, "replay": replay, "anchor": anchor}
     weights = {"today": 1 - cfg.replay_fraction - cfg.anchor_fraction, "replay": cfg.replay_fraction,
                "anchor": cfg.anchor_fraction}

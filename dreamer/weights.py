@@ -175,15 +175,12 @@ def lora_config(model, distill: DistillConfig):
     from peft import LoraConfig
 
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    if not any(t in names for t in LLAMA_TARGETS):
-        if distill.targets != "all":
-            raise ValueError(f"distill.targets = {distill.targets!r} names Llama projections, and this model has none; "
-                             "use targets = \"all\"")
+    wanted = TARGET_GROUPS[distill.targets]
+    targets = [t for t in wanted if t in names]
+    if not targets and distill.targets == "all" and not names & set(LLAMA_TARGETS):
         targets = "all-linear"  # not a Llama layout: every linear layer
-    else:
-        targets = [t for t in TARGET_GROUPS[distill.targets] if t in names]
-        if not targets:
-            raise ValueError(f"distill.targets = {distill.targets!r}: this model has none of {TARGET_GROUPS[distill.targets]}")
+    elif not targets:
+        raise ValueError(f"distill.targets = {distill.targets!r}: this model has none of {wanted}; use targets = \"all\"")
     return LoraConfig(
         r=distill.rank, lora_alpha=distill.lora_alpha, lora_dropout=0.0, target_modules=targets,
         bias="none", task_type="CAUSAL_LM",
