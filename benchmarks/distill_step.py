@@ -5,10 +5,13 @@ timed: the first synthetic day of `benchmarks/sleep_quality.py` (seed 0), its us
 today's prompts (the teacher holds the whole day in its system prompt), the assistant's replies
 as the teacher's samples, the turns as imitation memories, the day's cloze recall prompts, and
 the gate's held-out general texts standing in for the drift term's (texts of the same kind).
-The preset's [distill] settings apply, with `--steps` steps after one untimed warm-up step.
-Prints and writes the mean and the median step time and the peak memory.
+The preset's [distill] settings apply (`--set section.key=value` overrides one), with `--steps`
+steps after one untimed warm-up step. Prints and writes the mean and the median step time, the
+peak memory, and where a step's time goes: the seconds a timed step spends in each of the
+loop's parts (on-policy sampling, the divergence, cloze, drift and imitation terms' forward
+passes, the backward passes, the optimizer), the GPU synchronized around each part.
 
-    .venv/bin/python benchmarks/distill_step.py [--preset cpu-tiny] [--steps 8] [--out bench-out/distill_step.json]
+    .venv/bin/python benchmarks/distill_step.py [--preset cpu-tiny] [--steps 8] [--set distill.pass_batch=8]
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import random
 import statistics
 import sys
 import time
+import tomllib
+from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,9 +36,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--cache", type=Path, default=ROOT / "bench-out" / "cache")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "distill_step.json")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one preset value (a TOML value: 8, \"none\"); repeatable")
     args = parser.parse_args()
 
     import torch
+
+    import dreamer.distill
 
     from benchmarks.sleep_quality import make_days, machine
     from dreamer.cloze import clozes, recall_prompts
@@ -46,6 +55,12 @@ def main() -> None:
     from dreamer.weights import build_stack, embedded_training_dir, load_base, plan_device
 
     raw = load_preset(args.preset).as_dict()
+    for item in args.set:
+        key, _, value = item.partition("=")
+        section, _, name = key.partition(".")
+        if section not in raw or not isinstance(raw[section], dict) or not name or not value:
+            parser.error(f"--set {item!r}: expected SECTION.KEY=VALUE with a section of the preset")
+        raw[section][name] = tomllib.loads(f"v = {value}")["v"]
     cfg = sleep_config_from_dict(raw, preset=raw.pop("preset"))
     base, tokenizer = load_base(str(embedded_training_dir(args.cache)), plan_device(cfg.load))
     model = build_stack(base, [], cfg.distill)
@@ -62,19 +77,51 @@ def main() -> None:
         times.append(now - last[0])
         last[0] = now
 
+    phases = time_phases(torch, dreamer.distill, times)
     cfg.distill.steps = args.steps + 1
     distill(model, tokenizer, today=today, replay=[], anchor=[], documents=documents, stack=[], cfg=cfg.distill,
             max_len=cfg.load.max_seq_len, judge=SemanticJudge(), rng=random.Random(0), clozes=recall,
             general_texts=general_texts(), on_step=on_step)
     timed = times[1:]  # the first step pays for lazy loading (the judge) and allocator warm-up
-    result = {"machine": machine(), "preset": args.preset, "device_plan": plan_device(cfg.load).describe(),
+    per_step = {name: round(seconds / len(timed), 3) for name, seconds in phases.items()}
+    result = {"machine": machine(), "preset": args.preset, "overrides": args.set,
+              "device_plan": plan_device(cfg.load).describe(), "phase_s_per_step": per_step,
               "steps": len(timed), "mean_s": statistics.mean(timed),
               "median_s": statistics.median(timed), "step_s": timed, "peak_rss_mb": process_memory_mb(),
               "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print(f"{args.preset} ({result['device_plan']}): {result['mean_s']:.2f} s a step on average, "
-          f"median {result['median_s']:.2f} s, over {len(timed)} steps; peak RSS {result['peak_rss_mb']:.0f} MiB")
+          f"median {result['median_s']:.2f} s, over {len(timed)} steps; peak RSS {result['peak_rss_mb']:.0f} MiB, "
+          f"peak GPU {result['peak_gpu_mb'] or 0:.0f} MiB")
+    print("seconds a step in each part: " + ", ".join(f"{k} {v:.2f}" for k, v in per_step.items()))
+
+
+def time_phases(torch, module, times: list) -> dict[str, float]:
+    """Wrap the loop's parts with timers; their seconds count once the warm-up step is done."""
+    totals: dict[str, float] = defaultdict(float)
+
+    def sync():
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    def timed(name, fn):
+        def wrapper(*args, **kwargs):
+            sync()
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                sync()
+                if times:  # the warm-up step has ended
+                    totals[name] += time.perf_counter() - start
+        return wrapper
+
+    for name in ("sample_many", "divergence_loss", "cloze_loss", "drift_loss", "imitation_loss"):
+        setattr(module, name, timed(name, getattr(module, name)))
+    torch.autograd.backward = timed("backward", torch.autograd.backward)
+    torch.optim.AdamW.step = timed("optimizer", torch.optim.AdamW.step)
+    return totals
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dreamer.divergences import token_divergence
-from dreamer.evaluate import tail_logprobs, text_batches
+from dreamer.evaluate import pad_id, tail_logprobs, text_batches
 from dreamer.memories import Example, chat_ids, sample_many
 from dreamer.prompt_cache import PromptCache
 from dreamer.rewards import group_advantages, imitation_reward
@@ -114,16 +114,43 @@ def clip_prompt(ids: list[int], max_len: int, reply_len: int) -> list[int]:
     return ids[-room:]
 
 
-def divergence_loss(model, tokenizer, example: Example, reply: list[int], stack: list[str], cfg: DistillConfig,
-                    max_len: int, prefixes: PromptCache) -> torch.Tensor:
-    student_prompt = clip_prompt(chat_ids(tokenizer, example.student), max_len, len(reply))
-    with torch.no_grad(), adapters(model, example.teacher_adapters):
-        # The teacher's prompt is not clipped: the day in its context is the point
-        # (memories.MemoriesConfig.max_context_tokens already bounds it).
-        teacher = teacher_logits(model, prefixes, example.teacher, example.teacher_adapters, reply)
+def batch_reply_logits(model, prompts: list[list[int]], replies: list[list[int]], pad_id: int) -> list[torch.Tensor]:
+    """`reply_logits` for many (prompt, reply) pairs in one right-padded forward pass.
+
+    One pass instead of one per pair: on a GPU a small model's step is bound by kernel launches,
+    not arithmetic. Only the reply positions go through the vocabulary projection (as
+    `logits_to_keep` does for one pair). Right padding, because with a causal mask no real token
+    attends to the padding after it, so each pair's logits are those of its own pass.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    width = max(len(p) + len(r) for p, r in zip(prompts, replies))
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, (prompt, reply) in enumerate(zip(prompts, replies)):
+        ids[row, : len(prompt) + len(reply)] = torch.tensor(prompt + reply)
+        mask[row, : len(prompt) + len(reply)] = 1
+    hidden = base.get_decoder()(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).last_hidden_state
+    # Position t predicts token t + 1: a reply is predicted from len(prompt) - 1 on.
+    picked = torch.cat([hidden[row, len(p) - 1 : len(p) - 1 + len(r)] for row, (p, r) in enumerate(zip(prompts, replies))])
+    logits = base.get_output_embeddings()(picked).float()
+    return [part[None] for part in logits.split([len(r) for r in replies])]
+
+
+def divergence_loss(model, tokenizer, examples: list[Example], replies: list[list[int]], stack: list[str],
+                    cfg: DistillConfig, max_len: int, prefixes: PromptCache) -> torch.Tensor:
+    """Each example's mean per-token divergence (teacher with its view, student without), [len(examples)]."""
+    teachers = []
+    with torch.no_grad():
+        for example, reply in zip(examples, replies):
+            with adapters(model, example.teacher_adapters):
+                # The teacher's prompt is not clipped: the day in its context is the point
+                # (memories.MemoriesConfig.max_context_tokens already bounds it).
+                teachers.append(teacher_logits(model, prefixes, example.teacher, example.teacher_adapters, reply))
+    prompts = [clip_prompt(chat_ids(tokenizer, e.student), max_len, len(r)) for e, r in zip(examples, replies)]
     with adapters(model, stack + [NEW]):
-        student = reply_logits(model, student_prompt, reply)
-    return token_divergence(student, teacher, cfg.divergence, beta=cfg.beta)
+        students = batch_reply_logits(model, prompts, replies, pad_id(tokenizer))
+    return torch.stack([token_divergence(student, teacher, cfg.divergence, beta=cfg.beta)
+                        for student, teacher in zip(students, teachers)])
 
 
 def imitation_loss(model, tokenizer, document: tuple[list[dict], str], stack: list[str], cfg: DistillConfig,
@@ -147,16 +174,28 @@ def imitation_loss(model, tokenizer, document: tuple[list[dict], str], stack: li
     rewards = imitation_reward(completions, [rest] * len(completions), judge=judge, gamma=cfg.gamma, z0=cfg.z0,
                                sem_threshold=cfg.sem_threshold)
     advantages = group_advantages(rewards, len(completions))
+    return policy_gradient_loss(model, tokenizer, prompt, completions_ids, advantages, stack, cfg.pass_batch), rewards
+
+
+def policy_gradient_loss(model, tokenizer, prompt: list[int], completions: list[list[int]], advantages: list[float],
+                         stack: list[str], pass_batch: int = 1) -> torch.Tensor:
+    """−(1/G) Σ advantage · mean token log-probability of each completion, the student's.
+
+    The completions are scored `pass_batch` to a forward pass.
+    """
+    # Completions with no advantage carry no signal: they are left out of the forward passes.
+    scored = [([t for t in c if t != tokenizer.pad_token_id] or [tokenizer.eos_token_id], a)
+              for c, a in zip(completions, advantages) if a != 0]
     loss = torch.zeros((), device=model.device)
+    logits = []
     with adapters(model, stack + [NEW]):
-        for completion, advantage in zip(completions_ids, advantages):
-            completion = [t for t in completion if t != tokenizer.pad_token_id] or [tokenizer.eos_token_id]
-            if advantage == 0:
-                continue  # no signal, save the forward pass
-            logits = reply_logits(model, prompt, completion)
-            logprob = torch.log_softmax(logits, -1).gather(-1, torch.tensor([completion], device=model.device)[..., None])
-            loss = loss - advantage * logprob.mean() / len(completions_ids)
-    return loss, rewards
+        for first in range(0, len(scored), pass_batch):
+            chunk = [c for c, _ in scored[first:first + pass_batch]]
+            logits += batch_reply_logits(model, [prompt] * len(chunk), chunk, pad_id(tokenizer))
+    for part, (completion, advantage) in zip(logits, scored):
+        logprob = torch.log_softmax(part, -1).gather(-1, torch.tensor([completion], device=model.device)[..., None])
+        loss = loss - advantage * logprob.mean() / len(completions)
+    return loss
 
 
 def cloze_loss(model, tokenizer, batch: list[tuple[list[dict], str, list[str]]], stack: list[str]) -> torch.Tensor:
@@ -226,11 +265,10 @@ def distill(
     pools = {"today": today, "replay": replay, "anchor": anchor}
     weights = {"today": 1 - cfg.replay_fraction - cfg.anchor_fraction, "replay": cfg.replay_fraction,
                "anchor": cfg.anchor_fraction}
-    log, start = DistillLog(), time.monotonic()
+    log, started = DistillLog(), time.monotonic()
     prefixes = PromptCache(tokenizer)
     model.train()
     for step in range(cfg.steps):
-        total = 0.0
         batch = [pick(pools, weights, rng) for _ in range(cfg.batch_size)]
         on_policy = [rng.random() < cfg.lmbda for _ in batch]
         # The student's own continuations, sampled together (no gradient flows through sampling).
@@ -238,10 +276,13 @@ def distill(
                                  stack + [NEW], n=1, max_new_tokens=cfg.rl_new_tokens, temperature=1.0))
         log.on_policy += sum(on_policy)
         log.off_policy += len(batch) - sum(on_policy)
-        for example, on in zip(batch, on_policy):
-            reply_text = next(fresh)[0] if on else rng.choice(example.samples)
-            reply = continuation_ids(tokenizer, reply_text)[: max_len // 2]
-            loss = divergence_loss(model, tokenizer, example, reply, stack, cfg, max_len, prefixes) / cfg.batch_size
+        replies = [continuation_ids(tokenizer, next(fresh)[0] if on else rng.choice(example.samples))[: max_len // 2]
+                   for example, on in zip(batch, on_policy)]
+        total = 0.0
+        for first in range(0, len(batch), cfg.pass_batch):  # backward per chunk: its graph is freed before the next
+            chunk = slice(first, first + cfg.pass_batch)
+            loss = divergence_loss(model, tokenizer, batch[chunk], replies[chunk], stack, cfg, max_len, prefixes)
+            loss = loss.sum() / cfg.batch_size
             (cfg.alpha * loss).backward()
             total += loss.item()
         log.divergence.append(total)
@@ -269,5 +310,5 @@ def distill(
         log.steps = step + 1
         on_step(step + 1, {"divergence": total, "reward": log.reward[-1] if log.reward else None})
     model.eval()
-    log.seconds = time.monotonic() - start
+    log.seconds = time.monotonic() - started
     return log

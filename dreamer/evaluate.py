@@ -72,7 +72,7 @@ def _right_padded(sequences: list[list[int]], pad_id: int, device) -> tuple[torc
     return ids.to(device), mask.to(device)
 
 
-def _pad_id(tokenizer) -> int:
+def pad_id(tokenizer) -> int:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return 0 if pad is None else pad  # any id works: padded positions are masked and never read
 
@@ -100,7 +100,7 @@ def tail_logprobs(model, tokenizer, prompt: list[int], tails: list[list[int]]) -
     One right-padded batch. Gradients flow when the caller allows them (the sleep's cloze
     recall term trains on these; `option_scores` wraps them in `_inference`).
     """
-    ids, mask = _right_padded([prompt + tail for tail in tails], _pad_id(tokenizer), _device(model))
+    ids, mask = _right_padded([prompt + tail for tail in tails], pad_id(tokenizer), _device(model))
     logprobs = F.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
     # The logits at position t predict token t + 1: a tail's tokens are predicted from
     # positions len(prompt) - 1 .. len(prompt) + len(tail) - 2.
@@ -140,7 +140,7 @@ def generation(model, tokenizer, probes, max_new_tokens: int = 32) -> tuple[list
             ids = torch.tensor([prompt_ids(tokenizer, probe.question)], dtype=torch.long, device=device)
             out = model.generate(
                 input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                do_sample=False, eos_token_id=eos, pad_token_id=_pad_id(tokenizer),
+                do_sample=False, eos_token_id=eos, pad_token_id=pad_id(tokenizer),
             )
             reply = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
             replies.append(reply)
@@ -217,7 +217,7 @@ def text_batches(tokenizer, texts: list[str], max_len: int, device):
     if not encoded:
         raise ValueError("the texts have no tokens")
     for start in range(0, len(encoded), KL_BATCH):
-        yield _right_padded(encoded[start : start + KL_BATCH], _pad_id(tokenizer), device)
+        yield _right_padded(encoded[start : start + KL_BATCH], pad_id(tokenizer), device)
 
 
 def general_drift(model, tokenizer, texts: list[str], reference: list[str] | None,

@@ -110,10 +110,15 @@ class DistillConfig:
     replay_fraction: float = field(default=0.2, metadata={"help": "share of prompts replayed from earlier nights"})
     anchor_fraction: float = field(default=0.15, metadata={"help": "share of general-text prompts (teacher = base)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
+    pass_batch: int = field(
+        default=1,
+        metadata={"help": "sequences per student forward pass in the divergence and imitation terms: 1 on a CPU "
+                          "(no faster batched, less memory), the whole batch on a GPU (fewer kernel launches)"},
+    )
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "rank", "lora_alpha", "rl_group", "rl_every", "rl_new_tokens", "cloze_batch",
-                     "drift_batch"):
+                     "drift_batch", "pass_batch"):
             _check(_positive_int(getattr(self, name)), f"distill.{name} must be a positive integer, got {getattr(self, name)!r}")
         for name in ("alpha", "lmbda", "beta", "gamma", "z0", "sem_threshold", "replay_fraction", "anchor_fraction"):
             _check(_unit(getattr(self, name)), f"distill.{name} must be in [0, 1], got {getattr(self, name)!r}")

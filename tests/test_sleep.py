@@ -3,6 +3,7 @@ decides, and every way a night can end leaves the store consistent."""
 
 import json
 import random
+import time
 import threading
 
 import pytest
@@ -72,6 +73,7 @@ def test_every_preset_loads():
         ({"load": {"device": "tpu"}}, "load.device must be auto, cpu or cuda"),
         ({"gate": {"max_drift": 0}}, "gate.max_drift must be > 0"),
         ({"distill": {"targets": "embeddings"}}, "distill.targets must be one of all, mlp, attention"),
+        ({"distill": {"pass_batch": 0}}, "distill.pass_batch must be a positive integer"),
     ],
 )
 def test_bad_values_name_the_key(data, message):
@@ -85,8 +87,9 @@ def test_unknown_preset_lists_the_known_ones():
         load_preset("gpu-huge")
 
 
-@pytest.mark.parametrize("targets", ["all", "mlp"])  # an MLP-only expert on top of an all-projection one
-def test_only_the_new_expert_changes(tiny_dir, tmp_path, fake_judge, targets):
+# An MLP-only expert on top of an all-projection one; one student pass per sequence, or both in one.
+@pytest.mark.parametrize("targets, pass_batch", [("all", 1), ("mlp", 1), ("all", 2)])
+def test_only_the_new_expert_changes(tiny_dir, tmp_path, fake_judge, targets, pass_batch):
     base, tokenizer = load_base(str(tiny_dir), plan_device(LoadConfig()))
     earlier = build_stack(base, [], DistillConfig(rank=4))
     for name, param in earlier.named_parameters():
@@ -109,12 +112,15 @@ def test_only_the_new_expert_changes(tiny_dir, tmp_path, fake_judge, targets):
     ask = [{"role": "user", "content": "Where does Ana live?"}]
     today = [Example("today", system + ask, day + ask, ["night1"], ["She lives in Lisbon."])]
     cfg = DistillConfig(steps=4, batch_size=2, lmbda=0.5, alpha=0.7, rl_group=2, rl_new_tokens=4, learning_rate=1e-2,
-                        drift_weight=1.0)
+                        drift_weight=1.0, pass_batch=pass_batch)
     cloze = [(system + [{"role": "user", "content": 'Which word? "Ana lives in ___."'}], "Lisbon", ["Paris", "Oslo"])]
+    wall = time.monotonic()
     log = distill(model, tokenizer, today=today, replay=[], anchor=[], documents=[(system + ask, "She lives in Lisbon now.")],
                   stack=["night1"], cfg=cfg, max_len=128, judge=fake_judge, rng=random.Random(0), clozes=cloze,
                   general_texts=["The library opens at nine.", "Water boils at one hundred degrees."])
+    wall = time.monotonic() - wall
     assert log.steps == 4 and log.on_policy + log.off_policy == 8 and log.divergence[0] > 0
+    assert 0 < log.seconds <= wall  # the reported training time is this call's
     assert len(log.cloze) == 4 and log.cloze[0] > 0  # the cloze recall term ran every step
     # The drift term too: zero while the new expert is still zero (LoRA's B starts at 0), then not.
     assert len(log.drift) == 4 and log.drift[0] == pytest.approx(0.0, abs=1e-7) and log.drift[-1] > 0

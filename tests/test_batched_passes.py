@@ -1,0 +1,102 @@
+"""The distillation's batched passes give what one pass per sequence gives."""
+
+import random
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from dreamer.distill import batch_reply_logits, divergence_loss, reply_logits
+from dreamer.divergences import token_divergence
+from dreamer.evaluate import pad_id
+from dreamer.memories import Example, chat_ids
+from dreamer.prompt_cache import PromptCache
+from dreamer.sleep_config import DistillConfig, LoadConfig
+from dreamer.weights import NEW, adapters, load_base, plan_device
+from tests.tiny import make_tiny_model_dir
+
+
+@pytest.fixture(scope="module")
+def lora_model(tmp_path_factory):
+    base, tokenizer = load_base(str(make_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "m")),
+                                plan_device(LoadConfig(device="cpu")))
+    torch.manual_seed(0)
+    # Random A and B, so the expert changes the logits and a wrong row or position would show.
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    return get_peft_model(base, config, adapter_name=NEW), tokenizer
+
+
+def test_batch_reply_logits_match_one_pass_each(lora_model):
+    model, tokenizer = lora_model
+    rng = random.Random(0)
+    prompts = [[rng.randrange(3, 300) for _ in range(n)] for n in (5, 17, 1, 9)]
+    replies = [[rng.randrange(3, 300) for _ in range(n)] for n in (3, 1, 7, 4)]
+    with torch.no_grad():
+        batched = batch_reply_logits(model, prompts, replies, pad_id(tokenizer))
+        for prompt, reply, got in zip(prompts, replies, batched):
+            want = reply_logits(model, prompt, reply)
+            assert got.shape == want.shape == (1, len(reply), model.config.vocab_size)
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_divergence_gradient_matches_one_pass_each(lora_model):
+    """The batched divergence term trains the expert exactly as the per-example loop did."""
+    model, tokenizer = lora_model
+    ask = [{"role": "user", "content": q} for q in ("Where does Ana live?", "What is my cat called? Tell me.")]
+    examples = [Example("today", [m], [{"role": "system", "content": "Ana lives in Lisbon. The cat is Miso."}, m],
+                        None, ["x"]) for m in ask]
+    replies = [tokenizer("In Lisbon.", add_special_tokens=False)["input_ids"],
+               tokenizer("Miso, I think", add_special_tokens=False)["input_ids"]]
+    cfg = DistillConfig(divergence="jsd", beta=0.5)
+    params = [p for n, p in model.named_parameters() if "lora_" in n]
+
+    def grads(loss):
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        return [p.grad.clone() for p in params]
+
+    batched = divergence_loss(model, tokenizer, examples, replies, [], cfg, 256, PromptCache(tokenizer))
+    got = grads(batched.sum())
+    reference = []
+    for example, reply in zip(examples, replies):
+        with torch.no_grad(), adapters(model, None):
+            teacher = reply_logits(model, chat_ids(tokenizer, example.teacher), reply)
+        with adapters(model, [NEW]):
+            student = reply_logits(model, chat_ids(tokenizer, example.student), reply)
+        reference.append(token_divergence(student, teacher, "jsd", beta=0.5))
+    want = grads(torch.stack(reference).sum())
+    torch.testing.assert_close(batched.detach(), torch.stack(reference).detach(), rtol=1e-4, atol=1e-6)
+    assert any(g.abs().sum() > 0 for g in want)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("pass_batch", [1, 2, 8])
+def test_policy_gradient_matches_one_pass_each(lora_model, pass_batch):
+    """The imitation term's REINFORCE loss, `pass_batch` completions a pass, against one pass each."""
+    from dreamer.distill import policy_gradient_loss
+
+    model, tokenizer = lora_model
+    prompt = chat_ids(tokenizer, [{"role": "user", "content": "My sister Ana lives in"}])
+    pad = tokenizer.pad_token_id
+    completions = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in (" Lisbon.", " a city", " Porto, I think")]
+    completions[1] = completions[1] + [pad, pad]  # generate() pads the shorter rows of a group
+    advantages = [0.7, -0.2, 0.0]  # the zero one is skipped: no signal
+    params = [p for n, p in model.named_parameters() if "lora_" in n]
+    model.zero_grad(set_to_none=True)
+    loss = policy_gradient_loss(model, tokenizer, prompt, completions, advantages, [], pass_batch)
+    loss.backward()
+    got = [p.grad.clone() for p in params]
+    model.zero_grad(set_to_none=True)
+    want_loss = torch.zeros(())
+    with adapters(model, [NEW]):
+        for completion, advantage in zip(completions, advantages):
+            completion = [t for t in completion if t != pad]
+            logits = reply_logits(model, prompt, completion)
+            logprob = torch.log_softmax(logits, -1).gather(-1, torch.tensor([completion])[..., None])
+            want_loss = want_loss - advantage * logprob.mean() / len(completions)
+    want_loss.backward()
+    torch.testing.assert_close(loss.detach(), want_loss.detach(), rtol=1e-4, atol=1e-6)
+    for g, w in zip(got, [p.grad for p in params]):
+        torch.testing.assert_close(g, w, rtol=1e-3, atol=1e-6)
+    assert policy_gradient_loss(model, tokenizer, prompt, completions, [0.0] * 3, []).item() == 0.0
