@@ -58,13 +58,15 @@ QUESTION_REQUESTS = (
 
 
 def load(cache: Path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from dreamer.chat_tokenizer import align_generation, load_chat_tokenizer
 
     source = prepare_source(str(cache))
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return AutoModelForCausalLM.from_pretrained(source).eval(), tokenizer
+    tokenizer = load_chat_tokenizer(source)
+    model = AutoModelForCausalLM.from_pretrained(source).eval()
+    align_generation(model, tokenizer)
+    return model, tokenizer
 
 
 def accuracy(model, tokenizer, probes: list[dict], system=None) -> float:

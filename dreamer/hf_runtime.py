@@ -39,13 +39,16 @@ class TransformersRuntime:
     adapter_format = "peft"
 
     def __init__(self, source: str, name: str = "", device: str | None = None) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
+
+        from dreamer.chat_tokenizer import align_generation, load_chat_tokenizer
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+            self.tokenizer = load_chat_tokenizer(source)
             self.base = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=True)
+            align_generation(self.base, self.tokenizer)
         except (OSError, ValueError) as err:
             raise ModelError(f"transformers could not load {source}: {err}") from None
         self.base.to(self.device).eval()
@@ -73,7 +76,7 @@ class TransformersRuntime:
                 try:
                     with torch.no_grad():
                         self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
-                                            streamer=streamer, pad_token_id=self.tokenizer.eos_token_id,
+                                            streamer=streamer, pad_token_id=self.tokenizer.pad_token_id,
                                             stopping_criteria=StoppingCriteriaList([_StopOn(stop), _StopOn(finished)]),
                                             **sampling)
                 except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread

@@ -37,6 +37,7 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 from agent.models import EMBEDDED_FILE, embedded_gguf_path
+from dreamer.chat_tokenizer import align_generation, load_chat_tokenizer
 from dreamer.sleep_config import DistillConfig, LoadConfig, SleepConfigError
 
 NEW = "new"
@@ -148,9 +149,8 @@ def load_base(source: str, plan: DevicePlan):
         raise SleepConfigError(f"cannot load training model {source!r} offline: {err}") from None
     if plan.device == "cuda" and plan.quantization == "none":
         model.to("cuda")
-    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_chat_tokenizer(source)
+    align_generation(model, tokenizer)
     for param in model.parameters():
         param.requires_grad_(False)
     model.config.use_cache = True

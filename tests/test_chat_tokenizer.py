@@ -1,0 +1,58 @@
+"""The night's end of turn comes from the chat template, not from whatever eos a loader guessed."""
+
+import torch
+from transformers import AutoTokenizer, LogitsProcessorList
+
+from dreamer.chat_tokenizer import end_of_turn_id, load_chat_tokenizer
+from dreamer.distill import continuation_ids
+from dreamer.sleep_config import LoadConfig
+from dreamer.weights import load_base, plan_device
+from tests.tiny import make_tiny_model_dir, make_tokenizer
+
+
+def test_end_of_turn_is_what_closes_an_assistant_message():
+    tokenizer = make_tokenizer()
+    assert tokenizer.convert_ids_to_tokens(end_of_turn_id(tokenizer)) == "<|im_end|>"
+
+
+def test_a_template_without_an_end_token_gives_none():
+    tokenizer = make_tokenizer()
+    tokenizer.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    assert end_of_turn_id(tokenizer) is None
+    tokenizer.chat_template = None
+    assert end_of_turn_id(tokenizer) is None
+
+
+def wrong_eos_dir(tmp_path):
+    """A model folder whose tokenizer and generation config say eos = <|im_start|>, as
+    transformers 5.17 reads the embedded SmolLM2 GGUF (no pad token either)."""
+    path = make_tiny_model_dir(tmp_path / "m")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.eos_token = "<|im_start|>"
+    tokenizer.pad_token = None
+    tokenizer.save_pretrained(path)
+    assert AutoTokenizer.from_pretrained(path).eos_token == "<|im_start|>"
+    return path
+
+
+def test_a_wrong_eos_is_corrected_for_training_and_sampling(tmp_path):
+    path = wrong_eos_dir(tmp_path)
+    tokenizer = load_chat_tokenizer(str(path))
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert tokenizer.eos_token_id == im_end and tokenizer.pad_token_id == im_end
+    assert continuation_ids(tokenizer, "Lisbon")[-1] == im_end  # replies are trained to close the turn
+
+    model, tokenizer = load_base(str(path), plan_device(LoadConfig(device="cpu")))
+    assert tokenizer.eos_token_id == im_end
+    assert model.generation_config.eos_token_id == im_end and model.generation_config.pad_token_id == im_end
+    # generate() now stops where the turn ends: make the model say <|im_end|> and nothing follows.
+    def say_end(input_ids, scores):
+        forced = torch.full_like(scores, float("-inf"))
+        forced[:, im_end] = 0.0
+        return forced
+
+    ids = torch.tensor([tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
+                                                      return_dict=False)])
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False,
+                         logits_processor=LogitsProcessorList([say_end]))
+    assert out[0, ids.shape[1]:].tolist() == [im_end]
