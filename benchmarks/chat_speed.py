@@ -112,13 +112,16 @@ def bench_transformers(prompts: list[str], config: Config) -> dict:
     from transformers.generation.streamers import BaseStreamer
 
     from agent.models import embedded_gguf_path
+    from dreamer.chat_tokenizer import align_generation, fix_end_of_turn
 
     torch.set_num_threads(2)
     path = embedded_gguf_path()
     start = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    # The end of turn from the chat template: some transformers versions read this GGUF's eos wrong.
+    tokenizer = fix_end_of_turn(AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name))
     # `dtype` is transformers 5's name for the deprecated `torch_dtype`.
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    align_generation(model, tokenizer)
     load_s = time.perf_counter() - start
 
     class Clock(BaseStreamer):
@@ -142,7 +145,7 @@ def bench_transformers(prompts: list[str], config: Config) -> dict:
         clock = Clock(start)
         with torch.inference_mode():
             out = model.generate(**inputs, max_new_tokens=MAX_TOKENS, do_sample=False, streamer=clock,
-                                 pad_token_id=tokenizer.eos_token_id)
+                                 pad_token_id=tokenizer.pad_token_id)
         new = out[0, inputs["input_ids"].shape[1]:]
         return measure(clock.times, len(new), tokenizer.decode(new, skip_special_tokens=True))
 

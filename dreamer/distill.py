@@ -118,22 +118,24 @@ def batch_reply_logits(model, prompts: list[list[int]], replies: list[list[int]]
     """`reply_logits` for many (prompt, reply) pairs in one right-padded forward pass.
 
     One pass instead of one per pair: on a GPU a small model's step is bound by kernel launches,
-    not arithmetic. Only the reply positions go through the vocabulary projection (as
-    `logits_to_keep` does for one pair). Right padding, because with a causal mask no real token
-    attends to the padding after it, so each pair's logits are those of its own pass.
+    not arithmetic. Right padding, because with a causal mask no real token attends to the
+    padding after it, so each pair's logits are those of its own pass. The model's own forward
+    makes the logits (so a head that scales or soft-caps them does so here too, as for the
+    teacher); only the positions from the earliest reply's start to the latest reply's end go
+    through the vocabulary projection (one pair: exactly its reply's, as `reply_logits`).
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
     width = max(len(p) + len(r) for p, r in zip(prompts, replies))
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for row, (prompt, reply) in enumerate(zip(prompts, replies)):
         ids[row, : len(prompt) + len(reply)] = torch.tensor(prompt + reply)
         mask[row, : len(prompt) + len(reply)] = 1
-    hidden = base.get_decoder()(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).last_hidden_state
     # Position t predicts token t + 1: a reply is predicted from len(prompt) - 1 on.
-    picked = torch.cat([hidden[row, len(p) - 1 : len(p) - 1 + len(r)] for row, (p, r) in enumerate(zip(prompts, replies))])
-    logits = base.get_output_embeddings()(picked).float()
-    return [part[None] for part in logits.split([len(r) for r in replies])]
+    starts = [len(p) - 1 for p in prompts]
+    first, last = min(starts), max(s + len(r) for s, r in zip(starts, replies))
+    keep = torch.arange(first, last, device=model.device)
+    logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), logits_to_keep=keep).logits
+    return [logits[row, s - first : s - first + len(r)].float()[None] for row, (s, r) in enumerate(zip(starts, replies))]
 
 
 def divergence_loss(model, tokenizer, examples: list[Example], replies: list[list[int]], stack: list[str],
@@ -177,6 +179,15 @@ def imitation_loss(model, tokenizer, document: tuple[list[dict], str], stack: li
     return policy_gradient_loss(model, tokenizer, prompt, completions_ids, advantages, stack, cfg.pass_batch), rewards
 
 
+def through_end(tokens: list[int], end: int) -> list[int]:
+    """`tokens` up to and including the first `end` (all of them when there is none).
+
+    >>> through_end([5, 6, 2, 2, 2], 2), through_end([5, 6], 2), through_end([2, 2], 2)
+    ([5, 6, 2], [5, 6], [2])
+    """
+    return tokens[: tokens.index(end) + 1] if end in tokens else tokens
+
+
 def policy_gradient_loss(model, tokenizer, prompt: list[int], completions: list[list[int]], advantages: list[float],
                          stack: list[str], pass_batch: int = 1) -> torch.Tensor:
     """−(1/G) Σ advantage · mean token log-probability of each completion, the student's.
@@ -184,8 +195,9 @@ def policy_gradient_loss(model, tokenizer, prompt: list[int], completions: list[
     The completions are scored `pass_batch` to a forward pass.
     """
     # Completions with no advantage carry no signal: they are left out of the forward passes.
-    scored = [([t for t in c if t != tokenizer.pad_token_id] or [tokenizer.eos_token_id], a)
-              for c, a in zip(completions, advantages) if a != 0]
+    # Each is scored through its end of turn (stopping is part of what is rewarded); the
+    # padding generate() puts after it is not.
+    scored = [(through_end(c, tokenizer.eos_token_id), a) for c, a in zip(completions, advantages) if a != 0]
     loss = torch.zeros((), device=model.device)
     logits = []
     with adapters(model, stack + [NEW]):

@@ -74,13 +74,13 @@ def test_divergence_gradient_matches_one_pass_each(lora_model):
 @pytest.mark.parametrize("pass_batch", [1, 2, 8])
 def test_policy_gradient_matches_one_pass_each(lora_model, pass_batch):
     """The imitation term's REINFORCE loss, `pass_batch` completions a pass, against one pass each."""
-    from dreamer.distill import policy_gradient_loss
+    from dreamer.distill import policy_gradient_loss, through_end
 
     model, tokenizer = lora_model
     prompt = chat_ids(tokenizer, [{"role": "user", "content": "My sister Ana lives in"}])
     pad = tokenizer.pad_token_id
     completions = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in (" Lisbon.", " a city", " Porto, I think")]
-    completions[1] = completions[1] + [pad, pad]  # generate() pads the shorter rows of a group
+    completions[1] = completions[1] + [tokenizer.eos_token_id, pad, pad]  # a row that ended, padded by generate()
     advantages = [0.7, -0.2, 0.0]  # the zero one is skipped: no signal
     params = [p for n, p in model.named_parameters() if "lora_" in n]
     model.zero_grad(set_to_none=True)
@@ -91,7 +91,7 @@ def test_policy_gradient_matches_one_pass_each(lora_model, pass_batch):
     want_loss = torch.zeros(())
     with adapters(model, [NEW]):
         for completion, advantage in zip(completions, advantages):
-            completion = [t for t in completion if t != pad]
+            completion = through_end(completion, tokenizer.eos_token_id)  # the end of turn is scored, the padding not
             logits = reply_logits(model, prompt, completion)
             logprob = torch.log_softmax(logits, -1).gather(-1, torch.tensor([completion])[..., None])
             want_loss = want_loss - advantage * logprob.mean() / len(completions)
@@ -100,3 +100,29 @@ def test_policy_gradient_matches_one_pass_each(lora_model, pass_batch):
     for g, w in zip(got, [p.grad for p in params]):
         torch.testing.assert_close(g, w, rtol=1e-3, atol=1e-6)
     assert policy_gradient_loss(model, tokenizer, prompt, completions, [0.0] * 3, []).item() == 0.0
+
+
+def test_batch_reply_logits_keep_the_models_own_head():
+    """A head that soft-caps its logits (Gemma 2) does so in the batched pass too."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Gemma2Config(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=8, final_logit_softcapping=2.0,
+                          initializer_range=0.5)
+    model = Gemma2ForCausalLM(config).eval()
+    prompts, replies = [[5, 6, 7, 8], [9, 10]], [[11, 12], [13, 14, 15]]
+    with torch.no_grad():
+        batched = batch_reply_logits(model, prompts, replies, 0)
+        for prompt, reply, got in zip(prompts, replies, batched):
+            assert got.abs().max() <= 2.0  # capped
+            torch.testing.assert_close(got, reply_logits(model, prompt, reply), rtol=1e-4, atol=1e-4)
+
+
+def test_distill_doctests():
+    import doctest
+
+    from dreamer import distill
+
+    result = doctest.testmod(distill)
+    assert result.attempted > 0 and result.failed == 0

@@ -1,9 +1,10 @@
 """The night's end of turn comes from the chat template, not from whatever eos a loader guessed."""
 
+import pytest
 import torch
 from transformers import AutoTokenizer, LogitsProcessorList
 
-from dreamer.chat_tokenizer import end_of_turn_id, load_chat_tokenizer
+from dreamer.chat_tokenizer import align_generation, end_of_turn_id, load_chat_tokenizer
 from dreamer.distill import continuation_ids
 from dreamer.sleep_config import LoadConfig
 from dreamer.weights import load_base, plan_device
@@ -13,6 +14,38 @@ from tests.tiny import make_tiny_model_dir, make_tokenizer
 def test_end_of_turn_is_what_closes_an_assistant_message():
     tokenizer = make_tokenizer()
     assert tokenizer.convert_ids_to_tokens(end_of_turn_id(tokenizer)) == "<|im_end|>"
+
+
+LLAMA3 = ("{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] }}<|eot_id|>"
+          "{% endfor %}")
+
+
+@pytest.mark.parametrize("template, end", [
+    (LLAMA3, "<|eot_id|>"),  # an end of turn that is not the tokenizer's eos
+    ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}\n<|im_end|>\n{% endfor %}", "<|im_end|>"),
+    ("{% for m in messages %}{{ m['content'] }} {{ eos_token }}{% endfor %}", "<|im_end|>"),  # Llama 2's ' ' + eos
+])
+def test_end_of_turn_for_other_templates(template, end):
+    tokenizer = make_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]})
+    tokenizer.chat_template = template
+    assert tokenizer.convert_ids_to_tokens(end_of_turn_id(tokenizer)) == end
+
+
+def test_a_template_that_refuses_the_probe_chat_gives_none():
+    tokenizer = make_tokenizer()
+    tokenizer.chat_template = "{% if messages[0]['role'] != 'system' %}{{ raise_exception('system first') }}{% endif %}"
+    assert end_of_turn_id(tokenizer) is None
+
+
+def test_generation_keeps_the_configs_other_stops():
+    from types import SimpleNamespace
+
+    tokenizer = make_tokenizer()
+    model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=[0, 1], pad_token_id=None))
+    align_generation(model, tokenizer)
+    assert model.generation_config.eos_token_id == [tokenizer.eos_token_id, 0, 1]
+    assert model.generation_config.pad_token_id == tokenizer.pad_token_id
 
 
 def test_a_template_without_an_end_token_gives_none():
@@ -56,3 +89,12 @@ def test_a_wrong_eos_is_corrected_for_training_and_sampling(tmp_path):
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False,
                          logits_processor=LogitsProcessorList([say_end]))
     assert out[0, ids.shape[1]:].tolist() == [im_end]
+
+
+def test_the_transformers_chat_runtime_stops_at_the_end_of_turn_too(tmp_path):
+    from dreamer.hf_runtime import TransformersRuntime
+
+    runtime = TransformersRuntime(str(wrong_eos_dir(tmp_path)), device="cpu")
+    im_end = runtime.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert runtime.tokenizer.eos_token_id == im_end
+    assert runtime.base.generation_config.eos_token_id == im_end
