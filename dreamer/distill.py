@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dreamer.divergences import token_divergence
-from dreamer.evaluate import pad_id, tail_logprobs, text_batches
+from dreamer.evaluate import pad_id, right_padded, tail_logprobs, text_batches
 from dreamer.memories import Example, chat_ids, sample_many
 from dreamer.prompt_cache import PromptCache
 from dreamer.rewards import group_advantages, imitation_reward
@@ -114,7 +114,7 @@ def clip_prompt(ids: list[int], max_len: int, reply_len: int) -> list[int]:
     return ids[-room:]
 
 
-def batch_reply_logits(model, prompts: list[list[int]], replies: list[list[int]], pad_id: int) -> list[torch.Tensor]:
+def batch_reply_logits(model, prompts: list[list[int]], replies: list[list[int]], pad: int) -> list[torch.Tensor]:
     """`reply_logits` for many (prompt, reply) pairs in one right-padded forward pass.
 
     One pass instead of one per pair: on a GPU a small model's step is bound by kernel launches,
@@ -124,17 +124,12 @@ def batch_reply_logits(model, prompts: list[list[int]], replies: list[list[int]]
     teacher); only the positions from the earliest reply's start to the latest reply's end go
     through the vocabulary projection (one pair: exactly its reply's, as `reply_logits`).
     """
-    width = max(len(p) + len(r) for p, r in zip(prompts, replies))
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, (prompt, reply) in enumerate(zip(prompts, replies)):
-        ids[row, : len(prompt) + len(reply)] = torch.tensor(prompt + reply)
-        mask[row, : len(prompt) + len(reply)] = 1
+    ids, mask = right_padded([p + r for p, r in zip(prompts, replies)], pad, model.device)
     # Position t predicts token t + 1: a reply is predicted from len(prompt) - 1 on.
     starts = [len(p) - 1 for p in prompts]
     first, last = min(starts), max(s + len(r) for s, r in zip(starts, replies))
     keep = torch.arange(first, last, device=model.device)
-    logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), logits_to_keep=keep).logits
+    logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
     return [logits[row, s - first : s - first + len(r)].float()[None] for row, (s, r) in enumerate(zip(starts, replies))]
 
 

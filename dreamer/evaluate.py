@@ -62,7 +62,7 @@ def prompt_ids(tokenizer, question: str, system: str | None = None) -> list[int]
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def _right_padded(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def right_padded(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
@@ -100,7 +100,7 @@ def tail_logprobs(model, tokenizer, prompt: list[int], tails: list[list[int]]) -
     One right-padded batch. Gradients flow when the caller allows them (the sleep's cloze
     recall term trains on these; `option_scores` wraps them in `_inference`).
     """
-    ids, mask = _right_padded([prompt + tail for tail in tails], pad_id(tokenizer), _device(model))
+    ids, mask = right_padded([prompt + tail for tail in tails], pad_id(tokenizer), _device(model))
     logprobs = F.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
     # The logits at position t predict token t + 1: a tail's tokens are predicted from
     # positions len(prompt) - 1 .. len(prompt) + len(tail) - 2.
@@ -217,7 +217,7 @@ def text_batches(tokenizer, texts: list[str], max_len: int, device):
     if not encoded:
         raise ValueError("the texts have no tokens")
     for start in range(0, len(encoded), KL_BATCH):
-        yield _right_padded(encoded[start : start + KL_BATCH], pad_id(tokenizer), device)
+        yield right_padded(encoded[start : start + KL_BATCH], pad_id(tokenizer), device)
 
 
 def general_drift(model, tokenizer, texts: list[str], reference: list[str] | None,
