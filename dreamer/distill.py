@@ -95,8 +95,29 @@ def reply_logits(model, prompt: list[int], reply: list[int], past=None) -> torch
     # Only the reply's positions matter: skipping the vocabulary projection for the prompt (the
     # teacher's holds the whole day) saves most of a forward pass on a small model.
     extra = {} if past is None else {"past_key_values": past, "use_cache": True}
+    width = ids.shape[1]
     logits = model(input_ids=ids, logits_to_keep=len(reply) + 1, **extra).logits
-    return logits[:, :-1].float()
+    return kept_positions(logits, width - len(reply) - 1, width, width)[:, :-1].float()
+
+
+def kept_positions(logits: torch.Tensor, start: int, stop: int, width: int) -> torch.Tensor:
+    """Logits of positions start..stop-1 of a `width`-token input, asked for with `logits_to_keep`.
+
+    An architecture whose forward lacks `logits_to_keep` (older ones in transformers) takes it
+    into **kwargs and returns every position; reading the last ones of that as if they were the
+    kept ones would silently score the wrong tokens, so such output is sliced here.
+
+    >>> import torch
+    >>> kept_positions(torch.arange(5.0)[None, :, None], 1, 3, 5).flatten().tolist()
+    [1.0, 2.0]
+    >>> kept_positions(torch.arange(2.0)[None, :, None], 1, 3, 5).flatten().tolist()
+    [0.0, 1.0]
+    """
+    if logits.shape[1] == stop - start:
+        return logits
+    if logits.shape[1] == width:
+        return logits[:, start:stop]
+    raise ValueError(f"the model returned logits for {logits.shape[1]} positions; asked for {stop - start} of {width}")
 
 
 def teacher_logits(model, cache: PromptCache, messages: list[dict], names, reply: list[int]) -> torch.Tensor:
@@ -129,7 +150,7 @@ def batch_reply_logits(model, prompts: list[list[int]], replies: list[list[int]]
     starts = [len(p) - 1 for p in prompts]
     first, last = min(starts), max(s + len(r) for s, r in zip(starts, replies))
     keep = torch.arange(first, last, device=model.device)
-    logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+    logits = kept_positions(model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits, first, last, ids.shape[1])
     return [logits[row, s - first : s - first + len(r)].float()[None] for row, (s, r) in enumerate(zip(starts, replies))]
 
 

@@ -119,6 +119,29 @@ def test_batch_reply_logits_keep_the_models_own_head():
             torch.testing.assert_close(got, reply_logits(model, prompt, reply), rtol=1e-4, atol=1e-4)
 
 
+class IgnoresLogitsToKeep(torch.nn.Module):
+    """A model whose forward takes `logits_to_keep` into **kwargs and returns every position."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.device = model.device
+
+    def forward(self, logits_to_keep=None, **kwargs):
+        return self.model(**kwargs)
+
+
+def test_reply_logits_from_a_model_without_logits_to_keep(lora_model):
+    model, tokenizer = lora_model
+    plain = IgnoresLogitsToKeep(model)
+    prompts, replies = [[5, 6, 7, 8], [9, 10]], [[11, 12], [13, 14, 15]]
+    with torch.no_grad():
+        for prompt, reply, got in zip(prompts, replies, batch_reply_logits(plain, prompts, replies, pad_id(tokenizer))):
+            want = reply_logits(model, prompt, reply)
+            torch.testing.assert_close(reply_logits(plain, prompt, reply), want)
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_distill_doctests():
     import doctest
 
