@@ -161,19 +161,33 @@ def make_days(seed: int, nights: int, facts: int) -> list[dict]:
 
 
 def controls(probes: list[dict], seed: int) -> dict[str, list[dict]]:
-    """Two checks on what a gain means (keys are suffixes of a probe set's name).
+    """Checks on what a gain means (keys are suffixes of a probe set's name).
 
     `_inday`: the same questions, with other answers of the same day as distractors. A model that
     favours today's words whatever it is asked stays at chance (25%) here; only one that ties each
     answer to its question gains. `_generic`: the original options after an unrelated question
     ("Tell me something."); a rise here is a rise in the answers' prior, not recall.
+    `_tomorrow`: the original probes under the chat's system prompt of the next day, as the chat
+    asks them the morning after (the probes themselves are asked with the question alone).
     """
+    from agent.memory import system_message
+    from storage import Config
+
     rng = random.Random(seed + 1)  # its own stream: the facts and probes above do not change
     answers = [p["answer"] for p in probes]
     inday = [{**p, "distractors": rng.sample([a for a in answers if a != p["answer"]], min(DISTRACTORS, len(answers) - 1))}
              for p in probes]
     generic = [{**p, "question": "Tell me something."} for p in probes]
-    return {"_inday": inday, "_generic": generic}
+    tomorrow = [{**p, "system": system_message(Config(), date.fromisoformat(p["day"]) + timedelta(days=1))} for p in probes]
+    return {"_inday": inday, "_generic": generic, "_tomorrow": tomorrow}
+
+
+def scored(model, tokenizer, rows: list[dict]) -> dict:
+    """Multiple-choice accuracy of one probe set, under its system prompt if it names one (one per set)."""
+    from dreamer.evaluate import multiple_choice
+
+    flags = multiple_choice(model, tokenizer, as_probes(rows), system=rows[0].get("system") if rows else None)
+    return {"accuracy": sum(flags) / len(flags), "correct": flags}
 
 
 # --- work done in child processes ---------------------------------------------------
@@ -206,7 +220,6 @@ def as_probes(rows: list[dict]) -> list:
 def dreamer_night(home: str, source: str, records: list[dict], cfg, label: str = "dreamer",
                   probes: dict[str, list[dict]] | None = None) -> dict:
     from dreamer import gate
-    from dreamer.evaluate import multiple_choice
     from dreamer.sleep import process_memory_mb, sleep_now
     from dreamer.stack import active_paths
     from dreamer.weights import NEW, adapters
@@ -220,8 +233,7 @@ def dreamer_night(home: str, source: str, records: list[dict], cfg, label: str =
         scoring = time.perf_counter()
         with adapters(model, stack + [NEW]):
             for key, rows in (probes or {}).items():
-                flags = multiple_choice(model, tokenizer, as_probes(rows))
-                candidate[key] = {"accuracy": sum(flags) / len(flags), "correct": flags}
+                candidate[key] = scored(model, tokenizer, rows)
         candidate["seconds"] += time.perf_counter() - scoring
         return gate_measure(model, tokenizer, stack, *rest, **kwargs)
 
@@ -309,7 +321,7 @@ def baseline(arm: str, out_dir: str, source: str, day: dict, cfg, seed: int) -> 
 def score(source: str, paths: list[str], probe_sets: dict[str, list[dict]], cfg, general: bool = True) -> dict:
     import torch
 
-    from dreamer.evaluate import general_drift, multiple_choice, perplexity
+    from dreamer.evaluate import general_drift, perplexity
     from dreamer.gate import general_texts
     from dreamer.weights import build_stack, load_base, plan_device, stack_names
 
@@ -319,8 +331,7 @@ def score(source: str, paths: list[str], probe_sets: dict[str, list[dict]], cfg,
     out = {"stack": names, "torch_threads": torch.get_num_threads(),  # as load_base's device plan set them
            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
     for key, rows in probe_sets.items():
-        flags = multiple_choice(model, tok, as_probes(rows))
-        out[key] = {"accuracy": sum(flags) / len(flags), "correct": flags}
+        out[key] = scored(model, tok, rows)
     if general:
         texts, max_len = general_texts(), cfg.load.max_seq_len
         out["drift_kl"] = general_drift(model, tok, texts, None, names, max_len=max_len) if names else 0.0
@@ -353,11 +364,11 @@ def machine() -> dict:
 def table(result: dict) -> str:
     pct = lambda v: "-" if v is None else f"{100 * v:.0f}%"  # noqa: E731
     num = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
-    rows = [("arm", "night", "outcome", "today's facts: before -> after", "controls: in-day, generic",
+    rows = [("arm", "night", "outcome", "today's facts: before -> after", "controls: in-day, generic, tomorrow's prompt",
              "night-1 facts", "drift KL vs base", "perplexity", "gate: its probes, KL", "wall s", "peak RSS MiB"),
             ("---",) * 11]
     b = result["base"]
-    controls_of = lambda e, key: ", ".join(pct(e.get(f"{key}{c}", {}).get("accuracy")) for c in ("_inday", "_generic"))  # noqa: E731
+    controls_of = lambda e, key: ", ".join(pct(e.get(f"{key}{c}", {}).get("accuracy")) for c in ("_inday", "_generic", "_tomorrow"))  # noqa: E731
     rows.append(("base", "-", "-", pct(b["night1"]["accuracy"]), controls_of(b, "night1"), pct(b["night1"]["accuracy"]),
                  "0", num(b["perplexity"], ".2f"), "-", "-", "-"))
     for arm, nights in result["arms"].items():
@@ -469,6 +480,7 @@ def main() -> None:
                     f"{row['eval']['today']['accuracy']:.0%}, night-1 facts {row['eval']['night1']['accuracy']:.0%}, "
                     f"controls: in-day {row['eval']['today_inday']['accuracy']:.0%}, "
                     f"generic {row['eval']['today_generic']['accuracy']:.0%}, "
+                    f"under tomorrow's chat prompt {row['eval']['today_tomorrow']['accuracy']:.0%}, "
                     + (f"candidate {cand}, " if cand else "") +
                     f"{row.get('wall_s', 0):.0f} s, {row.get('peak_rss_mb', 0):.0f} MiB; {row['message']}")
                 save()
