@@ -34,7 +34,11 @@ The script writes synthetic days of chat (fixed seed) and measures, on this mach
   ru_maxrss in a spawned child starts at its parent's peak. Scoring runs in a separate process.
 
     .venv/bin/python benchmarks/sleep_quality.py [--preset cpu-tiny] [--nights 3] [--arms dreamer,naive,context]
-        [--facts 10] [--seed 0] [--out bench-out/sleep_quality.json] [--steps N] [--quick] [--model DIR]
+        [--facts 10] [--seed 0] [--night-seed N] [--out bench-out/sleep_quality.json] [--steps N] [--quick] [--model DIR]
+
+`--seed` draws the days (facts, probes, controls) and, unless `--night-seed` is given, seeds the
+nights too (the teacher's and student's sampling, the order of the batches). The same days with
+another `--night-seed` measure how much of a score is the night's own randomness.
 
 `--quick` (4 facts, 2 nights, 4 steps, 2 questions per conversation, 1 teacher sample, answers of at
 most 16 tokens) is a smoke test of the whole pipeline, not a result; with `--model` set to the tests'
@@ -391,7 +395,7 @@ def table(result: dict) -> str:
               f"Load average before/after: {result['loadavg'][0]:.2f}/{result['loadavg'][-1]:.2f}.",
               f"Preset {a['preset']} (distill.steps {result['config']['distill']['steps']}, questions per conversation "
               f"{result['config']['memories']['questions_per_conversation']}), {a['facts']} facts a night, seed "
-              f"{a['seed']}, {DISTRACTORS} distractors a probe (chance {100 / (DISTRACTORS + 1):.0f}%). "
+              f"{a['seed']} (night seed {result['config']['load']['seed']}), {DISTRACTORS} distractors a probe (chance {100 / (DISTRACTORS + 1):.0f}%). "
               f"Base model on each night's facts: {base_all}. Baselines: night 1 only."]
     for n in result["arms"].get("dreamer", []):
         if n["status"] == "rejected":
@@ -409,7 +413,8 @@ def main() -> None:
     parser.add_argument("--nights", type=int, default=3)
     parser.add_argument("--arms", default="dreamer,naive,context")
     parser.add_argument("--facts", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the synthetic days (and the nights, see --night-seed)")
+    parser.add_argument("--night-seed", type=int, help="the nights' random seed (default: --seed)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "sleep_quality.json")
     parser.add_argument("--cache", type=Path, default=ROOT / "bench-out" / "cache", help="shared model cache")
     parser.add_argument("--model", help="training model folder (default: the embedded model, dequantized in --cache)")
@@ -426,7 +431,8 @@ def main() -> None:
 
     raw = load_preset(args.preset).as_dict()
     preset = raw.pop("preset")
-    raw["load"]["seed"] = args.seed
+    night_seed = args.seed if args.night_seed is None else args.night_seed
+    raw["load"]["seed"] = night_seed
     if args.steps:
         raw["distill"]["steps"] = args.steps
     if args.quick:  # fewer and shorter generations: the teacher's and the gate's sampling dominate a night
@@ -468,7 +474,7 @@ def main() -> None:
                         row = fresh_process(dreamer_night, str(Path(tmp) / arm), source, days[k]["records"], cfg,
                                             f"night {k + 1}", {**today, "night1": days[0]["probes"]})
                     else:
-                        row = fresh_process(baseline, arm, str(Path(tmp) / arm), source, days[k], cfg, args.seed)
+                        row = fresh_process(baseline, arm, str(Path(tmp) / arm), source, days[k], cfg, night_seed)
                     active = row["active"]
                 except Exception as err:  # recorded, and the next night or arm still runs
                     row = {"status": "failed", "message": f"{type(err).__name__}: {err}"}
