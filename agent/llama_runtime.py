@@ -17,6 +17,7 @@ import ctypes
 import os
 import threading
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import llama_cpp
@@ -26,19 +27,46 @@ from agent.runtime import Adapter
 from storage import Config
 
 
+@contextmanager
+def _plain_weight_buffers():
+    """Load the base into plain CPU buffers, not llama.cpp's repacked ones ("extra buffer types").
+
+    On a CPU with AMX, llama.cpp repacks the Q4_1 weights for its AMX kernels, and decoding with
+    a LoRA adapter on those weights segfaults (llama-cpp-python 0.3.36 built on a Xeon with
+    AMX: the export test crashed in `Llama.eval`; upstream has had LoRA crashes with repacked
+    weights before, ggml-org/llama.cpp#12587). The chat swaps adapters at any time, so it
+    never uses repacked weights. `Llama()` has no argument for it: its model parameters start
+    from `llama_model_default_params`, which is wrapped here while the model loads.
+    """
+    low = llama_cpp.llama_cpp
+    default = low.llama_model_default_params
+
+    def params():
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    low.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        low.llama_model_default_params = default
+
+
 class LlamaRuntime:
     def __init__(self, model_path: Path, name: str = "", n_ctx: int = 4096, n_threads: int = 0) -> None:
         self.model_path = Path(model_path)
         self.name = name or self.model_path.name
         try:
-            self.llm = llama_cpp.Llama(
-                model_path=str(self.model_path),
-                n_ctx=n_ctx,
-                # llama-cpp-python's default is half the cores; 0 in config means all of them.
-                n_threads=n_threads or os.cpu_count() or 1,
-                n_threads_batch=n_threads or os.cpu_count() or 1,
-                verbose=False,  # llama.cpp's logs would draw over the terminal UI
-            )
+            with _plain_weight_buffers():
+                self.llm = llama_cpp.Llama(
+                    model_path=str(self.model_path),
+                    n_ctx=n_ctx,
+                    # llama-cpp-python's default is half the cores; 0 in config means all of them.
+                    n_threads=n_threads or os.cpu_count() or 1,
+                    n_threads_batch=n_threads or os.cpu_count() or 1,
+                    verbose=False,  # llama.cpp's logs would draw over the terminal UI
+                )
         except (ValueError, RuntimeError) as err:
             raise ModelError(
                 f"llama.cpp could not load {self.model_path}: {err}; the file may be corrupt or of an "
