@@ -395,7 +395,8 @@ def table(result: dict) -> str:
               f"Load average before/after: {result['loadavg'][0]:.2f}/{result['loadavg'][-1]:.2f}.",
               f"Preset {a['preset']} (distill.steps {result['config']['distill']['steps']}, questions per conversation "
               f"{result['config']['memories']['questions_per_conversation']}), {a['facts']} facts a night, seed "
-              f"{a['seed']} (night seed {result['config']['load']['seed']}), {DISTRACTORS} distractors a probe (chance {100 / (DISTRACTORS + 1):.0f}%). "
+              f"{a['seed']} (night seed {result['config']['load']['seed']}), {DISTRACTORS} distractors a probe "
+              f"(chance {100 / (DISTRACTORS + 1):.0f}%). "
               f"Base model on each night's facts: {base_all}. Baselines: night 1 only."]
     for n in result["arms"].get("dreamer", []):
         if n["status"] == "rejected":

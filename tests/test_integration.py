@@ -49,19 +49,15 @@ def test_stop_and_a_bad_adapter_keep_the_runtime_usable(store, llama):
     assert again.strip()
 
 
-def test_the_base_loads_without_repacked_weights_and_the_defaults_are_restored():
+def test_the_base_loads_without_repacked_weights_and_the_defaults_are_restored(llama):
     """LoRA on llama.cpp's repacked (AMX) weights segfaulted; the runtime loads plain buffers.
 
     The crash itself shows only on a CPU with AMX (tests/test_export.py decodes with an adapter).
     """
     import llama_cpp
 
-    from agent.llama_runtime import _plain_weight_buffers
-
-    assert llama_cpp.llama_cpp.llama_model_default_params().use_extra_bufts  # llama.cpp's default
-    with _plain_weight_buffers():
-        assert not llama_cpp.llama_cpp.llama_model_default_params().use_extra_bufts
-    assert llama_cpp.llama_cpp.llama_model_default_params().use_extra_bufts
+    assert not llama.llm.model_params.use_extra_bufts  # the parameters the runtime's model was loaded with
+    assert llama_cpp.llama_cpp.llama_model_default_params().use_extra_bufts  # llama.cpp's default, restored
 
 
 def test_a_short_real_night(store, dreamer_home):
