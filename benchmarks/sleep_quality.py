@@ -343,9 +343,33 @@ def score(source: str, paths: list[str], probe_sets: dict[str, list[dict]], cfg,
     return out
 
 
+def die_with_parent(parent: int) -> None:
+    """Worker initializer: on Linux, end this worker when `parent`, which started it, dies.
+
+    A spawned worker outlives a killed benchmark: its night trained on for half an hour, unseen,
+    taking a core from the next runs (seen twice). PR_SET_PDEATHSIG asks the kernel for SIGTERM
+    when the parent goes; the workers are started from the main thread, whose exit is the one
+    that counts.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM) != 0:  # 1 = PR_SET_PDEATHSIG
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != parent:  # it died before the request took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def worker_pool() -> ProcessPoolExecutor:
+    """One fresh interpreter (spawned, not forked: no torch state is shared) that dies with us."""
+    return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=die_with_parent, initargs=(os.getpid(),))
+
+
 def fresh_process(fn, *args):
     """Run fn in a new interpreter, so its peak memory and its imports are its own."""
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with worker_pool() as pool:
         return pool.submit(fn, *args).result()
 
 
@@ -453,7 +477,7 @@ def main() -> None:
 
     # One long-lived process scores every stack; the main process never imports torch, so the
     # processes it spawns start small.
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as scorer, \
+    with worker_pool() as scorer, \
             tempfile.TemporaryDirectory(prefix="sleep-quality-") as tmp:
         source = args.model or scorer.submit(prepare_source, str(args.cache)).result()
         sets = {f"night{k + 1}{suffix}": rows for k, d in enumerate(days)

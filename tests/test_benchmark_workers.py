@@ -1,0 +1,47 @@
+"""The sleep-quality benchmark's worker processes end when the benchmark is killed."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PARENT = f"""
+import os, sys, time
+sys.path.insert(0, {str(ROOT)!r})
+from benchmarks.sleep_quality import worker_pool
+pool = worker_pool()
+print(pool.submit(os.getpid).result(), flush=True)
+pool.submit(time.sleep, 120)
+time.sleep(120)
+"""
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has ended; only its exit status waits to be read
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_worker_dies_when_the_benchmark_is_killed():
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(parent.stdout.readline())
+        assert worker != parent.pid and alive(worker)
+        parent.send_signal(signal.SIGKILL)  # no cleanup of its own can run
+        parent.wait(10)
+        deadline = time.monotonic() + 20
+        while alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(worker), f"worker {worker} outlived its killed parent"
+    finally:
+        parent.kill()
+        if "worker" in locals() and alive(worker):
+            os.kill(worker, signal.SIGKILL)
