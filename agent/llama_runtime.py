@@ -31,12 +31,15 @@ from storage import Config
 def _plain_weight_buffers():
     """Load the base into plain CPU buffers, not llama.cpp's repacked ones ("extra buffer types").
 
-    On a CPU with AMX, llama.cpp repacks the Q4_1 weights for its AMX kernels, and decoding with
-    a LoRA adapter on those weights segfaults (llama-cpp-python 0.3.36 built on a Xeon with
-    AMX: the export test crashed in `Llama.eval`; upstream has had LoRA crashes with repacked
-    weights before, ggml-org/llama.cpp#12587). The chat swaps adapters at any time, so it
-    never uses repacked weights. `Llama()` has no argument for it: its model parameters start
-    from `llama_model_default_params`, which is wrapped here while the model loads.
+    On a CPU with AMX, llama.cpp repacks the Q4_1 weights for its AMX kernels, and decoding on
+    them segfaults in `Llama.eval`, with or without a LoRA adapter (llama-cpp-python 0.3.36
+    built on a Xeon with AMX; plain `llama_cpp.Llama` with its defaults crashes on the first
+    completion there. Upstream has open reports of segfaults in its AMX matrix multiply,
+    ggml-org/llama.cpp#20824, and had LoRA crashes with repacked weights, #12587). Plain
+    buffers decode correctly there; on a CPU where llama.cpp would repack for other kernels,
+    they may be slower (docs/BENCHMARKS.md, "Not measured here").
+    `Llama()` has no argument for it: its model parameters start from
+    `llama_model_default_params`, which is wrapped here while the model loads.
     """
     low = llama_cpp.llama_cpp
     default = low.llama_model_default_params

@@ -50,9 +50,9 @@ def test_stop_and_a_bad_adapter_keep_the_runtime_usable(store, llama):
 
 
 def test_the_base_loads_without_repacked_weights_and_the_defaults_are_restored(llama):
-    """LoRA on llama.cpp's repacked (AMX) weights segfaulted; the runtime loads plain buffers.
+    """Decoding on llama.cpp's repacked (AMX) weights segfaulted; the runtime loads plain buffers.
 
-    The crash itself shows only on a CPU with AMX (tests/test_export.py decodes with an adapter).
+    The crash itself shows only on a CPU with AMX, where every test that decodes would hit it.
     """
     import llama_cpp
 
