@@ -31,7 +31,7 @@ def alive(pid: int) -> bool:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_worker_dies_when_the_benchmark_is_killed():
-    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True)
+    parent, worker = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True), None
     try:
         worker = int(parent.stdout.readline())
         assert worker != parent.pid and alive(worker)
@@ -43,5 +43,5 @@ def test_worker_dies_when_the_benchmark_is_killed():
         assert not alive(worker), f"worker {worker} outlived its killed parent"
     finally:
         parent.kill()
-        if "worker" in locals() and alive(worker):
+        if worker is not None and alive(worker):
             os.kill(worker, signal.SIGKILL)
