@@ -181,52 +181,92 @@ def kl(p, q):
     return float((p.exp() * (p - q)).sum())
 
 
+def hf_logprobs(model, tokens, adapted: bool):
+    with torch.no_grad():
+        if adapted:
+            return torch.log_softmax(model(torch.tensor([tokens])).logits[0, -1], -1)
+        with model.disable_adapter():
+            return torch.log_softmax(model(torch.tensor([tokens])).logits[0, -1], -1)
+
+
+def llama_with(runtime, adapter_path, tokens):
+    from agent.runtime import Adapter
+
+    runtime.load_adapters([Adapter(adapter_path)] if adapter_path else [])
+    try:
+        return llama_logprobs(runtime, tokens)
+    finally:
+        runtime.load_adapters([])
+
+
 CHAT = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+PROMPTS = [CHAT, "The quick brown fox jumps over the", "Once upon a time, in a small village,",
+           "My sister lives in Lisbon and works as a"]
+# The exported expert may add this many times the base's own llama.cpp-vs-fp32 gap. Measured:
+# 0.6-1.8 times on an AVX-512 EPYC, while the export without the q/k permutation (a real export
+# bug) lands 25-100 times away; the control below must exceed the same bound in the same run.
+GAP_FACTOR = 4.0
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("prompt", [CHAT, "The quick brown fox jumps over the"])
-def test_llama_cpp_with_the_exported_expert_matches_transformers_with_peft(embedded_pair, prompt):
-    """Tolerance: KL(transformers+PEFT || llama.cpp+GGUF) at the next token under 0.05 nats.
+def test_llama_cpp_with_the_exported_expert_matches_transformers_with_peft(embedded_pair):
+    """KL(transformers+PEFT || llama.cpp+GGUF) at the next token, over four prompts, against the
+    gap the base alone shows on this CPU.
 
-    The two bases differ by llama.cpp's Q4_1 kernels (their KL is about 0.004-0.03 here); the
-    random expert moves the next-token distribution by 2-3 nats, and the same expert exported
-    without the q/k permutation lands 0.09-0.28 nats away, so the bound tells them apart.
+    transformers runs the dequantized Q4_1 weights in fp32; llama.cpp runs its own Q4_1 kernels,
+    whose rounding differs by CPU family (AVX2, AVX-512, AMX). So the tolerance is not a constant:
+    it is GAP_FACTOR times the base's own gap (KL between the two bases, no adapter), measured
+    here on the same prompts. The random expert moves the distribution by 1-4 nats, so a right
+    export stays near the base's gap and a wrong one (the unpermuted control) lands far outside.
     """
-    from agent.runtime import Adapter
-
     model, exported, unpermuted, runtime = embedded_pair
-    tokens = runtime.llm.tokenize(prompt.encode(), add_bos=False, special=True)
-    with torch.no_grad():
-        hf_adapted = torch.log_softmax(model(torch.tensor([tokens])).logits[0, -1], -1)
-        with model.disable_adapter():
-            hf_base = torch.log_softmax(model(torch.tensor([tokens])).logits[0, -1], -1)
-    runtime.load_adapters([Adapter(exported)])
-    ours = llama_logprobs(runtime, tokens)
-    runtime.load_adapters([Adapter(unpermuted)])
-    wrong = llama_logprobs(runtime, tokens)
-    runtime.load_adapters([])
-    assert kl(hf_base, hf_adapted) > 1.0  # the expert really changes the model
-    assert kl(hf_adapted, ours) < 0.05
-    assert kl(hf_adapted, wrong) > 3 * kl(hf_adapted, ours)
-    top = hf_adapted.topk(5).indices
-    assert float((hf_adapted[top] - ours[top]).abs().max()) < 0.5
+    base_gap, adapted_gap, wrong_gap, effect = [], [], [], []
+    for prompt in PROMPTS:
+        tokens = runtime.llm.tokenize(prompt.encode(), add_bos=False, special=True)
+        hf_base, hf_adapted = hf_logprobs(model, tokens, False), hf_logprobs(model, tokens, True)
+        base_gap.append(kl(hf_base, llama_with(runtime, None, tokens)))
+        adapted_gap.append(kl(hf_adapted, llama_with(runtime, exported, tokens)))
+        wrong_gap.append(kl(hf_adapted, llama_with(runtime, unpermuted, tokens)))
+        effect.append(kl(hf_base, hf_adapted))
+    bound = GAP_FACTOR * float(np.mean(base_gap))
+    figures = (f"base gap {np.round(base_gap, 4)}, adapted {np.round(adapted_gap, 4)}, "
+               f"unpermuted {np.round(wrong_gap, 4)}, bound {bound:.4f}")
+    assert min(effect) > 0.5, f"the expert barely changes the model: {effect}"
+    assert float(np.mean(adapted_gap)) < bound, figures
+    assert float(np.mean(wrong_gap)) > bound, f"the bound cannot tell a wrong export apart: {figures}"
+    assert min(wrong_gap) > max(adapted_gap), figures
+
+
+def first_unexplained_divergence(model, runtime, adapter_path, tokens, reference) -> int | None:
+    """Where llama.cpp's greedy choice leaves transformers' greedy `reference` continuation for a
+    reason the base's own noise cannot explain, or None.
+
+    At each step (teacher-forced on the reference), a different argmax is explained only when
+    transformers' margin between its choice and llama.cpp's is within the base's own disagreement
+    at that prefix: the largest |log p| difference between the two bases over transformers' top 5.
+    """
+    for index in range(len(reference)):
+        prefix = tokens + reference[:index]
+        ours = llama_with(runtime, adapter_path, prefix)
+        choice = int(ours.argmax())
+        if choice == reference[index]:
+            continue
+        hf_adapted, hf_base = hf_logprobs(model, prefix, True), hf_logprobs(model, prefix, False)
+        top = hf_base.topk(5).indices
+        noise = float((hf_base[top] - llama_with(runtime, None, prefix)[top]).abs().max())
+        margin = float(hf_adapted[reference[index]] - hf_adapted[choice])
+        return None if margin <= 2 * noise else index
+    return None
 
 
 @pytest.mark.integration
 def test_the_same_greedy_continuation(embedded_pair):
-    from agent.runtime import Adapter
-
+    """The 12-token greedy reply agrees, token by token, except where the two runtimes' bases
+    themselves cannot tell the top tokens apart. Control: llama.cpp without the expert must leave
+    it (the unpermuted export keeps this short reply; the KL test above tells that one apart)."""
     model, exported, _, runtime = embedded_pair
     tokens = runtime.llm.tokenize(CHAT.encode(), add_bos=False, special=True)
     with torch.no_grad():
-        hf = model.generate(torch.tensor([tokens]), max_new_tokens=12, do_sample=False)[0, len(tokens):].tolist()
-    runtime.load_adapters([Adapter(exported)])
-    runtime.llm.reset()
-    ours = []
-    for token in runtime.llm.generate(tokens, temp=0.0):
-        ours.append(token)
-        if len(ours) == len(hf):
-            break
-    runtime.load_adapters([])
-    assert ours == hf
+        reference = model.generate(torch.tensor([tokens]), max_new_tokens=12, do_sample=False)[0, len(tokens):].tolist()
+    assert first_unexplained_divergence(model, runtime, exported, tokens, reference) is None
+    assert first_unexplained_divergence(model, runtime, None, tokens, reference) is not None
