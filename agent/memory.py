@@ -21,14 +21,24 @@ SAFETY_TOKENS = 32  # chat-template tokens per message that count_tokens does no
 
 
 def truncate(text: str, max_tokens: int, count: Counter) -> str:
-    """Cut `text` to at most `max_tokens` (by characters, proportionally), marking the cut."""
-    tokens = count(text)
-    while tokens > max_tokens and text:
-        text = text[: max(1, int(len(text) * max_tokens / tokens * 0.95))]
-        tokens = count(text + " […]")
-        if tokens <= max_tokens:
-            return text + " […]"
-    return text
+    """The longest prefix of `text` that fits in `max_tokens` with the cut mark, or `text` if it fits.
+
+    A binary search over the length: it ends after about log2(len(text)) counts whatever the
+    budget (a budget smaller than the mark itself gives the bare prefix that fits, maybe "").
+    """
+    if count(text) <= max_tokens:
+        return text
+    mark = " […]"
+    if count(mark) > max_tokens:
+        mark = ""
+    low, high = 0, len(text)  # text[:low] + mark fits; text[:high] + mark does not
+    while high - low > 1:
+        middle = (low + high) // 2
+        if count(text[:middle] + mark) <= max_tokens:
+            low = middle
+        else:
+            high = middle
+    return text[:low] + mark if low else ""
 
 
 def system_message(config: Config, today: date) -> str:

@@ -13,12 +13,15 @@
     dreamer schedule [--install-systemd]
 
 Heavy modules (torch, transformers, llama_cpp, textual) are imported inside the commands
-that need them, so `dreamer --help` stays fast. Every domain error becomes one clean line
-on stderr and exit code 1, never a traceback.
+that need them, so `dreamer --help` stays fast. Every error becomes one clean line on stderr
+and exit code 1; its traceback goes to DREAMER_HOME/logs/errors.log (dreamer.cli_errors).
+Every command opens the database through `open_store`, which first repairs what a killed
+sleep left (storage.recovery); the commands that only read also work on a read-only home.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -26,18 +29,28 @@ import click
 from storage import Config, Store, dreamer_home, load_config
 from storage.days import parse_day
 from storage.paths import config_path, database_path
-from dreamer.cli_errors import user_errors
+from dreamer.cli_errors import DreamerGroup
 
 
-def open_store(config: Config) -> Store:
-    return Store(database_path(dreamer_home()), boundary=config.boundary)
+def open_store(config: Config, *, write: bool = True) -> Store:
+    """The database, repaired first; a command that only reads (`write=False`) also opens a read-only home."""
+    from storage.recovery import reconcile
+
+    home = dreamer_home()
+    if not write and home.is_dir() and not os.access(home, os.W_OK):
+        click.echo(f"note: {home} is read-only: showing what is there; nothing can be written", err=True)
+        return Store(database_path(home), boundary=config.boundary, readonly=True)
+    store = Store(database_path(home), boundary=config.boundary)
+    for repair in reconcile(store, home):
+        click.echo(f"repaired: {repair}", err=True)
+    return store
 
 
 def _day_option(value: str | None) -> str | None:
     return str(parse_day(value)) if value else None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=DreamerGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dreamer")
 def cli() -> None:
     """dreamer: a personal chat agent that learns while it sleeps.
@@ -50,7 +63,6 @@ def cli() -> None:
 @click.option("--runtime", "runtime_name", type=click.Choice(["llama", "transformers"]),
               help="llama.cpp on the GGUF model, or transformers on train_model with the PEFT stack "
                    "[default: chat_runtime in config.toml, llama]")
-@user_errors
 def chat(runtime_name: str | None) -> None:
     """Chat in the terminal; every turn is kept for tonight's sleep."""
     from agent.session import ChatSession
@@ -82,13 +94,12 @@ def chat(runtime_name: str | None) -> None:
 
 
 @cli.command()
-@user_errors
 def status() -> None:
     """Paths, model, messages per day and what waits for the next sleep."""
     from agent.models import ModelError, resolve_chat_model
 
     config = load_config()
-    store = open_store(config)
+    store = open_store(config, write=False)
     home = dreamer_home()
     try:
         model_path, model_name = resolve_chat_model(config.model_path())
@@ -102,7 +113,11 @@ def status() -> None:
     click.echo(f"day:      {store.today()} (days start at {config.day_boundary})")
     click.echo(f"memory:   {store.memory_version()}")
     last = store.last_sleep()
-    click.echo(f"last sleep: {last['status'] + ' ' + last['started_at'] if last else 'never'}")
+    if last is None:
+        click.echo("last sleep: never")
+    else:
+        pid = f" (pid {last['pid']})" if last["status"] == "running" and last.get("pid") else ""
+        click.echo(f"last sleep: {last['status']}{pid} {last['started_at']}")
     counts = store.day_counts()
     if not counts:
         click.echo("no conversations yet: run `dreamer chat`")
@@ -115,11 +130,10 @@ def status() -> None:
 
 @cli.command()
 @click.option("--day", help="only this day (YYYY-MM-DD)")
-@user_errors
 def log(day: str | None) -> None:
     """Print conversations, oldest first."""
     config = load_config()
-    store = open_store(config)
+    store = open_store(config, write=False)
     conversations = list(reversed(store.conversations(limit=-1, day=_day_option(day))))
     if not conversations:
         click.echo("no conversations" + (f" on {day}" if day else ""))
@@ -134,7 +148,6 @@ def log(day: str | None) -> None:
 
 @cli.command(name="import")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@user_errors
 def import_(file: Path) -> None:
     """Import conversations from JSON Lines (nothing is imported if any line is bad)."""
     from storage.transcripts import import_file
@@ -146,12 +159,11 @@ def import_(file: Path) -> None:
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--day", help="only this day (YYYY-MM-DD)")
-@user_errors
 def export(file: Path, day: str | None) -> None:
     """Export conversations as JSON Lines (the import format)."""
     from storage.transcripts import export_file
 
-    count = export_file(open_store(load_config()), file, _day_option(day))
+    count = export_file(open_store(load_config(), write=False), file, _day_option(day))
     click.echo(f"exported {count} conversations to {file}")
 
 
@@ -168,4 +180,5 @@ cli.add_command(schedule)
 
 
 def main() -> None:
+    os.umask(0o077)  # every file dreamer writes (experts, exports, logs) is the user's alone
     cli()

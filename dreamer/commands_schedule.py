@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import click
 
-from dreamer.cli_errors import DreamerError, user_errors
+from dreamer.cli_errors import DreamerError
 from storage import dreamer_home, ledger, load_config
 
 
 @click.command()
-@user_errors
 def daemon() -> None:
     """Run the nightly sleep scheduler in the foreground (Ctrl-C or SIGTERM stops it)."""
     from dreamer.scheduler import SchedulerBusy, logs_dir, run_daemon
@@ -32,7 +31,6 @@ def daemon() -> None:
 
 @click.command()
 @click.option("--install-systemd", is_flag=True, help="write a user systemd service + timer (Persistent=true)")
-@user_errors
 def schedule(install_systemd: bool) -> None:
     """The next scheduled sleep, who runs the scheduler, and the last results."""
     from dreamer.cli import open_store

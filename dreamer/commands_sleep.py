@@ -15,11 +15,11 @@ from storage import dreamer_home, load_config
 from storage import ledger
 
 
-def _open():
+def _open(write: bool = True):
     from dreamer.cli import open_store
 
     config = load_config()
-    return config, open_store(config)
+    return config, open_store(config, write=write)
 
 
 class RichPhases:
@@ -49,19 +49,16 @@ class RichPhases:
 def sleep(now: bool, scheduled: bool, day: str | None, preset: str | None, dry_run: bool) -> None:
     """Consolidate the day's conversations into a new LoRA expert."""
     from dreamer.cli import _day_option
-    from dreamer.sleep import SleepBusy, sleep_now
-    from dreamer.sleep_config import SleepConfigError, load_preset
+    from dreamer.sleep import SleepInterrupted, sleep_now
+    from dreamer.sleep_config import load_preset
 
     if now == scheduled:
         raise DreamerError("say when: `dreamer sleep --now`, or `--scheduled` (what the nightly job runs)")
     if scheduled and (day or dry_run):
         raise DreamerError("--scheduled consolidates every waiting day; --day and --dry-run go with --now")
-    try:
-        config, store = _open()
-        cfg = load_preset(preset or config.sleep_preset)
-        day = _day_option(day)
-    except (SleepConfigError, ValueError) as err:
-        raise DreamerError(str(err)) from None
+    config, store = _open()
+    cfg = load_preset(preset or config.sleep_preset)
+    day = _day_option(day)
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     columns = [TextColumn("{task.description:<26}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -79,18 +76,15 @@ def sleep(now: bool, scheduled: bool, day: str | None, preset: str | None, dry_r
             else:
                 outcome = sleep_now(store, config, cfg, day=day, dry_run=dry_run, progress=RichPhases(progress),
                                     home=dreamer_home())
-    except SleepBusy as err:
-        raise DreamerError(str(err)) from None
-    except KeyboardInterrupt:
-        click.echo("sleep interrupted: the active memory and the conversations are unchanged", err=True)
+    except SleepInterrupted as err:
+        click.echo(str(err), err=True)
         raise SystemExit(130) from None
-    except Exception as err:  # recorded as failed in sleep_runs; show it without a traceback
-        if isinstance(err, MemoryError) or (isinstance(err, RuntimeError) and "out of memory" in str(err).lower()):
-            raise DreamerError(
-                f"the model does not fit in memory with preset {cfg.preset!r}: use --preset cpu-tiny, or lower "
-                "load.max_seq_len / distill.batch_size in a preset of your own; nothing changed"
-            ) from None
-        raise DreamerError(f"sleep failed: {type(err).__name__}: {err}; nothing changed") from None
+    except KeyboardInterrupt:  # before the night started
+        click.echo("sleep interrupted before it started: nothing changed", err=True)
+        raise SystemExit(130) from None
+    # Any other error was recorded as failed in sleep_runs and goes to the CLI's one error path.
+    for repair in outcome.repairs:
+        click.echo(f"repaired: {repair}", err=True)
     if outcome.report:
         click.echo(outcome.report)
     click.echo(outcome.message)
@@ -103,12 +97,10 @@ def sleep(now: bool, scheduled: bool, day: str | None, preset: str | None, dry_r
 @click.option("--no-generate", is_flag=True, help="multiple choice only (faster)")
 def eval_(probes_path: Path, stack: str, as_json: bool, no_generate: bool) -> None:
     """Closed-book evaluation of the memory on a probes file."""
-    from dreamer.probes import ProbeError, read_probes
+    from dreamer.probes import read_probes
+    from dreamer.stack import damaged, peft_problem
 
-    try:
-        probes = read_probes(probes_path)
-    except ProbeError as err:
-        raise DreamerError(str(err)) from None
+    probes = read_probes(probes_path)
     config, store = _open()
     versions = {str(v["id"]): v["nights"] for v in ledger.versions(store)}
     if stack == "none":
@@ -121,16 +113,17 @@ def eval_(probes_path: Path, stack: str, as_json: bool, no_generate: bool) -> No
         raise DreamerError(f"--stack must be active, none or a stack version (see `dreamer memory`); "
                            f"known versions: {', '.join(versions)}")
     chosen = [r for r in ledger.adapters(store) if r["night"] in nights]
+    for row in chosen:  # a damaged expert is named, with the fix, not shown as a safetensors traceback
+        problem = peft_problem(Path(row["path"]))
+        if problem:
+            raise damaged(store, row, problem)
     from dreamer.evaluate import evaluate, format_table
     from dreamer.sleep_config import LoadConfig
-    from dreamer.weights import AdapterMismatch, build_stack, load_base, plan_device, training_source
+    from dreamer.weights import build_stack, load_base, plan_device, training_source
     from storage.paths import cache_dir
 
-    try:
-        base, tokenizer = load_base(training_source(config.train_model, cache_dir(dreamer_home())), plan_device(LoadConfig()))
-        model = build_stack(base, [Path(r["path"]) for r in chosen], None)
-    except AdapterMismatch as err:
-        raise DreamerError(str(err)) from None
+    base, tokenizer = load_base(training_source(config.train_model, cache_dir(dreamer_home())), plan_device(LoadConfig()))
+    model = build_stack(base, [Path(r["path"]) for r in chosen], None)
     result = evaluate(model, tokenizer, probes, generate=not no_generate)
     result["stack"] = [r["night"] for r in chosen]
     click.echo(json.dumps(result, indent=2, ensure_ascii=False) if as_json else format_table(result))

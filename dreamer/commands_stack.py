@@ -15,16 +15,17 @@ from pathlib import Path
 
 import click
 
-from dreamer.cli_errors import DreamerError, user_errors
+from dreamer.cli_errors import DreamerError
+from dreamer.stack import rollback_past
 from storage import dreamer_home, ledger
 from storage.paths import adapters_dir
 
 
-def _store():
+def _store(write: bool = True):
     from dreamer.cli import open_store
     from storage import load_config
 
-    return open_store(load_config())
+    return open_store(load_config(), write=write)
 
 
 def _nights(nights: list[int]) -> str:
@@ -33,10 +34,11 @@ def _nights(nights: list[int]) -> str:
 
 @click.command()
 @click.option("--export", "export", is_flag=True, help="(re-)export every active expert to llama.cpp GGUF")
-@user_errors
 def memory(export: bool) -> None:
     """The adapter stack (experts, versions, metrics) and the sleep runs."""
-    store = _store()
+    from dreamer.stack import gguf_problem, peft_problem
+
+    store = _store(write=export)
     if export:
         _export_all(store)
         return
@@ -46,9 +48,16 @@ def memory(export: bool) -> None:
         click.echo("  none yet: the first `dreamer sleep --now` that passes the gate creates night 1")
     for row in rows:
         gate = row["metrics"].get("gate", {})
-        gguf = "gguf ok" if row["gguf_path"] and Path(row["gguf_path"]).is_file() else "NO GGUF"
         click.echo(f"  night {row['night']:>3}  {row['day']}  {row['status']:<8} today {gate.get('today_before', 0):.2f}"
-                   f" -> {gate.get('today_after', 0):.2f}  drift {gate.get('drift', 0):.4f}  {gguf}  {row['path']}")
+                   f" -> {gate.get('today_after', 0):.2f}  drift {gate.get('drift', 0):.4f}  {row['path']}")
+        if row["status"] != "active":
+            continue
+        peft, gguf = peft_problem(Path(row["path"])), gguf_problem(row["gguf_path"])
+        if peft:  # the sleep and `dreamer eval` need these files, so nothing can rebuild them
+            click.secho(f"      DAMAGED: {peft}: restore it from a backup, or drop this night with "
+                        f"`dreamer rollback {rollback_past(store, row['night'])}`", fg="red")
+        elif gguf:  # the chat's copy: rebuilt from the PEFT files
+            click.secho(f"      DAMAGED llama.cpp export: {gguf}: rebuild it with `dreamer memory --export`", fg="red")
     active = ledger.active_version(store)
     click.secho("\nstack versions (dreamer rollback VERSION)", bold=True)
     for version in ledger.versions(store):
@@ -66,39 +75,40 @@ def memory(export: bool) -> None:
 
 def _export_all(store) -> None:
     from dreamer.export_gguf import ExportError, export_expert
-    from dreamer.stack import write_manifest
+    from dreamer.stack import damaged, peft_problem, write_manifest
 
     rows = ledger.adapters(store, "active")
     if not rows:
         click.echo("no active experts to export")
         return
     for row in rows:
+        problem = peft_problem(Path(row["path"]))
+        if problem:
+            raise damaged(store, row, problem)
         try:
             path = export_expert(Path(row["path"]))
-        except (ExportError, OSError) as err:
+        except ExportError as err:
             raise DreamerError(f"night {row['night']}: {err}") from None
-        store.db["adapters"].update(row["id"], {"gguf_path": str(path)})
+        with store.write():
+            store.db["adapters"].update(row["id"], {"gguf_path": str(path)})
         click.echo(f"night {row['night']}: {path}")
     write_manifest(store, adapters_dir(dreamer_home()))
 
 
 @click.command()
 @click.argument("version", type=int, required=False)
-@user_errors
 def rollback(version: int | None) -> None:
     """Re-activate an earlier stack version (default: the one the active stack was built on)."""
-    from dreamer.sleep import SleepBusy, sleep_lock
+    from dreamer.sleep import signals_deferred, sleep_lock
     from dreamer.stack import write_manifest
 
     store = _store()
     home = dreamer_home()
-    try:
-        with sleep_lock(home):  # never while a sleep is about to promote on top of the old stack
-            target = ledger.previous_version(store) if version is None else version
+    with sleep_lock(home):  # never while a sleep is about to promote on top of the old stack
+        target = ledger.previous_version(store) if version is None else version
+        with signals_deferred():  # the database and the manifest the chat reads change together
             chosen = ledger.activate(store, target)
             write_manifest(store, adapters_dir(home))
-    except (ValueError, SleepBusy) as err:
-        raise DreamerError(str(err)) from None
     waiting = store.unconsolidated_count()
     click.echo(f"memory is now stack v{target} (nights: {_nights(chosen['nights'])}); a running chat swaps to it "
                f"between replies; {waiting} turns wait for the next sleep")

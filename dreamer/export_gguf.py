@@ -158,6 +158,7 @@ def write_gguf(path: Path, arch_name: str, alpha: float, tensors: dict[str, np.n
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    os.chmod(temporary, 0o600)  # the user's memories, like every file in DREAMER_HOME
     os.replace(temporary, path)
     return path
 

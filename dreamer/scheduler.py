@@ -31,7 +31,7 @@ from contextlib import closing, contextmanager
 from datetime import datetime
 from pathlib import Path
 
-from dreamer.locks import pid_lock
+from storage.locks import pid_lock
 from storage import Config
 from storage.days import parse_boundary
 from storage.paths import ensure_private_dir, make_private
@@ -73,7 +73,28 @@ def nightly_job(home: str) -> int:
                                  stdin=subprocess.DEVNULL, start_new_session=True,
                                  env={**os.environ, "DREAMER_HOME": str(home)})
     log.info("nightly sleep started: pid %s, output in %s", child.pid, out)
+    threading.Thread(target=reap, args=(child, Path(home)), name="dreamer-sleep-reaper", daemon=True).start()
     return child.pid
+
+
+def reap(child: subprocess.Popen, home: Path) -> list[str]:
+    """Wait for the sleep; if it was killed or crashed, repair what it left right away, so a running
+    chat gets a night whose promotion committed before the kill, without waiting for the next start."""
+    code = child.wait()
+    if code == 0 or code == 130:  # done, or interrupted cleanly (it recorded that itself)
+        return []
+    from storage import Store
+    from storage.paths import database_path
+    from storage.recovery import reconcile
+
+    store = Store(database_path(home))
+    try:
+        repairs = reconcile(store, home)
+    finally:
+        store.close()
+    log.warning("nightly sleep (pid %s) ended with code %s; repaired: %s", child.pid, code,
+                "; ".join(repairs) or "nothing")
+    return repairs
 
 
 def build_scheduler(home: Path):

@@ -8,12 +8,16 @@
    memories and held-out probes (dreamer.memories).
 4. Generalized distillation into the new expert (dreamer.distill), with replay of earlier
    nights' probes and a general-text anchor.
-5. The gate (dreamer.gate). Pass: the expert is saved and promoted and the turns marked
-   consolidated, in one transaction. Fail: nothing changes but the run's own record.
+5. The gate (dreamer.gate). Pass: the expert is saved, exported and renamed into place, then
+   promoted, the turns marked consolidated and the run recorded in one transaction, then the
+   manifest rewritten (Ctrl-C and SIGTERM wait while these run). Fail: nothing changes but the
+   run's own record.
 6. A morning report (dreamer.report), stored with the run.
 
-Only one sleep runs at a time (a file lock). Ctrl-C or SIGTERM marks the run interrupted and
-leaves the stack and the conversations exactly as they were.
+Only one sleep runs at a time (a file lock). Before it collects the turns, a sleep repairs what a
+killed one left (storage.recovery). Ctrl-C or SIGTERM before the promotion marks the run
+interrupted and leaves the stack and the conversations exactly as they were; SIGKILL leaves
+what the next start repairs the same way.
 """
 
 from __future__ import annotations
@@ -32,13 +36,18 @@ from pathlib import Path
 from agent.memory import system_message
 from storage import Config, Store
 from storage import ledger
+from storage.locks import pid_lock
 from storage.paths import adapters_dir, cache_dir
-from dreamer.locks import pid_lock
+from storage.recovery import reconcile, sleep_lock_path
 from dreamer.sleep_config import ASSETS, SleepConfig
 
 
 class SleepBusy(RuntimeError):
     """Another sleep holds the lock."""
+
+
+class SleepInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM ended the sleep; the message says what it left (true whenever it came)."""
 
 
 @dataclass
@@ -48,6 +57,7 @@ class SleepOutcome:
     run_id: int | None = None
     report: str = ""
     metrics: dict = field(default_factory=dict)
+    repairs: list[str] = field(default_factory=list)  # what the recovery pass fixed first
 
 
 class NoProgress:
@@ -57,10 +67,14 @@ class NoProgress:
         return lambda n=1: None
 
 
-def sleep_lock(home: Path):
+LOCK_WAIT_SECONDS = 10.0  # another command's recovery pass holds the lock for a moment
+
+
+def sleep_lock(home: Path, wait: float | None = None):
     """One sleep at a time, whoever starts it (the CLI, the scheduler, systemd)."""
-    return pid_lock(Path(home) / "sleep.lock",
-                    lambda pid: SleepBusy(f"another sleep is already running (pid {pid}); only one runs at a time"))
+    return pid_lock(sleep_lock_path(home),
+                    lambda pid: SleepBusy(f"another sleep is already running (pid {pid}); only one runs at a time"),
+                    wait=LOCK_WAIT_SECONDS if wait is None else wait)
 
 
 @contextmanager
@@ -78,6 +92,30 @@ def sigterm_as_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def signals_deferred():
+    """Ctrl-C and SIGTERM wait until the block is done: a promotion is made whole or not at all.
+
+    Python runs signal handlers in the main thread whichever thread the kernel picked, so a
+    handler that only notes the signal holds it for the whole process (a thread's signal mask
+    would not: torch's threads would take it). The interrupt is raised when the block ends.
+    SIGKILL cannot be held; what it leaves, storage.recovery repairs.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, lambda signum, frame: caught.append(signum)) for signum in held}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if caught:
+        raise KeyboardInterrupt(f"signal {caught[0]}")
 
 
 def process_memory_mb(field: str = "VmHWM") -> float:
@@ -124,30 +162,51 @@ def estimate(conversations: list[dict], cfg: SleepConfig) -> str:
 
 def sleep_now(store: Store, config: Config, cfg: SleepConfig, *, day: str | None = None, dry_run: bool = False,
               progress=None, judge=None, home: Path, on_step=None) -> SleepOutcome:
-    conversations, days, message_ids = collect(store, day)
-    if not conversations:
-        where = f" on {day}" if day else ""
-        return SleepOutcome("nothing", f"nothing to consolidate{where}: every turn is already in memory")
     if dry_run:
+        conversations, days, _ = collect(store, day)
+        if not conversations:
+            return _nothing(day)
         return SleepOutcome("dry-run", f"would consolidate {', '.join(days)}: {estimate(conversations, cfg)}; "
                                        f"preset {cfg.preset}; nothing trained")
     progress = progress or NoProgress()
-    with sleep_lock(home):
-        run_id = ledger.start_run(store, days[-1], cfg.preset)
+    # SIGTERM unwinds like Ctrl-C from the moment the lock is held, so no window leaves a run
+    # `running` but SIGKILL (which storage.recovery settles at the next start).
+    with sleep_lock(home), sigterm_as_interrupt():
+        repairs = reconcile(store, home, holding_lock=True)  # before collecting: a kill may have left turns waiting
+        conversations, days, message_ids = collect(store, day)  # under the lock: no other night takes them
+        if not conversations:
+            return SleepOutcome(**{**vars(_nothing(day)), "repairs": repairs})
+        from dreamer.stack import candidate_dir, check_active_peft, discard, reexport_damaged_ggufs
+
+        check_active_peft(store)  # a damaged expert is named, with the fix, before any training
+        repairs += reexport_damaged_ggufs(store)  # the chat's copies, rebuilt from the PEFT files
+        run_id = None
         try:
-            with sigterm_as_interrupt():
-                return _night(store, config, cfg, conversations, days, message_ids, run_id, progress, judge, home,
-                              on_step)
+            run_id = ledger.start_run(store, days[-1], cfg.preset)
+            outcome = _night(store, config, cfg, conversations, days, message_ids, run_id, progress, judge, home,
+                             on_step)
+            outcome.repairs = repairs
+            return outcome
         except KeyboardInterrupt:
-            ledger.finish_run(store, run_id, "interrupted", reason="interrupted (Ctrl-C or kill); nothing changed")
-            raise
+            if run_id is None or ledger.finish_run(store, run_id, "interrupted",
+                                                   reason="interrupted (Ctrl-C or kill); nothing changed"):
+                raise SleepInterrupted("sleep interrupted: the active memory and the conversations are unchanged") \
+                    from None
+            row = ledger.run(store, run_id)  # the interrupt came after the run was recorded
+            raise SleepInterrupted(f"sleep interrupted after it finished: the run was already recorded "
+                                   f"{row['status']} (`dreamer memory` shows it)") from None
         except BaseException as err:
-            ledger.finish_run(store, run_id, "failed", reason=f"{type(err).__name__}: {err}")
+            if run_id is not None:
+                ledger.finish_run(store, run_id, "failed", reason=f"{type(err).__name__}: {err}")
             raise
         finally:
-            from dreamer.stack import candidate_dir, discard
+            if run_id is not None:
+                discard(candidate_dir(adapters_dir(home), run_id))  # promoted ones were moved away already
 
-            discard(candidate_dir(adapters_dir(home), run_id))  # promoted ones were moved away already
+
+def _nothing(day: str | None) -> SleepOutcome:
+    where = f" on {day}" if day else ""
+    return SleepOutcome("nothing", f"nothing to consolidate{where}: every turn is already in memory")
 
 
 def _night(store, config, cfg, conversations, days, message_ids, run_id, progress, judge, home, on_step):
@@ -230,31 +289,37 @@ def _night(store, config, cfg, conversations, days, message_ids, run_id, progres
     advance()
 
     begin("report", None)
-    night = ledger.next_night(store) if decision.passed else None
+    night = ledger.next_night(store) if decision.passed else None  # stable: the sleep lock is held
     metrics = {"phase_seconds": phase_seconds, "gate": {k: v for k, v in figures.items() if not k.startswith("replies")}, "training": log.summary(),
                "counts": memories.counts, "plan": plan.describe(), "peak_memory_mb": round(peak_memory_mb(), 1),
                "seconds": round(time.monotonic() - started, 1), "days": days}
     status = "promoted" if decision.passed else "rejected"
+    reason = "; ".join(decision.reasons)
     report = morning_report(night=night, days=days, status=status, reasons=decision.reasons, plan=plan.describe(),
                             preset=cfg.preset, counts=memories.counts, gate=figures, probes=memories.probes,
                             training=log.summary(), seconds=metrics["seconds"], peak_memory_mb=metrics["peak_memory_mb"],
                             phases=phase_seconds)
-    if decision.passed:
-        advance = progress.phase("save and promote", 1)
-        candidate = stack_files.save_candidate(model, stack_files.candidate_dir(root, run_id), {
-            "base": base_fingerprint(base), "base_config": base_config, "base_source": source, "days": days,
-            "run_id": run_id,
-            "rank": cfg.distill.rank, "lora_alpha": cfg.distill.lora_alpha, "metrics": metrics,
-            "config": cfg.as_dict(), "conversation_ids": [c["conversation_id"] for c in conversations],
-        })
-        export_started = time.monotonic()
-        exported = export_expert(candidate, base_config=base_config)  # a failure fails the night: nothing changes
-        metrics["export_seconds"] = round(time.monotonic() - export_started, 2)
-        final = stack_files.place_expert(candidate, root, night)
+    if not decision.passed:
+        ledger.finish_run(store, run_id, status, reason=reason, report=report, metrics=metrics)
+        return SleepOutcome(status, f"rejected by the gate: {reason}; the conversations wait for the next night",
+                            run_id, report, metrics)
+
+    advance = progress.phase("save and promote", 1)
+    candidate = stack_files.save_candidate(model, stack_files.candidate_dir(root, run_id), {
+        "base": base_fingerprint(base), "base_config": base_config, "base_source": source, "days": days,
+        "night": night, "run_id": run_id,
+        "rank": cfg.distill.rank, "lora_alpha": cfg.distill.lora_alpha, "metrics": metrics,
+        "config": cfg.as_dict(), "conversation_ids": [c["conversation_id"] for c in conversations],
+    })
+    export_started = time.monotonic()
+    exported = export_expert(candidate, base_config=base_config)  # a failure fails the night: nothing changes
+    metrics["export_seconds"] = round(time.monotonic() - export_started, 2)
+    with signals_deferred():  # rename, commit and manifest: whole, or (SIGKILL) repaired at the next start
+        final = stack_files.place_expert(candidate, root, run_id)
         adapter = {"night": night, "day": days[-1], "path": str(final), "gguf_path": str(final / exported.name),
                    "metrics": json.dumps(metrics, default=str), "config": json.dumps(cfg.as_dict())}
         try:
-            ledger.promote(store, run_id, adapter, message_ids)
+            ledger.promote(store, run_id, adapter, message_ids, reason=reason, report=report, metrics=metrics)
         except BaseException:
             stack_files.discard(final)  # the database said no: leave no orphan expert behind
             raise
@@ -262,10 +327,9 @@ def _night(store, config, cfg, conversations, days, message_ids, run_id, progres
             stack_files.write_manifest(store, root)
         except OSError as err:  # the promotion is committed: say so, and how to repair, rather than "failed"
             warning = (f"night {night} is promoted but the stack manifest could not be written ({err}): a running "
-                       f"chat keeps its old memory until `dreamer rollback {ledger.active_version(store)}` rewrites it")
+                       f"chat keeps its old memory until the next dreamer command rewrites it")
             report += f"\n\n**Warning:** {warning}"
-        advance()
-    ledger.finish_run(store, run_id, status, reason="; ".join(decision.reasons), report=report, metrics=metrics)
-    message = (f"night {night} promoted: {len(message_ids)} turns consolidated" if decision.passed
-               else "rejected by the gate: " + "; ".join(decision.reasons) + "; the conversations wait for the next night")
-    return SleepOutcome(status, message, run_id, report, metrics)
+            ledger.set_report(store, run_id, report)
+    advance()
+    return SleepOutcome(status, f"night {night} promoted: {len(message_ids)} turns consolidated", run_id, report,
+                        metrics)

@@ -19,7 +19,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from storage.days import parse_boundary
-from storage.paths import config_path
+from storage.paths import config_path, make_private
+
+MIN_MESSAGE_TOKENS = 16  # below this a cut message is only the cut mark
+KINDS = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are dreamer, a personal assistant that runs privately on the user's own computer. "
@@ -68,6 +71,12 @@ class Config:
     )
 
     def __post_init__(self) -> None:
+        for spec in fields(self):  # TOML gives the types; a wrong one is named, never coerced or crashed on
+            kind = {"str": str, "int": int, "float": float, "bool": bool}[spec.type]
+            value = getattr(self, spec.name)
+            accepted = (int, float) if kind is float else kind  # 1 is a fine temperature
+            if not isinstance(value, accepted) or (kind is not bool and isinstance(value, bool)):
+                raise ConfigError(f"{spec.name} must be {KINDS[kind]}, got {value!r}")
         try:
             parse_boundary(self.day_boundary)
         except ValueError as err:
@@ -93,6 +102,10 @@ class Config:
             raise ConfigError(f"n_threads must be an integer >= 0, got {self.n_threads!r}")
         if not isinstance(self.temperature, (int, float)) or not 0 <= self.temperature <= 2:
             raise ConfigError(f"temperature must be in [0, 2], got {self.temperature!r}")
+        if self.max_message_tokens < MIN_MESSAGE_TOKENS:
+            raise ConfigError(f"max_message_tokens must be at least {MIN_MESSAGE_TOKENS}, got {self.max_message_tokens}")
+        if not self.system_prompt.strip():
+            raise ConfigError("system_prompt must not be empty")
         if self.memory_token_budget + self.max_reply_tokens >= self.n_ctx:
             raise ConfigError(
                 f"memory_token_budget + max_reply_tokens ({self.memory_token_budget + self.max_reply_tokens}) "
@@ -116,10 +129,14 @@ def load_config(path: Path | None = None) -> Config:
     path = path or config_path()
     if not path.exists():
         return Config()
+    if os.access(path, os.W_OK):
+        make_private(path)  # it names the user's models and prompt: 0600 like everything in DREAMER_HOME
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
     known = {f.name for f in fields(Config)}
     unknown = sorted(set(data) - known)
     if unknown:

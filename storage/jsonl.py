@@ -47,6 +47,8 @@ def read_jsonl(path: Path, parse: Callable[[object], T], error: type[JsonlError]
             records.append(parse(json.loads(text)))
         except json.JSONDecodeError as err:
             raise error(path, number, f"invalid JSON: {err.msg} (column {err.colno})") from None
+        except RecursionError:
+            raise error(path, number, "JSON nested too deeply") from None
         except ValueError as err:
             raise error(path, number, str(err)) from None
     return records

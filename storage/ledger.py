@@ -1,14 +1,17 @@
 """The sleep's records in dreamer.db: runs, held-out probes, adapters, consolidation marks.
 
 The only write that changes what the agent *is* happens in `promote`, in one transaction:
-the new expert becomes active and the night's messages are marked consolidated by that run.
-Any other outcome (rejected, interrupted, failed) only updates the run's own row, so the
-conversations wait for the next night.
+the new expert becomes active, the night's messages are marked consolidated by that run, and
+the run itself is recorded `promoted`. A kill can land before that commit (nothing changed) or
+after it (everything did), never between. Any other outcome (rejected, interrupted, failed) only
+updates the run's own row, and only while it is still `running`, so a late interrupt cannot
+overwrite a promotion; the conversations wait for the next night.
 """
 
 from __future__ import annotations
 
 import json
+import os
 
 from storage.store import WAITING, Store, dumps
 
@@ -38,17 +41,30 @@ def unconsolidated(store: Store, day: str | None = None) -> list[dict]:
 
 
 def start_run(store: Store, day: str, preset: str) -> int:
-    return store.db["sleep_runs"].insert(
-        {"day": day, "started_at": store.now().isoformat(), "status": "running", "preset": preset}
-    ).last_pk
+    with store.write():
+        return store.db["sleep_runs"].insert(
+            {"day": day, "started_at": store.now().isoformat(), "status": "running", "preset": preset,
+             "pid": os.getpid()}
+        ).last_pk
 
 
-def finish_run(store: Store, run_id: int, status: str, *, reason: str = "", report: str = "", metrics=None) -> None:
-    store.db["sleep_runs"].update(
-        run_id,
-        {"status": status, "finished_at": store.now().isoformat(), "reason": reason, "report": report,
-         "metrics": dumps(metrics or {})},
-    )
+def finish_run(store: Store, run_id: int, status: str, *, reason: str = "", report: str = "", metrics=None) -> bool:
+    """Record how a run ended; False (and nothing written) if it is no longer `running`."""
+    with store.write():
+        cursor = store.db.execute(
+            "update sleep_runs set status = ?, finished_at = ?, reason = ?, report = ?, metrics = ? "
+            "where id = ? and status = 'running'",
+            [status, store.now().isoformat(), reason, report, dumps(metrics or {}), run_id])
+        return cursor.rowcount == 1
+
+
+def set_report(store: Store, run_id: int, report: str) -> None:
+    with store.write():
+        store.db["sleep_runs"].update(run_id, {"report": report})
+
+
+def run(store: Store, run_id: int) -> dict:
+    return store.db["sleep_runs"].get(run_id)
 
 
 def runs(store: Store, limit: int = 20) -> list[dict]:
@@ -56,7 +72,7 @@ def runs(store: Store, limit: int = 20) -> list[dict]:
 
 
 def save_probes(store: Store, run_id: int, probes: list[dict]) -> None:
-    with store.db.atomic():
+    with store.write():
         store.db["probes"].insert_all(
             {"run_id": run_id, "day": p["day"], "question": p["question"], "answer": p["answer"],
              "distractors": json.dumps(list(p["distractors"]), ensure_ascii=False), "kind": p.get("kind", "recall")}
@@ -86,9 +102,16 @@ def next_night(store: Store) -> int:
     return (row["n"] or 0) + 1 if row else 1
 
 
-def promote(store: Store, run_id: int, adapter: dict, message_ids: list[int]) -> int:
-    """Activate the new expert (a new stack version) and mark its messages consolidated, atomically."""
-    with store.db.atomic():
+def promote(store: Store, run_id: int, adapter: dict, message_ids: list[int], *, reason: str = "",
+            report: str = "", metrics=None) -> int:
+    """Activate the new expert (a new stack version), mark its messages consolidated and the run
+    `promoted`, in one transaction. `adapter["night"]` must be the next night (the sleep lock
+    keeps it so); a run that is no longer `running` is refused."""
+    with store.write():
+        if next_night(store) != adapter["night"]:
+            raise RuntimeError(f"night {adapter['night']} is taken (the next night is {next_night(store)}): not promoted")
+        if not finish_run(store, run_id, "promoted", reason=reason, report=report, metrics=metrics):
+            raise RuntimeError(f"sleep run {run_id} is no longer running: not promoted")
         adapter_id = store.db["adapters"].insert(
             {**adapter, "run_id": run_id, "status": "active", "created_at": store.now().isoformat()}
         ).last_pk
@@ -129,7 +152,7 @@ def activate(store: Store, version: int) -> dict:
     if version not in known:
         raise ValueError(f"no stack version {version}; known versions: {', '.join(map(str, known))}")
     nights = known[version]["nights"]
-    with store.db.atomic():
+    with store.write():
         store.db.execute("update adapters set status = 'retired' where status = 'active'")
         if nights:
             store.db.execute(f"update adapters set status = 'active' where night in ({','.join('?' * len(nights))})",
@@ -146,10 +169,21 @@ def previous_version(store: Store) -> int:
     return next(v["parent"] for v in versions(store) if v["id"] == current) or 0
 
 
+def stack_manifest(store: Store) -> dict:
+    """The manifest the chat should load (storage.manifest), as the database says."""
+    rows = adapters(store, "active")
+    return {
+        "version": active_version(store),
+        "night": rows[-1]["night"] if rows else 0,
+        "experts": [{"night": r["night"], "day": r["day"], "path": r["path"], "gguf_path": r["gguf_path"], "scale": 1.0}
+                    for r in rows],
+    }
+
+
 # --- the scheduler's log ------------------------------------------------------------------------
 def log_schedule_event(store: Store, event: str, detail: str = "", run_id: int | None = None) -> None:
     """event: started | skipped | waiting | gave-up | finished | failed (shown by `dreamer schedule`)."""
-    with store.db.atomic():
+    with store.write():
         store.db["schedule_events"].insert({"at": store.now().isoformat(), "event": event, "detail": detail,
                                             "run_id": run_id})
 

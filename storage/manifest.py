@@ -47,7 +47,7 @@ def write_manifest(data: dict, home: Path | None = None) -> Path:
     target = manifest_path(home)
     ensure_private_dir(target.parent)
     temporary = target.with_suffix(".json.tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
+    with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as handle:
         json.dump(data, handle, indent=2)
         handle.flush()
         os.fsync(handle.fileno())

@@ -111,3 +111,10 @@ def m004_stack_versions_schedule_and_report_seen(db: Database) -> None:
     if nights:  # a database promoted before versions existed: its stack becomes version 1
         db["stack_versions"].insert({"id": 1, "nights": json.dumps(nights), "parent": 0, "created_at": "", "reason": "existing stack"})
         db["state"].insert({"key": "active_version", "value": "1"})
+
+
+@migrations()
+def m005_sleep_run_pid(db: Database) -> None:
+    # The process running a sleep, so `dreamer status` can name it and the recovery pass can tell
+    # a live run from one whose process was killed (SIGKILL leaves its row `running`).
+    db["sleep_runs"].add_column("pid", int)

@@ -2,7 +2,12 @@
 
 Opening a store creates `DREAMER_HOME` (0700) and the database (0600), switches on WAL so a
 second `dreamer chat` or a sleep can read while another process writes, and applies pending
-migrations. Multi-row writes run in `db.atomic()`.
+migrations. Every write runs in `Store.write()`, one transaction.
+
+Writes take the write lock first (`BEGIN IMMEDIATE`, `_Database.atomic`): a deferred
+transaction that reads before it writes cannot wait for another writer in WAL mode, and failed
+with "database is locked" while a sleep committed. A home on a read-only disk opens read-only
+(`readonly=True`), so `status`, `log` and `export` still work there.
 
 A reply is written while it streams: `start_reply` inserts a row marked `generating` (with the
 writer's pid), `update_reply` saves the partial text, `finish_reply` marks it `complete` or
@@ -12,11 +17,13 @@ writer's pid), `update_reply` saves the partial text, `finish_reply` marks it `c
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 from datetime import date, datetime, time, timezone
 from pathlib import Path
 
@@ -37,8 +44,56 @@ ROLES = ("system", "user", "assistant")
 TITLE_CHARS = 48
 
 
+BUSY_TIMEOUT_MS = 30_000  # a write waits this long for another process's write, then fails
+
+
 class StoreError(RuntimeError):
     """A database problem shown to the user as it is (e.g. locked, unknown conversation)."""
+
+
+class _Database(Database):
+    """sqlite-utils' Database whose outermost transactions begin with `BEGIN IMMEDIATE`.
+
+    sqlite-utils opens a deferred `BEGIN`, and its `update()` reads the row before it writes.
+    In WAL mode a read transaction that then wants to write fails at once with SQLITE_BUSY when
+    another connection committed in between; busy_timeout cannot retry it (the snapshot is
+    stale). `BEGIN IMMEDIATE` takes the write lock before the first read, waiting up to
+    busy_timeout for it. Nested blocks keep sqlite-utils' savepoints.
+    """
+
+    @contextmanager
+    def atomic(self):
+        if self.conn.in_transaction:
+            with super().atomic():
+                yield self
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self
+        except BaseException:
+            self.rollback()
+            raise
+        else:
+            try:
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.rollback()
+                raise
+
+
+def describe_sqlite_error(err: Exception, path: Path) -> str:
+    """One line for the user: what went wrong with dreamer.db and what to do."""
+    text = str(err)
+    if "locked" in text or "busy" in text:
+        return (f"{path} is busy: another dreamer process held a write for over {BUSY_TIMEOUT_MS // 1000} s; "
+                "nothing was written, try again")
+    if "disk is full" in text or "No space left" in text:
+        return f"the disk holding {path} is full: nothing was written; free some space and try again"
+    if "readonly" in text or "read-only" in text:
+        return f"{path} is read-only: nothing can be written there (status, log and export still work)"
+    if "malformed" in text or "not a database" in text:
+        return f"{path} is damaged ({text}): restore it from a backup, or move it away to start afresh"
+    return f"{path}: {text}"
 
 
 def utcnow() -> datetime:
@@ -64,26 +119,50 @@ class Store:
         *,
         boundary: time = time(4, 0),
         clock: Callable[[], datetime] = utcnow,
+        readonly: bool = False,
     ) -> None:
         self.path = Path(path) if path else database_path(dreamer_home())
-        ensure_private_dir(self.path.parent)
+        self.readonly = readonly
         self.boundary = boundary
         self.clock = clock
         # One connection serves the UI thread and the streaming worker: a write (and its
         # transaction) must not interleave with another thread's.
         self._lock = threading.RLock()
         try:
-            # The chat UI writes a streaming reply from a worker thread: one connection shared
-            # across threads (SQLite itself serializes), WAL for other processes.
-            self.db = Database(sqlite3.connect(self.path, check_same_thread=False))
-            self.db.execute("PRAGMA busy_timeout = 5000")  # wait for another writer, not fail
-            self.db.enable_wal()
-            migrations.apply(self.db)
-        except Exception as err:  # sqlite3.DatabaseError, OperationalError ("locked")
-            raise StoreError(f"cannot open the database {self.path}: {err}") from err
+            if readonly:
+                connection = _connect_readonly(self.path)
+            else:
+                ensure_private_dir(self.path.parent)
+                # The chat UI writes a streaming reply from a worker thread: one connection
+                # shared across threads (SQLite itself serializes), WAL for other processes.
+                connection = sqlite3.connect(self.path, check_same_thread=False)
+            self.db = _Database(connection)
+            self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")  # wait for another writer, not fail
+            if readonly:
+                if migrations.pending(self.db):
+                    raise StoreError(f"{self.path} needs an upgrade that a read-only home cannot take: "
+                                     "make DREAMER_HOME writable and run any dreamer command")
+            else:
+                self.db.enable_wal()
+                migrations.apply(self.db)
+        except sqlite3.Error as err:
+            raise StoreError(f"cannot open the database: {describe_sqlite_error(err, self.path)}") from err
+        except OSError as err:
+            if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise StoreError(f"{self.path.parent} is read-only: nothing can be written there "
+                                 "(status, log and export still work)") from err
+            raise StoreError(f"cannot open the database {self.path}: {err.strerror or err}") from err
+        if readonly:
+            return
         for suffix in ("", "-wal", "-shm"):
             make_private(Path(f"{self.path}{suffix}"))
         self.recover_dead_replies()
+
+    @contextmanager
+    def write(self):
+        """One write transaction (BEGIN IMMEDIATE), serialized with this store's other threads."""
+        with self._lock, self.db.atomic():
+            yield self.db
 
     # --- time --------------------------------------------------------------
     def now(self) -> datetime:
@@ -123,7 +202,7 @@ class Store:
             raise StoreError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
         self.conversation(conversation_id)  # names a missing conversation clearly
         moment = self.now()
-        with self._lock, self.db.atomic():
+        with self.write():
             pk = self.db["messages"].insert(
                 {
                     "conversation_id": conversation_id,
@@ -146,24 +225,24 @@ class Store:
         return self.add_message(conversation_id, "assistant", "", status="generating")
 
     def update_reply(self, message_id: int, content: str) -> None:
-        with self._lock:
+        with self.write():
             self.db["messages"].update(message_id, {"content": content})
 
     def finish_reply(self, message_id: int, content: str, interrupted: bool = False) -> None:
         if interrupted and not content:
             # Stopped or failed before the first token: there is no partial reply to keep.
-            with self._lock:
+            with self.write():
                 self.db["messages"].delete(message_id)
             return
         status = "interrupted" if interrupted else "complete"
-        with self._lock:
+        with self.write():
             self.db["messages"].update(message_id, {"content": content, "status": status, "writer_pid": None})
 
     def recover_dead_replies(self) -> None:
         rows = list(self.db["messages"].rows_where("status = 'generating'", select="id, writer_pid"))
         dead = [r["id"] for r in rows if not _pid_alive(r["writer_pid"])]
         if dead:
-            with self.db.atomic():
+            with self.write():
                 for pk in dead:
                     self.db["messages"].update(pk, {"status": "interrupted", "writer_pid": None})
 
@@ -217,7 +296,7 @@ class Store:
         return rows[0] if rows and rows[0]["report"] and not rows[0]["report_seen_at"] else None
 
     def mark_report_seen(self, run_id: int) -> None:
-        with self._lock, self.db.atomic():
+        with self.write():
             self.db["sleep_runs"].update(run_id, {"report_seen_at": self.now().isoformat()})
 
     def active_adapters(self) -> list[dict]:
@@ -233,7 +312,7 @@ class Store:
         """Insert parsed transcript records all at once: any failure imports nothing."""
         ids = []
         stamp = self.now().isoformat()
-        with self._lock, self.db.atomic():
+        with self.write():
             for record in records:
                 pk = self.db["conversations"].insert(
                     {"title": record.get("title") or "", "day": record["day"], "created_at": stamp, "updated_at": stamp}
@@ -256,6 +335,21 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+
+
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection; on a read-only disk SQLite cannot make the WAL index, so `immutable`."""
+    if not path.is_file():
+        raise StoreError(f"no database at {path}, and its directory is read-only: nothing to show")
+    uri = path.resolve().as_uri()
+    connection = sqlite3.connect(f"{uri}?mode=ro", uri=True, check_same_thread=False)
+    try:
+        connection.execute("select count(*) from sqlite_master").fetchone()
+        return connection
+    except sqlite3.OperationalError:
+        connection.close()
+    # Nobody can write to a read-only disk, so nothing changes under the immutable reader.
+    return sqlite3.connect(f"{uri}?immutable=1", uri=True, check_same_thread=False)
 
 
 def dumps(value) -> str:

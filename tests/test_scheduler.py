@@ -28,6 +28,9 @@ class FakePopen:
         FakePopen.calls.append((command, kwargs))
         self.pid = 4242
 
+    def wait(self) -> int:  # the daemon's reaper: a sleep that ended well
+        return 0
+
 
 @pytest.fixture
 def popen(monkeypatch):

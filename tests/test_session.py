@@ -104,6 +104,14 @@ def test_prompt_respects_budgets_and_truncates_long_messages(store):
     assert "turn 0 " not in " ".join(m["content"] for m in prompt[1:])  # oldest turns dropped first
 
 
+@pytest.mark.parametrize("budget", [0, 1, 2, 3, 5])
+def test_truncate_ends_for_any_budget(budget):
+    """max_message_tokens = 1 used to loop forever: the cut mark alone was over the budget."""
+    count = lambda text: len(text.split())  # noqa: E731
+    cut = truncate("word " * 200, budget, count)
+    assert count(cut) <= budget and "word " * 200 != cut
+
+
 def test_truncate_leaves_short_text_alone():
     count = FakeRuntime().count_tokens
     assert truncate("a b c", 10, count) == "a b c"

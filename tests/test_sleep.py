@@ -166,17 +166,17 @@ def test_promoted_night_is_saved_and_consolidated(day_store, tiny_dir, dreamer_h
     manifest = read_manifest(dreamer_home)
     assert manifest["version"] == 1 and manifest["experts"][0]["path"] == adapter["path"]
     # exported for llama.cpp beside the PEFT folder, and listed in the manifest
-    gguf_file = dreamer_home / "adapters" / "night-0001" / "adapter.gguf"
+    gguf_file = dreamer_home / "adapters" / "run-0001" / "adapter.gguf"  # named after its run, never reused
     assert gguf_file.is_file() and manifest["experts"][0]["gguf_path"] == adapter["gguf_path"] == str(gguf_file)
-    meta = json.loads((dreamer_home / "adapters" / "night-0001" / "metadata.json").read_text())
-    assert meta["night"] == 1 and meta["rank"] == 16 and meta["conversation_ids"] == [1]
+    meta = json.loads((dreamer_home / "adapters" / "run-0001" / "metadata.json").read_text())
+    assert meta["night"] == 1 and meta["run_id"] == 1 and meta["rank"] == 16 and meta["conversation_ids"] == [1]
     assert "Morning report: night 1" in outcome.report
     assert "- drift term, KL on general text " in outcome.report and "- cloze recall loss " in outcome.report
     assert ledger.runs(day_store)[0]["status"] == "promoted"
     assert day_store.memory_version() == "night 1"
     # the saved expert loads back onto the same base, frozen
     base, _ = load_base(str(tiny_dir), plan_device(LoadConfig()))
-    stacked = build_stack(base, [dreamer_home / "adapters" / "night-0001"], None)
+    stacked = build_stack(base, [dreamer_home / "adapters" / "run-0001"], None)
     assert not any(p.requires_grad for p in stacked.parameters())
 
 
@@ -217,13 +217,16 @@ def test_failed_sleep_is_recorded_and_changes_nothing(day_store, tiny_dir, dream
     assert day_store.unconsolidated_count() == 3
 
 
-def test_second_sleep_is_refused(day_store, tiny_dir, dreamer_home, fake_judge):
+def test_second_sleep_is_refused(day_store, tiny_dir, dreamer_home, fake_judge, monkeypatch):
+    import dreamer.sleep
+
+    monkeypatch.setattr(dreamer.sleep, "LOCK_WAIT_SECONDS", 0.3)  # it waits that long for a recovery pass
     holding, release = threading.Event(), threading.Event()
 
     def hold():
         with sleep_lock(dreamer_home):
             holding.set()
-            release.wait(10)
+            release.wait(30)
 
     thread = threading.Thread(target=hold)
     thread.start()

@@ -16,7 +16,7 @@ EXPECTED_COLUMNS = {
         "consolidated_run_id",
     },
     "sleep_runs": {"id", "day", "started_at", "finished_at", "status", "preset", "reason", "report", "metrics",
-                   "report_seen_at"},
+                   "report_seen_at", "pid"},
     "adapters": {"id", "night", "day", "run_id", "path", "gguf_path", "status", "created_at", "metrics", "config"},
     "probes": {"id", "run_id", "day", "question", "answer", "distractors", "kind"},
     "stack_versions": {"id", "nights", "parent", "created_at", "reason"},
@@ -37,7 +37,7 @@ def test_reapplying_migrations_is_a_noop(store):
     assert migrations.pending(store.db) == []
     migrations.apply(store.db)
     reopened = Store(store.path)
-    assert reopened.db["_sqlite_migrations"].count == before == 4
+    assert reopened.db["_sqlite_migrations"].count == before == 5
 
 
 def test_files_are_private(store, dreamer_home):

@@ -44,6 +44,7 @@ def test_round_trip(store, tmp_path):
         (b'{"day": "2026-11-01", "extra": 1, "messages": [{"role": "user", "content": "x"}]}', "unknown key 'extra'"),
         (b'["a list"]', "expected a JSON object"),
         (b'{"day": "2026-11-01", "messages": [{"role": "user", "content": "caf\xe9"}]}', "invalid UTF-8"),
+        (b"[" * 100_000 + b"]" * 100_000, "JSON nested too deeply"),
     ],
 )
 def test_bad_line_is_named_and_nothing_is_imported(store, tmp_path, bad_line, reason):

@@ -15,8 +15,7 @@ def promote_night(store, night: int, day: str = "2026-11-21") -> int:
     ids = [m["id"] for c in ledger.unconsolidated(store) for m in c["messages"]]
     run = ledger.start_run(store, day, "test")
     ledger.promote(store, run, {"night": night, "day": day, "path": f"/x/night-{night}", "gguf_path": None,
-                                "metrics": "{}", "config": "{}"}, ids)
-    ledger.finish_run(store, run, "promoted", report="# Morning report")
+                                "metrics": "{}", "config": "{}"}, ids, report="# Morning report")
     return run
 
 
