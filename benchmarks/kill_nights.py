@@ -304,12 +304,21 @@ def main(argv=None) -> int:
     record = {"command": "python -m benchmarks.kill_nights " + " ".join(argv if argv is not None else sys.argv[1:]),
               "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "load_at_start": os.getloadavg()[0],
                           "python": platform.python_version()},
-              "night_seconds": round(night_seconds, 2), "wall_seconds": round(time.monotonic() - started, 1),
+              "commit": _commit(), "night_seconds": round(night_seconds, 2), "wall_seconds": round(time.monotonic() - started, 1),
               **summary, "failed_trials": [r for r in results if r["problems"]]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1) + "\n")
     print(f"{summary['trials']} trials, {summary['failures']} failures; {args.out}")
     return 1 if summary["failures"] else 0
+
+
+def _commit() -> str:
+    import subprocess
+
+    result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "dreamer", "storage", "agent"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip()
+    return result.stdout.strip() + ("+changes" if dirty else "")
 
 
 def _cpu() -> str:
