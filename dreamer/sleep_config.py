@@ -11,10 +11,12 @@ errors that name the key (`distill.lmbda must be in [0, 1]`).
 from __future__ import annotations
 
 import tomllib
+from importlib.resources import files
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+# assets/ in a checkout, dreamer/assets in an installed wheel: found the same way in both.
+ASSETS = Path(str(files("dreamer.assets")))
 PRESETS = ASSETS / "presets"
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
 TARGETS = ("all", "mlp", "attention")  # which projections of each layer the new expert adapts
