@@ -9,6 +9,12 @@ llama.cpp's low-level API, so a new stack swaps in without reloading the base:
 
 Generation and swaps share one lock, so a swap always happens between replies, never in the
 middle of one. An expert that fails to load leaves the running stack untouched.
+
+Threads (`n_threads = 0`, the default, in config.toml): chosen before each reply by
+`chat_threads`, from the cores and whether a sleep runs now (it holds `sleep.lock`), because a
+thread that has to wait for a core stalls every decode step: on the 2-core machine, beside a
+night's training, 2 threads decoded at 1.2 tok/s where 1 decoded at 23 (docs/BENCHMARKS.md,
+"Chat threads"). A number set in config.toml is used as it is.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,7 +30,8 @@ import llama_cpp
 
 from agent.models import ModelError, resolve_chat_model
 from agent.runtime import Adapter
-from storage import Config
+from storage import Config, dreamer_home
+from storage.locks import lock_holder
 
 
 @contextmanager
@@ -56,18 +63,32 @@ def _plain_weight_buffers():
         low.llama_model_default_params = default
 
 
+def chat_threads(configured: int, cores: int, sleeping: bool) -> int:
+    """llama.cpp threads for the next reply: `configured` if set; else the cores a running sleep
+    leaves free (it trains on half of them), or, with no sleep, all cores but one for the rest of
+    the machine (the terminal, the user's other programs), at least one."""
+    if configured:
+        return configured
+    if sleeping:
+        return max(1, cores - max(1, cores // 2))
+    return max(1, cores - 1)
+
+
 class LlamaRuntime:
-    def __init__(self, model_path: Path, name: str = "", n_ctx: int = 4096, n_threads: int = 0) -> None:
+    def __init__(self, model_path: Path, name: str = "", n_ctx: int = 4096, n_threads: int = 0,
+                 sleeping: Callable[[], bool] | None = None) -> None:
         self.model_path = Path(model_path)
         self.name = name or self.model_path.name
+        self.configured_threads = n_threads
+        self.sleeping = sleeping or (lambda: False)
+        self.threads = chat_threads(n_threads, os.cpu_count() or 1, self.sleeping())
         try:
             with _plain_weight_buffers():
                 self.llm = llama_cpp.Llama(
                     model_path=str(self.model_path),
                     n_ctx=n_ctx,
-                    # llama-cpp-python's default is half the cores; 0 in config means all of them.
-                    n_threads=n_threads or os.cpu_count() or 1,
-                    n_threads_batch=n_threads or os.cpu_count() or 1,
+                    n_threads=self.threads,
+                    n_threads_batch=self.threads,
                     verbose=False,  # llama.cpp's logs would draw over the terminal UI
                 )
         except (ValueError, RuntimeError) as err:
@@ -82,11 +103,20 @@ class LlamaRuntime:
     @classmethod
     def from_config(cls, config: Config) -> "LlamaRuntime":
         path, name = resolve_chat_model(config.model_path())
-        return cls(path, name=name, n_ctx=config.n_ctx, n_threads=config.n_threads)
+        lock = dreamer_home() / "sleep.lock"
+        return cls(path, name=name, n_ctx=config.n_ctx, n_threads=config.n_threads,
+                   sleeping=lambda: lock_holder(lock) is not None)
+
+    def _choose_threads(self) -> None:
+        threads = chat_threads(self.configured_threads, os.cpu_count() or 1, self.sleeping())
+        if threads != self.threads:
+            llama_cpp.llama_set_n_threads(self.llm._ctx.ctx, threads, threads)
+            self.threads = threads
 
     # --- generation ----------------------------------------------------------
     def stream(self, messages: Sequence[dict], *, max_tokens: int, temperature: float, stop=None) -> Iterator[str]:
         with self._lock:
+            self._choose_threads()  # a sleep may have started or ended since the last reply
             chunks = self.llm.create_chat_completion(
                 messages=list(messages), stream=True, max_tokens=max_tokens, temperature=temperature
             )

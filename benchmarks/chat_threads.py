@@ -1,0 +1,116 @@
+"""How many llama.cpp threads the chat should use: decode speed by thread count, quiet and beside a sleep.
+
+    .venv/bin/python -m benchmarks.chat_threads [--tokens 64] [--repeats 3] [--out benchmarks/results/chat_threads.json]
+
+For each thread count from 1 to the number of cores, the embedded SmolLM2-135M-Instruct (Q4_1)
+answers the same chat prompt, greedy, `--tokens` new tokens, `--repeats` times (the median is
+kept): time to the first token and decode tokens per second after it. Two conditions:
+- quiet: nothing else runs (the load average is recorded, since the machine may not be);
+- beside a sleep: a second process trains like a night's distillation phase, a small torch
+  model's forward and backward passes in a loop on the threads a sleep uses
+  (`LoadConfig.threads` = 0: half the cores).
+The chat's default (`n_threads = 0` in config.toml) is chosen from these numbers
+(agent.llama_runtime.chat_threads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+PROMPT = [{"role": "system", "content": "You are dreamer, a personal assistant. Answer helpfully and briefly."},
+          {"role": "user", "content": "Tell me about the history of Lisbon in a few sentences."}]
+
+
+def _train_like_a_night(threads: int, stop) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    model = torch.nn.Sequential(torch.nn.Linear(576, 1536), torch.nn.SiLU(), torch.nn.Linear(1536, 576))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    batch = torch.randn(4 * 128, 576)
+    while not stop.is_set():
+        loss = model(batch).pow(2).mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+
+def measure(runtime, tokens: int) -> tuple[float, float]:
+    """(seconds to the first token, decode tokens/s after it) of one greedy reply."""
+    runtime.llm.reset()
+    started = time.perf_counter()
+    first = None
+    count = 0
+    for chunk in runtime.llm.create_chat_completion(messages=PROMPT, stream=True, max_tokens=tokens, temperature=0.0):
+        if chunk["choices"][0].get("delta", {}).get("content"):
+            count += 1
+            if first is None:
+                first = time.perf_counter()
+    end = time.perf_counter()
+    return first - started, (count - 1) / (end - first) if count > 1 and end > first else 0.0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("bench-out/chat_threads.json"))
+    args = parser.parse_args(argv)
+    from agent.llama_runtime import LlamaRuntime
+    from agent.models import embedded_gguf_path
+
+    cores = os.cpu_count() or 1
+    sleep_threads = max(1, cores // 2)
+    rows = []
+    for condition in ("quiet", "beside a sleep"):
+        stop = multiprocessing.Event()
+        worker = None
+        if condition != "quiet":
+            worker = multiprocessing.Process(target=_train_like_a_night, args=(sleep_threads, stop), daemon=True)
+            worker.start()
+            time.sleep(3)  # let it reach its loop
+        load = os.getloadavg()[0]
+        try:
+            for threads in range(1, cores + 1):
+                runtime = LlamaRuntime(embedded_gguf_path(), n_ctx=1024, n_threads=threads)
+                measure(runtime, 8)  # warm-up
+                runs = [measure(runtime, args.tokens) for _ in range(args.repeats)]
+                row = {"condition": condition, "threads": threads,
+                       "first_token_s": round(statistics.median(r[0] for r in runs), 3),
+                       "decode_tok_s": round(statistics.median(r[1] for r in runs), 1), "load_before": round(load, 2)}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                del runtime
+        finally:
+            stop.set()
+            if worker is not None:
+                worker.join(10)
+    record = {"command": "python -m benchmarks.chat_threads " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "machine": {"cpu": _cpu(), "cores": cores, "python": platform.python_version()},
+              "sleep_threads": sleep_threads, "tokens": args.tokens, "repeats": args.repeats, "rows": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=1) + "\n")
+    return 0
+
+
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
