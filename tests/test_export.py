@@ -201,11 +201,13 @@ def llama_with(runtime, adapter_path, tokens):
 
 CHAT = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
 PROMPTS = [CHAT, "The quick brown fox jumps over the", "Once upon a time, in a small village,",
-           "My sister lives in Lisbon and works as a"]
-# The exported expert may add this many times the base's own llama.cpp-vs-fp32 gap. Measured:
-# 0.6-1.8 times on an AVX-512 EPYC, while the export without the q/k permutation (a real export
-# bug) lands 25-100 times away; the control below must exceed the same bound in the same run.
-GAP_FACTOR = 4.0
+           "My sister lives in Lisbon and works as a", "def fibonacci(n):\n    "]
+# The exported expert's mean gap may be this many times the base's own mean llama.cpp-vs-fp32 gap.
+# Measured (benchmarks/parity_gap.py, docs/BENCHMARKS.md "Parity across CPU families"): 1.4-2.1
+# times with AVX-512 and AVX2-only kernels, while the export without the q/k permutation (a real
+# export bug) lands 40-69 times away. 8 sits between the two with room on both sides, and the
+# control below must exceed the same bound in the same run, so the bound is checked on every CPU.
+GAP_FACTOR = 8.0
 
 
 @pytest.mark.integration

@@ -1,0 +1,117 @@
+"""The generated tables of docs/BENCHMARKS.md, rendered from the committed result files.
+
+    python -m benchmarks.report            # rewrite every generated block from benchmarks/results/*.json
+    python -m benchmarks.report --check    # exit 1 if a block differs from what its results give (CI)
+
+A block in the Markdown is
+
+    <!-- generated: NAME -->
+    ...
+    <!-- /generated -->
+
+and its content is `RENDERERS[NAME](benchmarks/results/NAME.json)`: the command that produced
+the results, the machine, and the table. So a number a reader sees is the number a run wrote,
+never one typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+DOC = ROOT / "docs" / "BENCHMARKS.md"
+BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated -->)", re.S)
+
+
+def _machine(record: dict) -> str:
+    machine = record["machine"]
+    load = f", load {machine['load_at_start']:.1f} at the start" if "load_at_start" in machine else ""
+    commit = f", code {record['commit']}" if record.get("commit") else ""
+    return f"{machine['cpu']}, {machine['cores']} cores{load}{commit}"
+
+
+def render_kill_nights(record: dict) -> str:
+    lines = [f"`{record['command']}` ({_machine(record)}; {record['wall_seconds'] / 60:.0f} min; an undisturbed "
+             f"night of the tiny model took {record['night_seconds']:.1f} s)", "",
+             "| kill at | signal | trials | how the night ended | promoted before the kill | failures |",
+             "|---|---|---:|---|---:|---:|"]
+    for row in record["rows"]:
+        ended = ", ".join(f"{what} {count}" for what, count in sorted(row["ended"].items()))
+        lines.append(f"| {row['point']} | SIG{row['signal']} | {row['trials']} | {ended} | {row['promoted']} | "
+                     f"{row['failures']} |")
+    lines += ["", f"**{record['trials']} trials, {record['failures']} failures** (a failure: any check after the "
+                  "kill or after the next night that did not hold)."]
+    for failed in record.get("failed_trials", [])[:10]:
+        lines.append(f"- {failed['point']} SIG{failed['signal']} #{failed['trial']}: {'; '.join(failed['problems'])}")
+    return "\n".join(lines) + "\n"
+
+
+def render_chat_threads(record: dict) -> str:
+    lines = [f"`{record['command']}` ({_machine(record)}; {record['tokens']} tokens, median of {record['repeats']}; "
+             f"the stand-in night trains on {record['sleep_threads']} thread(s))", "",
+             "| condition | llama.cpp threads | decode tok/s | first token, s | load before |",
+             "|---|---:|---:|---:|---:|"]
+    for row in record["rows"]:
+        lines.append(f"| {row['condition']} | {row['threads']} | {row['decode_tok_s']} | {row['first_token_s']} | "
+                     f"{row['load_before']} |")
+    return "\n".join(lines) + "\n"
+
+
+def render_parity_gap(record: dict) -> str:
+    from statistics import mean
+
+    rows = record["rows"]
+    lines = [f"`{record['command']}` ({_machine(record)}; llama.cpp built with {record['llama_features']})", "",
+             "| prompt | base gap | exported expert | unpermuted control | expert's effect |",
+             "|---|---:|---:|---:|---:|"]
+    for row in rows:
+        prompt = row["prompt"].replace("\n", " ").replace("|", "/")
+        lines.append(f"| `{prompt}` | {row['base_gap']:.4f} | {row['adapted_gap']:.4f} | {row['unpermuted_gap']:.4f} | "
+                     f"{row['expert_effect']:.2f} |")
+    base = mean(r["base_gap"] for r in rows)
+    lines.append(f"| **mean** | **{base:.4f}** | **{mean(r['adapted_gap'] for r in rows):.4f}** "
+                 f"({mean(r['adapted_gap'] for r in rows) / base:.1f}x) | **{mean(r['unpermuted_gap'] for r in rows):.4f}** "
+                 f"({mean(r['unpermuted_gap'] for r in rows) / base:.0f}x) | |")
+    return "\n".join(lines) + "\n"
+
+
+RENDERERS = {"kill_nights": render_kill_nights, "chat_threads": render_chat_threads,
+             "parity_gap_avx512": render_parity_gap, "parity_gap_avx2": render_parity_gap}
+
+
+def rendered(text: str) -> str:
+    def block(match: re.Match) -> str:
+        name = match["name"]
+        if name not in RENDERERS:
+            raise SystemExit(f"{DOC}: no renderer for the generated block {name!r} (known: {', '.join(RENDERERS)})")
+        path = RESULTS / f"{name}.json"
+        if not path.is_file():
+            raise SystemExit(f"{DOC}: the block {name!r} needs {path}, which is missing")
+        return match.group(1) + RENDERERS[name](json.loads(path.read_text())) + match.group(4)
+
+    return BLOCK.sub(block, text)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if the document is not what the results give")
+    args = parser.parse_args(argv)
+    current = DOC.read_text(encoding="utf-8")
+    wanted = rendered(current)
+    if args.check:
+        if wanted != current:
+            print(f"{DOC} differs from what benchmarks/results/ gives: run `python -m benchmarks.report`")
+            return 1
+        print(f"{DOC}: {len(BLOCK.findall(current))} generated blocks match their results")
+        return 0
+    DOC.write_text(wanted, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
