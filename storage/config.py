@@ -54,7 +54,8 @@ class Config:
     chat_runtime: str = field(
         default="llama", metadata={"help": "llama (llama.cpp on the GGUF `model`) or transformers (train_model, PEFT stack)"}
     )
-    n_threads: int = field(default=0, metadata={"help": "CPU threads for llama.cpp; 0 = all cores"})
+    n_threads: int = field(default=0, metadata={
+        "help": "CPU threads for llama.cpp; 0 = auto: all cores but one, or the half a running sleep leaves free"})
     system_prompt: str = field(default=DEFAULT_SYSTEM_PROMPT, metadata={"help": "what the agent is told it is"})
     sleep_time: str = field(default="03:00", metadata={"help": "local time (HH:MM) of the nightly sleep"})
     sleep_preset: str = field(

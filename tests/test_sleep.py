@@ -170,6 +170,14 @@ def test_promoted_night_is_saved_and_consolidated(day_store, tiny_dir, dreamer_h
     assert gguf_file.is_file() and manifest["experts"][0]["gguf_path"] == adapter["gguf_path"] == str(gguf_file)
     meta = json.loads((dreamer_home / "adapters" / "run-0001" / "metadata.json").read_text())
     assert meta["night"] == 1 and meta["run_id"] == 1 and meta["rank"] == 16 and meta["conversation_ids"] == [1]
+    # private, like everything in DREAMER_HOME: the folder 0700, its files and the manifest 0600
+    import os
+    import stat
+
+    folder = dreamer_home / "adapters" / "run-0001"
+    assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
+    assert {stat.S_IMODE(os.stat(p).st_mode) for p in folder.iterdir()} == {0o600}
+    assert stat.S_IMODE(os.stat(dreamer_home / "adapters" / "manifest.json").st_mode) == 0o600
     assert "Morning report: night 1" in outcome.report
     assert "- drift term, KL on general text " in outcome.report and "- cloze recall loss " in outcome.report
     assert ledger.runs(day_store)[0]["status"] == "promoted"
@@ -215,6 +223,27 @@ def test_failed_sleep_is_recorded_and_changes_nothing(day_store, tiny_dir, dream
     run = ledger.runs(day_store)[0]
     assert run["status"] == "failed" and "disk full" in run["reason"]
     assert day_store.unconsolidated_count() == 3
+
+
+def test_a_full_disk_while_saving_fails_the_night_and_loses_nothing(day_store, tiny_dir, dreamer_home, fake_judge,
+                                                                    monkeypatch):
+    import errno
+
+    from dreamer import stack
+
+    monkeypatch.setattr(gate_stage, "measure", lambda *a, **k: dict(GOOD_FIGURES))
+    save = stack.save_candidate
+
+    def save_then_full(model, directory, metadata):
+        save(model, directory, metadata)  # half the night's files are on disk when the disk fills
+        raise OSError(errno.ENOSPC, "No space left on device", str(directory / "adapter_model.safetensors"))
+
+    monkeypatch.setattr(stack, "save_candidate", save_then_full)
+    with pytest.raises(OSError, match="No space left"):
+        night(day_store, tiny_dir, dreamer_home, fake_judge)
+    assert ledger.runs(day_store)[0]["status"] == "failed" and day_store.unconsolidated_count() == 3
+    assert not [p for p in (dreamer_home / "adapters").iterdir() if p.is_dir()]  # the partial expert is gone
+    assert read_manifest(dreamer_home)["version"] == 0
 
 
 def test_second_sleep_is_refused(day_store, tiny_dir, dreamer_home, fake_judge, monkeypatch):
