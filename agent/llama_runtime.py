@@ -13,8 +13,8 @@ middle of one. An expert that fails to load leaves the running stack untouched.
 Threads (`n_threads = 0`, the default, in config.toml): chosen before each reply by
 `chat_threads`, from the cores and whether a sleep runs now (it holds `sleep.lock`), because a
 thread that has to wait for a core stalls every decode step: on the 2-core machine, beside a
-night's training, 2 threads decoded at 1.2 tok/s where 1 decoded at 23 (docs/BENCHMARKS.md,
-"Chat threads"). A number set in config.toml is used as it is.
+night's training, 2 threads decoded at half the speed of 1 (docs/BENCHMARKS.md, "Chat
+threads"). A number set in config.toml is used as it is.
 """
 
 from __future__ import annotations
