@@ -32,7 +32,7 @@ def run_cli(home: Path, *args: str) -> str:
 
 def main() -> None:
     import dreamer
-    from dreamer.sleep_config import ASSETS, preset_names
+    from dreamer.sleep.config import ASSETS, preset_names
 
     where = Path(dreamer.__file__).resolve()
     if CHECKOUT in where.parents or "site-packages" not in str(where):

@@ -112,7 +112,7 @@ def bench_transformers(prompts: list[str], config: Config) -> dict:
     from transformers.generation.streamers import BaseStreamer
 
     from agent.models import embedded_gguf_path
-    from dreamer.chat_tokenizer import align_generation, fix_end_of_turn
+    from dreamer.lm.chat_tokenizer import align_generation, fix_end_of_turn
 
     torch.set_num_threads(2)
     path = embedded_gguf_path()

@@ -42,17 +42,17 @@ def main() -> None:
 
     import torch
 
-    import dreamer.distill
+    import dreamer.sleep.seeding.distill
 
     from benchmarks.sleep_quality import make_days, machine
-    from dreamer.cloze import clozes, recall_prompts
-    from dreamer.distill import distill
-    from dreamer.gate import general_texts
-    from dreamer.memories import Example
-    from dreamer.rewards import SemanticJudge
-    from dreamer.sleep import process_memory_mb
-    from dreamer.sleep_config import load_preset, sleep_config_from_dict
-    from dreamer.weights import build_stack, embedded_training_dir, load_base, plan_device
+    from dreamer.sleep.seeding.cloze import clozes, recall_prompts
+    from dreamer.sleep.seeding.distill import distill
+    from dreamer.sleep.gate import general_texts
+    from dreamer.sleep.seeding.memories import Example
+    from dreamer.sleep.seeding.rewards import SemanticJudge
+    from dreamer.sleep.report import process_memory_mb
+    from dreamer.sleep.config import load_preset, sleep_config_from_dict
+    from dreamer.lm.weights import build_stack, embedded_training_dir, load_base, plan_device
 
     raw = load_preset(args.preset).as_dict()
     for item in args.set:
@@ -77,7 +77,7 @@ def main() -> None:
         times.append(now - last[0])
         last[0] = now
 
-    phases = time_phases(torch, dreamer.distill, times)
+    phases = time_phases(torch, dreamer.sleep.seeding.distill, times)
     cfg.distill.steps = args.steps + 1
     distill(model, tokenizer, today=today, replay=[], anchor=[], documents=documents, stack=[], cfg=cfg.distill,
             max_len=cfg.load.max_seq_len, judge=SemanticJudge(), rng=random.Random(0), clozes=recall,

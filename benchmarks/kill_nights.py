@@ -49,17 +49,17 @@ PASSING = {"today_probes": 3, "old_probes": 0, "today_before": 0.0, "today_after
 # point -> (module, attribute, when): the signal is sent just before or just after that call.
 POINTS = {
     "run-started": ("storage.ledger", "start_run", "after"),
-    "model-loaded": ("dreamer.weights", "load_base", "after"),
-    "memories-written": ("dreamer.memories", "write_memories", "after"),
+    "model-loaded": ("dreamer.sleep.stages", "load_base", "after"),
+    "memories-written": ("dreamer.sleep.stages", "write_memories", "after"),
     "mid-distill": None,  # on_step, at the second step
-    "distilled": ("dreamer.distill", "distill", "after"),
-    "gated": ("dreamer.gate", "decide", "after"),
-    "candidate-saved": ("dreamer.stack", "save_candidate", "after"),
-    "exported": ("dreamer.export_gguf", "export_expert", "after"),
-    "renamed": ("dreamer.stack", "place_expert", "after"),  # before the commit: the window that wedged homes
+    "distilled": ("dreamer.sleep.stages", "distill", "after"),
+    "gated": ("dreamer.sleep.gate", "decide", "after"),
+    "candidate-saved": ("dreamer.morning.stack", "save_candidate", "after"),
+    "exported": ("dreamer.sleep.stages", "export_expert", "after"),
+    "renamed": ("dreamer.morning.stack", "place_expert", "after"),  # before the commit: the window that wedged homes
     "committed": ("storage.ledger", "promote", "after"),  # after the commit, before the manifest
     "manifest-replace": ("os", "replace", "before"),  # the manifest's temporary file written, not yet renamed
-    "manifest-written": ("dreamer.stack", "write_manifest", "after"),
+    "manifest-written": ("dreamer.morning.stack", "write_manifest", "after"),
     "random": None,
 }
 SIGNALS = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM}
@@ -102,10 +102,11 @@ def _night(home: Path, model_dir: Path, point: str, signum: int, seed: int) -> N
     try:
         import torch
 
-        from dreamer import gate
-        from dreamer.rewards import SemanticJudge
-        from dreamer.sleep import SleepInterrupted, sleep_now
-        from dreamer.sleep_config import sleep_config_from_dict
+        from dreamer.sleep import gate
+        from dreamer.sleep.seeding.rewards import SemanticJudge
+        from dreamer.sleep.outcome import SleepInterrupted
+        from dreamer.sleep.night import sleep_now
+        from dreamer.sleep.config import sleep_config_from_dict
         from storage import Config, Store
 
         gate.measure = lambda *a, **k: dict(PASSING)
@@ -190,7 +191,7 @@ def turns(home: Path) -> dict[int, tuple]:
 
 def check(home: Path, expected_turns: dict[int, tuple]) -> tuple[list[str], list[str], dict]:
     """(problems, what the recovery pass repaired, state) of a home, opened as the next start does."""
-    from dreamer.stack import gguf_problem, peft_problem
+    from dreamer.morning.stack import gguf_problem, peft_problem
     from storage import Store, ledger
     from storage.manifest import read_manifest
     from storage.recovery import reconcile
@@ -286,9 +287,10 @@ def main(argv=None) -> int:
     import peft  # noqa: F401
     import torch  # noqa: F401
 
-    import dreamer.distill, dreamer.export_gguf, dreamer.memories, dreamer.sleep, dreamer.weights  # noqa: E401,F401
+    import dreamer.sleep.night  # noqa: F401
+    import dreamer.sleep.stages  # noqa: F401
 
-    started = time.monotonic()
+    started, commit = time.monotonic(), _commit()  # the code the run starts on
     results = []
     with tempfile.TemporaryDirectory(prefix="kill-nights-") as tmp:
         workdir = Path(tmp)
@@ -304,7 +306,7 @@ def main(argv=None) -> int:
     record = {"command": "python -m benchmarks.kill_nights " + " ".join(argv if argv is not None else sys.argv[1:]),
               "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "load_at_start": os.getloadavg()[0],
                           "python": platform.python_version()},
-              "commit": _commit(), "night_seconds": round(night_seconds, 2), "wall_seconds": round(time.monotonic() - started, 1),
+              "commit": commit, "night_seconds": round(night_seconds, 2), "wall_seconds": round(time.monotonic() - started, 1),
               **summary, "failed_trials": [r for r in results if r["problems"]]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1) + "\n")

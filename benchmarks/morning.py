@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runnable as a plain file from a checkout, installed or not
 
 from benchmarks.chat_speed import USER_PROMPTS, chat, machine, summary  # noqa: E402
-from dreamer.sleep import process_memory_mb  # noqa: E402
+from dreamer.sleep.report import process_memory_mb  # noqa: E402
 from storage import Config  # noqa: E402
 
 STACK_SIZES = (0, 1, 3, 7)
@@ -45,9 +45,9 @@ def make_experts(cache: Path, out: Path, preset: str, n: int) -> list[Path]:
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from dreamer.export_gguf import base_config_summary
-    from dreamer.sleep_config import load_preset
-    from dreamer.weights import base_fingerprint, embedded_training_dir, lora_config
+    from dreamer.morning.export_gguf import base_config_summary
+    from dreamer.sleep.config import load_preset
+    from dreamer.lm.weights import base_fingerprint, embedded_training_dir, lora_config
 
     cfg = load_preset(preset)
     base = AutoModelForCausalLM.from_pretrained(embedded_training_dir(cache), dtype=torch.float32)
@@ -71,7 +71,7 @@ def make_experts(cache: Path, out: Path, preset: str, n: int) -> list[Path]:
 
 
 def bench_export(folders: list[Path]) -> dict:
-    from dreamer.export_gguf import export_expert
+    from dreamer.morning.export_gguf import export_expert
 
     seconds, sizes, paths = [], [], []
     for folder in folders:

@@ -44,8 +44,8 @@ def main(argv=None) -> int:
     from transformers import AutoModelForCausalLM
 
     from agent.runtime import Adapter
-    from dreamer.export_gguf import base_config_summary, convert, export_expert, read_peft, write_gguf
-    from dreamer.weights import embedded_training_dir
+    from dreamer.morning.export_gguf import base_config_summary, convert, export_expert, read_peft, write_gguf
+    from dreamer.lm.weights import embedded_training_dir
     from tests.test_export import ALL, hf_logprobs, kl, llama_with
     from agent.llama_runtime import LlamaRuntime
     from agent.models import embedded_gguf_path

@@ -188,7 +188,7 @@ def controls(probes: list[dict], seed: int) -> dict[str, list[dict]]:
 
 def scored(model, tokenizer, rows: list[dict]) -> dict:
     """Multiple-choice accuracy of one probe set, under its system prompt if it names one (one per set)."""
-    from dreamer.evaluate import multiple_choice
+    from dreamer.eval.evaluate import multiple_choice
 
     flags = multiple_choice(model, tokenizer, as_probes(rows), system=rows[0].get("system") if rows else None)
     return {"accuracy": sum(flags) / len(flags), "correct": flags}
@@ -210,23 +210,24 @@ class LogPhases:
 
 
 def prepare_source(cache: str) -> str:
-    from dreamer.weights import embedded_training_dir
+    from dreamer.lm.weights import embedded_training_dir
 
     return str(embedded_training_dir(Path(cache)))  # the GGUF dequantized once (~30 s), then reused
 
 
 def as_probes(rows: list[dict]) -> list:
-    from dreamer.probes import Probe
+    from dreamer.eval.probes import Probe
 
     return [Probe(r["day"], r["question"], r["answer"], tuple(r["distractors"])) for r in rows]
 
 
 def dreamer_night(home: str, source: str, records: list[dict], cfg, label: str = "dreamer",
                   probes: dict[str, list[dict]] | None = None) -> dict:
-    from dreamer import gate
-    from dreamer.sleep import process_memory_mb, sleep_now
-    from dreamer.stack import active_paths
-    from dreamer.weights import NEW, adapters
+    from dreamer.sleep import gate
+    from dreamer.sleep.report import process_memory_mb
+    from dreamer.sleep.night import sleep_now
+    from dreamer.morning.stack import active_paths
+    from dreamer.lm.weights import NEW, adapters
     from storage import Config, Store
 
     # The gate discards a rejected candidate: score it on our probes too, just before the gate
@@ -259,11 +260,12 @@ def baseline(arm: str, out_dir: str, source: str, day: dict, cfg, seed: int) -> 
     import torch
 
     from agent.memory import system_message
-    from dreamer.distill import clip_prompt, continuation_ids
-    from dreamer.memories import chat_ids, write_memories
-    from dreamer.sleep import process_memory_mb
-    from dreamer.stack import save_candidate
-    from dreamer.weights import base_fingerprint, build_stack, load_base, plan_device, trainable_parameters
+    from dreamer.sleep.seeding.distill import clip_prompt, continuation_ids
+    from dreamer.sleep.seeding.memories import write_memories
+    from dreamer.lm.generation import chat_ids
+    from dreamer.sleep.report import process_memory_mb
+    from dreamer.morning.stack import save_candidate
+    from dreamer.lm.weights import base_fingerprint, build_stack, load_base, plan_device, trainable_parameters
     from storage import Config
 
     start = time.perf_counter()
@@ -297,7 +299,7 @@ def baseline(arm: str, out_dir: str, source: str, day: dict, cfg, seed: int) -> 
     d, device = cfg.distill, next(model.parameters()).device
     params = trainable_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=d.learning_rate, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(  # the same warm-up + cosine as dreamer.distill
+    schedule = torch.optim.lr_scheduler.LambdaLR(  # the same warm-up + cosine as dreamer.sleep.seeding.distill
         optimizer, lambda s: min(1.0, (s + 1) / max(1, d.steps // 10)) * 0.5 * (1 + math.cos(math.pi * s / d.steps)))
     losses, train_start = [], time.perf_counter()
     model.train()
@@ -325,9 +327,9 @@ def baseline(arm: str, out_dir: str, source: str, day: dict, cfg, seed: int) -> 
 def score(source: str, paths: list[str], probe_sets: dict[str, list[dict]], cfg, general: bool = True) -> dict:
     import torch
 
-    from dreamer.evaluate import general_drift, perplexity
-    from dreamer.gate import general_texts
-    from dreamer.weights import build_stack, load_base, plan_device, stack_names
+    from dreamer.eval.evaluate import general_drift, perplexity
+    from dreamer.sleep.gate import general_texts
+    from dreamer.lm.weights import build_stack, load_base, plan_device, stack_names
 
     base, tok = load_base(source, plan_device(cfg.load))
     model = build_stack(base, [Path(p) for p in paths], None)  # every expert active, as the chat uses them
@@ -452,7 +454,7 @@ def main() -> None:
     if set(arms) - {"dreamer", "naive", "context"}:
         raise SystemExit(f"unknown arm in --arms {args.arms!r}")
 
-    from dreamer.sleep_config import load_preset, sleep_config_from_dict  # light: no torch
+    from dreamer.sleep.config import load_preset, sleep_config_from_dict  # light: no torch
 
     raw = load_preset(args.preset).as_dict()
     preset = raw.pop("preset")

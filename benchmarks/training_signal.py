@@ -60,7 +60,7 @@ QUESTION_REQUESTS = (
 def load(cache: Path):
     from transformers import AutoModelForCausalLM
 
-    from dreamer.chat_tokenizer import align_generation, load_chat_tokenizer
+    from dreamer.lm.chat_tokenizer import align_generation, load_chat_tokenizer
 
     source = prepare_source(str(cache))
     tokenizer = load_chat_tokenizer(source)
@@ -70,7 +70,7 @@ def load(cache: Path):
 
 
 def accuracy(model, tokenizer, probes: list[dict], system=None) -> float:
-    from dreamer.evaluate import option_scores
+    from dreamer.lm.scoring import option_scores
 
     hits = 0
     for p in probes:
@@ -92,7 +92,8 @@ def chat_system(day: date) -> str:
 
 
 def ceiling(model, tokenizer, day: dict) -> dict:
-    from dreamer.memories import STOPWORDS, teacher_system
+    from dreamer.sleep.seeding.day_text import teacher_system
+    from dreamer.sleep.seeding.day_text import STOPWORDS
 
     users = user_turns(day)
     words = lambda text: {w.lower() for w in re.findall(r"[A-Za-z']+", text)} - STOPWORDS  # noqa: E731
@@ -110,8 +111,10 @@ def ceiling(model, tokenizer, day: dict) -> dict:
 
 
 def training_pairs(model, tokenizer, day: dict, data: str) -> list[tuple[str, str]]:
-    from dreamer.cloze import FILL, clozes, focused_system
-    from dreamer.memories import is_question, sample_many, topics
+    from dreamer.sleep.seeding.cloze import FILL, clozes, focused_system
+    from dreamer.lm.generation import sample_many
+    from dreamer.sleep.seeding.day_text import topics
+    from dreamer.sleep.seeding.memories import is_question
 
     users = user_turns(day)
     if data == "cloze":
@@ -135,12 +138,12 @@ def sft(model, tokenizer, day: dict, data: str, steps: int, seed: int, system: s
     import torch
     from peft import get_peft_model
 
-    from dreamer.cloze import clozes, recall_prompts
-    from dreamer.distill import cloze_loss, lr_scale
-    from dreamer.evaluate import general_drift, perplexity
-    from dreamer.gate import general_texts
-    from dreamer.sleep_config import DistillConfig
-    from dreamer.weights import NEW, lora_config
+    from dreamer.sleep.seeding.cloze import clozes, recall_prompts
+    from dreamer.sleep.seeding.distill import cloze_loss, lr_scale
+    from dreamer.eval.evaluate import general_drift, perplexity
+    from dreamer.sleep.gate import general_texts
+    from dreamer.sleep.config import DistillConfig
+    from dreamer.lm.weights import NEW, lora_config
 
     started = time.perf_counter()
     pairs = training_pairs(model, tokenizer, day, data)
@@ -151,7 +154,7 @@ def sft(model, tokenizer, day: dict, data: str, steps: int, seed: int, system: s
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
     rng = random.Random(seed)
-    # "night": the sleep's warmup + cosine schedule and gradient clipping (dreamer.distill)
+    # "night": the sleep's warmup + cosine schedule and gradient clipping (dreamer.sleep.seeding.distill)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_scale(s, steps) if schedule == "night" else 1.0)
     # "dreamer": the sleep's cloze recall term itself (its prompt, one negative from the day)
     recall = recall_prompts(clozes(user_turns(day)), [{"role": "system", "content": chat_system(FIRST_DAY)}], rng)
@@ -203,8 +206,8 @@ def sharpness(model, tokenizer, day: dict) -> dict:
 
     import torch
 
-    from dreamer.cloze import BLANK, FILL, clozes, focused_system
-    from dreamer.memories import chat_ids
+    from dreamer.sleep.seeding.cloze import BLANK, FILL, clozes, focused_system
+    from dreamer.lm.generation import chat_ids
 
     users = user_turns(day)
     base = chat_system(FIRST_DAY)

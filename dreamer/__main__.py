@@ -1,3 +1,3 @@
-from dreamer.cli import main
+from dreamer.cli.main import main
 
 main()

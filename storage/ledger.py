@@ -97,6 +97,12 @@ def adapters(store: Store, status: str | None = None) -> list[dict]:
     ]
 
 
+def set_gguf_path(store: Store, adapter_id: int, path: str) -> None:
+    """A night's llama.cpp export was (re)written: `dreamer memory --export`, or a damaged one rebuilt."""
+    with store.write():
+        store.db["adapters"].update(adapter_id, {"gguf_path": path})
+
+
 def next_night(store: Store) -> int:
     row = next(iter(store.db.query("select max(night) as n from adapters")), None)
     return (row["n"] or 0) + 1 if row else 1

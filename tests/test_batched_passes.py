@@ -6,13 +6,14 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from dreamer.distill import batch_reply_logits, divergence_loss, reply_logits
-from dreamer.divergences import token_divergence
-from dreamer.evaluate import pad_id
-from dreamer.memories import Example, chat_ids
-from dreamer.prompt_cache import PromptCache
-from dreamer.sleep_config import DistillConfig, LoadConfig
-from dreamer.weights import NEW, adapters, load_base, plan_device
+from dreamer.sleep.seeding.distill import batch_reply_logits, divergence_loss, reply_logits
+from dreamer.sleep.seeding.divergences import token_divergence
+from dreamer.lm.scoring import pad_id
+from dreamer.sleep.seeding.memories import Example
+from dreamer.lm.generation import chat_ids
+from dreamer.lm.prompt_cache import PromptCache
+from dreamer.sleep.config import DistillConfig, LoadConfig
+from dreamer.lm.weights import NEW, adapters, load_base, plan_device
 from tests.tiny import make_tiny_model_dir
 
 
@@ -74,7 +75,7 @@ def test_divergence_gradient_matches_one_pass_each(lora_model):
 @pytest.mark.parametrize("pass_batch", [1, 2, 8])
 def test_policy_gradient_matches_one_pass_each(lora_model, pass_batch):
     """The imitation term's REINFORCE loss, `pass_batch` completions a pass, against one pass each."""
-    from dreamer.distill import policy_gradient_loss, through_end
+    from dreamer.sleep.seeding.distill import policy_gradient_loss, through_end
 
     model, tokenizer = lora_model
     prompt = chat_ids(tokenizer, [{"role": "user", "content": "My sister Ana lives in"}])
@@ -145,7 +146,7 @@ def test_reply_logits_from_a_model_without_logits_to_keep(lora_model):
 def test_distill_doctests():
     import doctest
 
-    from dreamer import distill
+    from dreamer.sleep.seeding import distill
 
     result = doctest.testmod(distill)
     assert result.attempted > 0 and result.failed == 0

@@ -4,10 +4,10 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LogitsProcessorList
 
-from dreamer.chat_tokenizer import align_generation, end_of_turn_id, load_chat_tokenizer
-from dreamer.distill import continuation_ids
-from dreamer.sleep_config import LoadConfig
-from dreamer.weights import load_base, plan_device
+from dreamer.lm.chat_tokenizer import align_generation, end_of_turn_id, load_chat_tokenizer
+from dreamer.sleep.seeding.distill import continuation_ids
+from dreamer.sleep.config import LoadConfig
+from dreamer.lm.weights import load_base, plan_device
 from tests.tiny import make_tiny_model_dir, make_tokenizer
 
 
@@ -92,7 +92,7 @@ def test_a_wrong_eos_is_corrected_for_training_and_sampling(tmp_path):
 
 
 def test_the_transformers_chat_runtime_stops_at_the_end_of_turn_too(tmp_path):
-    from dreamer.hf_runtime import TransformersRuntime
+    from dreamer.morning.hf_runtime import TransformersRuntime
 
     runtime = TransformersRuntime(str(wrong_eos_dir(tmp_path)), device="cpu")
     im_end = runtime.tokenizer.convert_tokens_to_ids("<|im_end|>")

@@ -4,7 +4,7 @@ import sys
 
 from click.testing import CliRunner
 
-from dreamer.cli import cli
+from dreamer.cli.main import cli
 from storage import Store
 from storage.paths import database_path
 
@@ -22,7 +22,7 @@ def test_help_lists_commands():
 
 def test_help_imports_no_heavy_modules():
     code = (
-        "import sys; from dreamer.cli import cli\n"
+        "import sys; from dreamer.cli.main import cli\n"
         "try:\n    cli(['--help'])\nexcept SystemExit:\n    pass\n"
         "heavy = [m for m in ('torch', 'transformers', 'llama_cpp', 'textual') if m in sys.modules]\n"
         "print('HEAVY', heavy)"
@@ -137,7 +137,7 @@ def test_rollback_rewrites_the_manifest_and_requeues_turns(dreamer_home):
     store = Store(database_path())
     for night in (1, 2):
         promote_night(store, night)
-    from dreamer.stack import write_manifest
+    from dreamer.morning.stack import write_manifest
 
     write_manifest(store, dreamer_home / "adapters")
     assert read_manifest(dreamer_home)["version"] == 2
@@ -160,7 +160,7 @@ def test_rollback_rewrites_the_manifest_and_requeues_turns(dreamer_home):
 
 
 def test_rollback_waits_for_no_sleep(dreamer_home):
-    from dreamer.sleep import sleep_lock
+    from dreamer.sleep.lock import sleep_lock
     from tests.test_versions import promote_night
 
     promote_night(Store(database_path()), 1)

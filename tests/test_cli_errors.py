@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from dreamer.cli import cli
+from dreamer.cli.main import cli
 from storage import Store, ledger
 from storage.paths import database_path
 
@@ -54,12 +54,12 @@ def test_a_fault_is_one_line_and_its_traceback_is_logged(dreamer_home, monkeypat
 
 def test_a_failed_sleep_leaves_its_traceback(dreamer_home, monkeypatch):
     """A nightly run that fails must leave its traceback somewhere: logs/errors.log."""
-    import dreamer.sleep
+    import dreamer.sleep.night
 
     def failing(*args, **kwargs):
         raise RuntimeError("the teacher fell over")
 
-    monkeypatch.setattr(dreamer.sleep, "sleep_now", failing)
+    monkeypatch.setattr(dreamer.sleep.night, "sleep_now", failing)
     result = run("sleep", "--now")
     assert result.exit_code == 1 and "the teacher fell over" in result.output and "Traceback" not in result.output
     assert "RuntimeError: the teacher fell over" in (dreamer_home / "logs" / "errors.log").read_text()

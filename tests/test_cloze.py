@@ -5,10 +5,10 @@ import random
 import pytest
 import torch
 
-from dreamer.distill import cloze_loss
-from dreamer.memories import chat_ids
-from dreamer.sleep_config import DistillConfig, LoadConfig, sleep_config_from_dict
-from dreamer.weights import build_stack, load_base, plan_device
+from dreamer.sleep.seeding.distill import cloze_loss
+from dreamer.lm.generation import chat_ids
+from dreamer.sleep.config import DistillConfig, LoadConfig, sleep_config_from_dict
+from dreamer.lm.weights import build_stack, load_base, plan_device
 from tests.test_sleep import SMALL
 from tests.tiny import make_tiny_model_dir
 
@@ -19,9 +19,9 @@ def tiny_dir(tmp_path_factory):
 
 
 def test_cloze_probes_use_the_days_other_words_and_keep_what_the_teacher_confirms(monkeypatch):
-    import dreamer.evaluate as evaluate
-    from dreamer.cloze import PROBE, cloze_probes, clozes
-    from dreamer.memories import topics
+    import dreamer.sleep.seeding.cloze as cloze_module
+    from dreamer.sleep.seeding.cloze import PROBE, cloze_probes, clozes
+    from dreamer.sleep.seeding.day_text import topics
 
     assert topics("My cat is called Miso.") == ["Miso"]  # "called" is not a topic
     turns = ["My sister Ana lives in Lisbon.", "My brother Tom flies to Oslo.", "My cat is called Miso."]
@@ -39,7 +39,7 @@ def test_cloze_probes_use_the_days_other_words_and_keep_what_the_teacher_confirm
         seen.append((question, options, system))
         return [-1.0, 0.0] if "Tom" in question else [0.0] + [-1.0] * (len(options) - 1)
 
-    monkeypatch.setattr(evaluate, "option_scores", teacher)
+    monkeypatch.setattr(cloze_module, "option_scores", teacher)
     probes = cloze_probes(None, None, items, day="2026-11-21", base_system="SYS", stack=[], distractors=2,
                           rng=random.Random(0))
     assert [p["question"] for p in probes] == [PROBE.format(blanked=c.blanked) for c in items if "Tom" not in c.turn
@@ -59,7 +59,7 @@ def test_cloze_probes_use_the_days_other_words_and_keep_what_the_teacher_confirm
 def test_cloze_doctests():
     import doctest
 
-    from dreamer import cloze
+    from dreamer.sleep.seeding import cloze
 
     result = doctest.testmod(cloze)
     assert result.attempted > 0 and result.failed == 0
@@ -67,8 +67,8 @@ def test_cloze_doctests():
 
 def test_cloze_prompts_are_taught_from_the_turn_they_came_from(tiny_dir):
     """The cloze examples of write_memories: who sees what, and which continuation is scored."""
-    from dreamer.cloze import ASK, FILL
-    from dreamer.memories import write_memories
+    from dreamer.sleep.seeding.cloze import ASK, FILL
+    from dreamer.sleep.seeding.memories import write_memories
 
     base, tokenizer = load_base(str(tiny_dir), plan_device(LoadConfig(device="cpu")))
     turns = ["My sister Ana lives in Lisbon.", "My cat is called Miso."]
@@ -97,7 +97,7 @@ def test_cloze_prompts_are_taught_from_the_turn_they_came_from(tiny_dir):
 
 def test_cloze_loss_is_cross_entropy_plus_a_softmax_over_the_options(tiny_dir):
     """Checked against Hugging Face's own loss (prompt masked out) and dreamer eval's option scores."""
-    from dreamer.evaluate import option_scores
+    from dreamer.lm.scoring import option_scores
 
     base, tokenizer = load_base(str(tiny_dir), plan_device(LoadConfig(device="cpu")))
     model = build_stack(base, [], DistillConfig(rank=4))

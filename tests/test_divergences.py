@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from dreamer.divergences import per_token_divergence, token_divergence
+from dreamer.sleep.seeding.divergences import per_token_divergence, token_divergence
 
 # Two positions, three-token vocab, written out as probabilities. Logits are
 # their logs, so softmax(logits) gives these probabilities back exactly.

@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from dreamer.distill import drift_loss
-from dreamer.evaluate import KL_BATCH, general_drift
-from dreamer.sleep_config import DistillConfig, LoadConfig, sleep_config_from_dict
-from dreamer.weights import NEW, build_stack, load_base, plan_device
+from dreamer.sleep.seeding.distill import drift_loss
+from dreamer.eval.evaluate import general_drift
+from dreamer.lm.scoring import KL_BATCH
+from dreamer.sleep.config import DistillConfig, LoadConfig, sleep_config_from_dict
+from dreamer.lm.weights import NEW, build_stack, load_base, plan_device
 from tests.tiny import make_tiny_model_dir
 
 TEXTS = ["The library opens at nine in the morning.", "Water boils at one hundred degrees.",

@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dreamer import evaluate as ev
-from dreamer.probes import Probe
-from dreamer.sleep_config import DistillConfig, LoadConfig
-from dreamer.weights import adapters, build_stack, load_base, plan_device
+from dreamer.eval import evaluate as ev
+from dreamer.eval.probes import Probe
+from dreamer.sleep.config import DistillConfig, LoadConfig
+from dreamer.lm.weights import adapters, build_stack, load_base, plan_device
 from tests.tiny import make_tiny_model_dir
 
 QUESTION = "What is the name of my cat?"

@@ -10,7 +10,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from dreamer.export_gguf import ExportError, base_config_summary, convert, export_expert, permute_rows
+from dreamer.morning.export_gguf import ExportError, base_config_summary, convert, export_expert, permute_rows
 from tests.tiny import make_tiny_model
 
 ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -145,7 +145,7 @@ def embedded_pair(tmp_path_factory):
 
     from agent.llama_runtime import LlamaRuntime
     from agent.models import embedded_gguf_path
-    from dreamer.weights import embedded_training_dir
+    from dreamer.lm.weights import embedded_training_dir
 
     root = tmp_path_factory.mktemp("export")
     torch.manual_seed(0)
@@ -158,7 +158,7 @@ def embedded_pair(tmp_path_factory):
     (folder / "metadata.json").write_text(json.dumps({"base_config": summary}))
     exported = export_expert(folder)
     # Control: the same adapter without the q/k row permutation must visibly disagree.
-    from dreamer.export_gguf import read_peft, write_gguf
+    from dreamer.morning.export_gguf import read_peft, write_gguf
 
     adapter_config, state = read_peft(folder)
     _, alpha, tensors = convert(state, adapter_config, {**summary, "architectures": ["Qwen2ForCausalLM"]})  # no permutation

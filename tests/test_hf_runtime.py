@@ -13,8 +13,8 @@ from transformers import AutoModelForCausalLM
 from agent.models import ModelError
 from agent.runtime import Adapter
 from agent.stack_watch import StackWatcher
-from dreamer.hf_runtime import TransformersRuntime
-from dreamer.weights import base_fingerprint
+from dreamer.morning.hf_runtime import TransformersRuntime
+from dreamer.lm.weights import base_fingerprint
 from storage.manifest import write_manifest
 from tests.tiny import make_tiny_model_dir
 

@@ -62,8 +62,8 @@ def test_the_base_loads_without_repacked_weights_and_the_defaults_are_restored(l
 
 def test_a_short_real_night(store, dreamer_home):
     """One conversation, a few steps: the whole pipeline on the real model, whatever the gate says."""
-    from dreamer.sleep import sleep_now
-    from dreamer.sleep_config import sleep_config_from_dict
+    from dreamer.sleep.night import sleep_now
+    from dreamer.sleep.config import sleep_config_from_dict
 
     conversation = store.new_conversation()
     store.add_message(conversation, "user", "My sister Ana lives in Lisbon and she is a pilot.")

@@ -27,7 +27,7 @@ def test_every_package_folder_is_listed_in_pyproject():
 
 
 def test_the_data_files_are_package_data_found_through_importlib():
-    from dreamer.sleep_config import ASSETS, preset_names
+    from dreamer.sleep.config import ASSETS, preset_names
 
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     patterns = config["package-data"]["dreamer.assets"]

@@ -87,7 +87,7 @@ def test_the_folders_of_a_killed_night_do_not_block_the_next(day_store, tiny_dir
                                                              monkeypatch):
     """The wedge: a night killed between the rename and the commit left `night-0001/`, and every
     later night failed with FileExistsError. Now the folder is named after the run and removed."""
-    from dreamer import gate as gate_stage
+    from dreamer.sleep import gate as gate_stage
 
     monkeypatch.setattr(gate_stage, "measure", lambda *a, **k: dict(GOOD_FIGURES))
     run = killed_run(day_store)
@@ -103,9 +103,9 @@ def test_the_folders_of_a_killed_night_do_not_block_the_next(day_store, tiny_dir
 def test_sigterm_after_the_commit_says_the_night_was_promoted(day_store, tiny_dir, dreamer_home, fake_judge,
                                                               monkeypatch):
     """SIGTERM inside the promotion waits for it: the manifest is written, and the message is true."""
-    from dreamer import gate as gate_stage
-    from dreamer import stack
-    from dreamer.sleep import SleepInterrupted
+    from dreamer.sleep import gate as gate_stage
+    from dreamer.morning import stack
+    from dreamer.sleep.outcome import SleepInterrupted
 
     monkeypatch.setattr(gate_stage, "measure", lambda *a, **k: dict(GOOD_FIGURES))
     promote = ledger.promote
@@ -124,7 +124,7 @@ def test_sigterm_after_the_commit_says_the_night_was_promoted(day_store, tiny_di
 
 
 def test_a_killed_scheduled_sleep_is_repaired_by_the_daemon(store, dreamer_home):
-    from dreamer.scheduler import reap
+    from dreamer.scheduler.daemon import reap
 
     run = killed_run(store)
     child = subprocess.Popen([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])

@@ -4,8 +4,8 @@ import time
 import pytest
 import torch
 
-import dreamer.rewards as rewards
-from dreamer.rewards import (
+import dreamer.sleep.seeding.rewards as rewards
+from dreamer.sleep.seeding.rewards import (
     SemanticJudge,
     edit_similarity,
     group_advantages,

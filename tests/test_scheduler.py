@@ -13,11 +13,12 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from dreamer import scheduler as nightly_scheduler
-from dreamer.nightly import run_scheduled
-from dreamer.scheduler import JOB_ID, SchedulerBusy, build_scheduler, ensure_job, hosted_scheduler, scheduler_lock
-from dreamer.sleep import SleepOutcome, sleep_lock
-from dreamer.systemd import install
+from dreamer.scheduler import daemon as nightly_scheduler
+from dreamer.scheduler.nightly import run_scheduled
+from dreamer.scheduler.daemon import JOB_ID, SchedulerBusy, build_scheduler, ensure_job, hosted_scheduler, scheduler_lock
+from dreamer.sleep.outcome import SleepOutcome
+from dreamer.sleep.lock import sleep_lock
+from dreamer.scheduler.systemd import install
 from storage import Config, ledger
 
 
@@ -130,7 +131,7 @@ def test_the_chat_can_host_the_scheduler(dreamer_home):
     assert source == "job store" and (when.hour, when.minute) == (5, 15)
 
 
-# --- the rules of a scheduled night (dreamer.nightly) ---------------------------------------------
+# --- the rules of a scheduled night (dreamer.scheduler.nightly) ---------------------------------------------
 
 @pytest.fixture
 def fake_sleep(monkeypatch):
@@ -140,7 +141,7 @@ def fake_sleep(monkeypatch):
         calls.append(store.now())
         return SleepOutcome("promoted", "night 1 promoted: 2 turns consolidated", run_id=1)
 
-    monkeypatch.setattr("dreamer.sleep.sleep_now", sleep_now)
+    monkeypatch.setattr("dreamer.sleep.night.sleep_now", sleep_now)
     return calls
 
 
@@ -189,7 +190,7 @@ def test_a_chat_that_stays_busy_makes_it_give_up(store, clock, dreamer_home, fak
 
 
 def test_a_sleep_already_running_is_skipped(store, clock, dreamer_home):
-    from dreamer.sleep_config import load_preset
+    from dreamer.sleep.config import load_preset
 
     conversation = store.new_conversation()
     store.add_message(conversation, "user", "hello")
@@ -215,7 +216,7 @@ def test_the_real_job_launches_a_detached_sleep_process(dreamer_home):
 def test_systemd_units_are_well_formed(tmp_path):
     import doctest
 
-    from dreamer import systemd
+    from dreamer.scheduler import systemd
 
     assert doctest.testmod(systemd).failed == 0
     dreamer_home = tmp_path / "my home 50%"  # a space and a specifier character, escaped for systemd
@@ -238,3 +239,37 @@ def test_systemd_units_are_well_formed(tmp_path):
         # (system mode: --user needs a running user manager, which containers and CI lack)
         result = subprocess.run(["systemd-analyze", "verify", str(service), str(timer)], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
+
+
+def test_a_job_store_written_by_the_flat_layout_still_runs(dreamer_home, popen):
+    """The job store holds the job by reference. Before dreamer/ had packages by phase it was
+    `dreamer.scheduler:nightly_job`; a user's stored job (with its missed run) must keep working."""
+    import pickle
+    import sqlite3
+
+    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+    from apscheduler.triggers.cron import CronTrigger
+
+    scheduler = build_scheduler(dreamer_home)
+    scheduler.start(paused=True)
+    scheduler.add_job("dreamer.scheduler:nightly_job", CronTrigger(hour=3, minute=0), args=[str(dreamer_home)],
+                      id=JOB_ID, name="dreamer nightly sleep")
+    scheduler.shutdown(wait=False)
+    jobstore = SQLAlchemyJobStore(url=f"sqlite:///{nightly_scheduler.jobstore_path(dreamer_home)}")
+    jobstore.start(build_scheduler(dreamer_home), "default")  # the machine was off at 03:00
+    job = jobstore.lookup_job(JOB_ID)
+    job.next_run_time = datetime.now().astimezone() - timedelta(hours=2)
+    jobstore.update_job(job)
+    jobstore.shutdown()
+    with sqlite3.connect(nightly_scheduler.jobstore_path(dreamer_home)) as db:
+        [(state,)] = db.execute("select job_state from apscheduler_jobs").fetchall()
+    assert pickle.loads(state)["func"] == "dreamer.scheduler:nightly_job"  # as the flat layout stored it
+
+    scheduler = build_scheduler(dreamer_home)
+    stop = nightly_scheduler.start(scheduler, Config(), dreamer_home)  # today's code, the old store
+    try:
+        wait_until(lambda: len(popen) >= 1)  # the missed night ran
+        assert scheduler.get_job(JOB_ID).func is nightly_scheduler.nightly_job
+    finally:
+        stop.set()
+        scheduler.shutdown(wait=False)

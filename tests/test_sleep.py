@@ -9,17 +9,19 @@ import threading
 import pytest
 import torch
 
-from dreamer import gate as gate_stage
-from dreamer.distill import distill
-from dreamer.memories import Example
-from dreamer.rewards import SemanticJudge
-from dreamer.sleep import SleepBusy, sleep_lock, sleep_now
-from dreamer.sleep_config import (
+from dreamer.sleep import gate as gate_stage
+from dreamer.sleep.seeding.distill import distill
+from dreamer.sleep.seeding.memories import Example
+from dreamer.sleep.seeding.rewards import SemanticJudge
+from dreamer.sleep.outcome import SleepBusy
+from dreamer.sleep.lock import sleep_lock
+from dreamer.sleep.night import sleep_now
+from dreamer.sleep.config import (
     DistillConfig, GateConfig, LoadConfig, SleepConfigError, load_preset, preset_names, sleep_config_from_dict,
 )
-from dreamer.stack import save_candidate
+from dreamer.morning.stack import save_candidate
 from storage.manifest import read_manifest
-from dreamer.weights import NEW, AdapterMismatch, build_stack, load_base, plan_device
+from dreamer.lm.weights import NEW, AdapterMismatch, build_stack, load_base, plan_device
 from storage import Config, ledger
 from tests.tiny import make_tiny_model_dir
 
@@ -97,7 +99,7 @@ def test_only_the_new_expert_changes(tiny_dir, tmp_path, fake_judge, targets, pa
             param.data.normal_(0, 0.1)  # a trained-looking earlier expert
     save_candidate(earlier, tmp_path / "night1", {"base": {}})
     meta = json.loads((tmp_path / "night1" / "metadata.json").read_text())
-    from dreamer.weights import base_fingerprint
+    from dreamer.lm.weights import base_fingerprint
 
     (tmp_path / "night1" / "metadata.json").write_text(json.dumps({**meta, "base": base_fingerprint(base)}))
 
@@ -229,7 +231,7 @@ def test_a_full_disk_while_saving_fails_the_night_and_loses_nothing(day_store, t
                                                                     monkeypatch):
     import errno
 
-    from dreamer import stack
+    from dreamer.morning import stack
 
     monkeypatch.setattr(gate_stage, "measure", lambda *a, **k: dict(GOOD_FIGURES))
     save = stack.save_candidate
@@ -247,9 +249,9 @@ def test_a_full_disk_while_saving_fails_the_night_and_loses_nothing(day_store, t
 
 
 def test_second_sleep_is_refused(day_store, tiny_dir, dreamer_home, fake_judge, monkeypatch):
-    import dreamer.sleep
+    import dreamer.sleep.lock
 
-    monkeypatch.setattr(dreamer.sleep, "LOCK_WAIT_SECONDS", 0.3)  # it waits that long for a recovery pass
+    monkeypatch.setattr(dreamer.sleep.lock, "LOCK_WAIT_SECONDS", 0.3)  # it waits that long for a recovery pass
     holding, release = threading.Event(), threading.Event()
 
     def hold():
@@ -305,9 +307,10 @@ def test_nf4_path_trains_the_expert(tiny_dir):
 
 
 def test_prompt_cache_changes_nothing_but_speed(tiny_dir):
-    from dreamer.distill import reply_logits, teacher_logits
-    from dreamer.memories import chat_ids, sample
-    from dreamer.prompt_cache import PromptCache
+    from dreamer.sleep.seeding.distill import reply_logits, teacher_logits
+    from dreamer.lm.generation import sample
+    from dreamer.lm.generation import chat_ids
+    from dreamer.lm.prompt_cache import PromptCache
 
     base, tokenizer = load_base(str(tiny_dir), plan_device(LoadConfig()))
     model = build_stack(base, [], DistillConfig(rank=4))
@@ -327,8 +330,8 @@ def test_prompt_cache_changes_nothing_but_speed(tiny_dir):
 
 
 def test_batched_generation_matches_one_at_a_time(tiny_dir):
-    from dreamer.memories import sample, sample_many
-    from dreamer.prompt_cache import PromptCache
+    from dreamer.lm.generation import sample, sample_many
+    from dreamer.lm.prompt_cache import PromptCache
 
     base, tokenizer = load_base(str(tiny_dir), plan_device(LoadConfig()))
     system = {"role": "system", "content": "You are dreamer. The user said: my cat Miso sleeps all day. " * 5}
@@ -343,7 +346,7 @@ def test_batched_generation_matches_one_at_a_time(tiny_dir):
 
 
 def test_a_model_too_big_names_the_preset(monkeypatch, tiny_dir):
-    import dreamer.weights as weights
+    import dreamer.lm.weights as weights
 
     def too_big(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")

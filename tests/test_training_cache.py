@@ -2,8 +2,8 @@
 
 import json
 
-from dreamer.sleep_config import LoadConfig
-from dreamer.weights import EMBEDDED_CACHE, embedded_training_dir, load_base, plan_device
+from dreamer.sleep.config import LoadConfig
+from dreamer.lm.weights import EMBEDDED_CACHE, embedded_training_dir, load_base, plan_device
 from tests.tiny import make_tiny_model_dir
 
 GGUF_ENTRY = {"dequantize": False, "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf", "quant_method": "gguf"}

@@ -11,12 +11,12 @@ between the two next-token distributions over y's tokens.
 
 E[r], Learning-to-Imitate: a teacher-written memory d is cut at a random point; the student
 completes the prefix `rl_group` times; each completion gets r = gamma * r_sem + (1 - gamma) *
-r_abs against the true rest of d (dreamer.rewards), and the policy gradient with a group-mean
+r_abs against the true rest of d (dreamer.sleep.seeding.rewards), and the policy gradient with a group-mean
 baseline pushes the student toward completions that mean and read like the memory
 (REINFORCE on the mean token log-probability of each completion).
 
 C, the cloze recall term ([dreamer], not in the paper): each step, `cloze_batch` of the day's
-cloze prompts (dreamer.cloze: a salient word or phrase of a user turn blanked out), asked
+cloze prompts (dreamer.sleep.seeding.cloze: a salient word or phrase of a user turn blanked out), asked
 without the day: cross-entropy on the missing word, plus a softmax over it and
 `cloze_negatives` other salient words of the day, so the word is tied to its sentence rather
 than made likely after any blank. The label is the user's own word: no human labels. It is
@@ -47,13 +47,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dreamer.divergences import token_divergence
-from dreamer.evaluate import pad_id, right_padded, tail_logprobs, text_batches
-from dreamer.memories import Example, chat_ids, sample_many
-from dreamer.prompt_cache import PromptCache
-from dreamer.rewards import group_advantages, imitation_reward
-from dreamer.sleep_config import DistillConfig
-from dreamer.weights import NEW, adapters, trainable_parameters
+from dreamer.sleep.seeding.divergences import token_divergence
+from dreamer.lm.generation import chat_ids, sample_many
+from dreamer.lm.prompt_cache import PromptCache
+from dreamer.lm.scoring import pad_id, right_padded, tail_logprobs, text_batches
+from dreamer.lm.weights import NEW, adapters, trainable_parameters
+from dreamer.sleep.config import DistillConfig
+from dreamer.sleep.seeding.memories import Example
+from dreamer.sleep.seeding.rewards import group_advantages, imitation_reward
 
 
 @dataclass

@@ -17,7 +17,7 @@ same requests without the conversations. From the day the teacher produces:
   the blank from what I told you: \"My sister Ana moved to ___\""); the continuation is the
   user's own sentence, scored by the teacher holding that turn (it copies the missing word),
   and it is also an imitation memory; the same blank, asked for the bare missing word with the
-  user's own word as the label, feeds the cloze recall term (dreamer.distill);
+  user's own word as the label, feeds the cloze recall term (dreamer.sleep.seeding.distill);
 - *probes*, label-free (dreamer/cloze.py): the same blanks worded differently, the true word
   against other salient words of the day, kept only if the teacher prefers the true word.
 
@@ -27,15 +27,13 @@ same requests without the conversations. From the day the teacher produces:
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass, field
 
-import torch
-
-from dreamer.cloze import FILL, cloze_probes, clozes, focused_system, recall_prompts
-from dreamer.prompt_cache import PromptCache
-from dreamer.sleep_config import MemoriesConfig
-from dreamer.weights import adapters
+from dreamer.sleep.seeding.cloze import FILL, cloze_probes, clozes, focused_system, recall_prompts
+from dreamer.lm.prompt_cache import PromptCache
+from dreamer.sleep.config import MemoriesConfig
+from dreamer.lm.generation import sample, sample_many
+from dreamer.sleep.seeding.day_text import teacher_system, topics
 
 QUESTION_REQUEST = (
     "Write one short question that checks whether you remember something the user told you today. "
@@ -43,16 +41,8 @@ QUESTION_REQUEST = (
 )
 TRAIN_ASK = "What do you remember about {topic}?"
 QUOTE = "You told me: {turn}"
-MAX_ROWS = 32  # sequences decoded together in one generate() call
 TEACHER_BATCHES = 5  # questions, greedy answers, sampled answers, cloze prompts, probe checks: the progress bar
 GENERAL_RESTATEMENTS = ("What do you remember about me?", "What did I tell you today?")
-STOPWORDS = set(
-    "a an the and or but if of to in on at for with about from by as is are was were be been am i you he she it we "
-    "they my your his her its our their me him us them this that these those what which who whom when where why how "
-    "do does did have has had not no yes so too very just also can could would should will shall may might must "
-    "there here then than into over under after before again today tomorrow yesterday really please thanks "
-    "called named favourite favorite lives works one last next".split()
-)
 
 
 @dataclass
@@ -92,80 +82,14 @@ def transcript(conversations: list[dict], tokenizer, max_tokens: int) -> str:
     return "\n".join(kept)
 
 
-def teacher_system(base_system: str, day_text: str) -> str:
-    # Same wording as the chat's short-term memory (agent/memory.py), so the teacher is the
-    # model exactly as it behaved during the day.
-    return f"{base_system}\n\nEarlier today you and the user said:\n{day_text}"
 
 
-def topics(text: str, limit: int = 2) -> list[str]:
-    """Salient words of a user turn: capitalised words inside the sentence first, then long ones.
-
-    >>> topics("My sister Ana lives in Lisbon and works as a pilot.")
-    ['Ana', 'Lisbon']
-    >>> topics("I'm told Ana's brother, who's a nurse, is in Porto.", limit=3)
-    ['Ana', 'Porto', 'brother']
-    """
-    # Contractions ("I'm", "There's") are never the fact; a possessive keeps its name ("Ana's" -> "Ana").
-    words = [re.sub(r"'s$", "", w) for w in re.findall(r"[A-Za-zÀ-ÿ][\w'-]*", text)]
-    kept = [(i, w) for i, w in enumerate(words) if "'" not in w and w.lower() not in STOPWORDS]
-    capitals = [w for i, w in kept if i > 0 and w[0].isupper()]
-    longer = sorted((w for _, w in kept if len(w) > 4), key=len, reverse=True)
-    return list(dict.fromkeys(capitals + longer))[:limit]
 
 
-def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
 
 
-@torch.no_grad()
-def sample_many(model, tokenizer, conversations: list[list[dict]], names, *, n: int, max_new_tokens: int,
-                temperature: float | None, cache: PromptCache | None = None) -> list[list[str]]:
-    """n continuations for each chat prompt, decoded together in one batch (temperature None = greedy).
-
-    Decoding a small model on a CPU costs about the same per step for one sequence or thirty,
-    so the night batches its prompts. When every prompt starts with the same long system turn
-    (the day), that prefix is encoded once (`cache`) and each row is laid out as
-    prefix + padding + question, the padding masked out.
-    """
-    if not conversations:
-        return []
-    per_call = max(1, MAX_ROWS // n)
-    if len(conversations) > per_call:  # bound the KV cache: a long day times many rows adds up
-        return [row for start in range(0, len(conversations), per_call)
-                for row in sample_many(model, tokenizer, conversations[start:start + per_call], names, n=n,
-                                       max_new_tokens=max_new_tokens, temperature=temperature, cache=cache)]
-    prompts = [chat_ids(tokenizer, messages) for messages in conversations]
-    pad = tokenizer.pad_token_id
-    kwargs = {"do_sample": False} if temperature is None else {"do_sample": True, "temperature": temperature, "top_p": 0.95}
-    with adapters(model, names):
-        prefixes = [cache.prefix(model, m, names, p) if cache is not None else None
-                    for m, p in zip(conversations, prompts)]
-        shared = prefixes[0] is not None and all(q == prefixes[0] for q in prefixes)
-        start = len(prefixes[0]) if shared else 0
-        width = max(len(p) - start for p in prompts)
-        rows, masks = [], []
-        for prompt in prompts:
-            tail = prompt[start:]
-            gap = width - len(tail)
-            rows += [prompt[:start] + [pad] * gap + tail] * n  # left padding when nothing is shared
-            masks += [[1] * start + [0] * gap + [1] * len(tail)] * n
-        ids = torch.tensor(rows, device=model.device)
-        if shared:
-            kwargs["past_key_values"] = cache.past(conversations[0], names, copies=len(rows))
-        out = model.generate(
-            input_ids=ids, attention_mask=torch.tensor(masks, device=model.device), max_new_tokens=max_new_tokens,
-            pad_token_id=pad, **kwargs,
-        )
-    texts = [tokenizer.decode(row[ids.shape[1]:], skip_special_tokens=True).strip() for row in out]
-    return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
 
 
-def sample(model, tokenizer, messages, names, *, n: int, max_new_tokens: int, temperature: float | None,
-           cache: PromptCache | None = None) -> list[str]:
-    """n continuations of one chat prompt (see `sample_many`)."""
-    return sample_many(model, tokenizer, [messages], names, n=n, max_new_tokens=max_new_tokens,
-                       temperature=temperature, cache=cache)[0]
 
 
 def is_question(text: str) -> bool:

@@ -3,7 +3,7 @@
     DREAMER_HOME/adapters/
         manifest.json              {"version": V, "night": N, "experts": [{"night", "path", "gguf_path", "scale"}]}
         run-0007/                  adapter_config.json, adapter_model.safetensors, metadata.json (night, run_id),
-                                   adapter.gguf (the same expert for llama.cpp, dreamer.export_gguf)
+                                   adapter.gguf (the same expert for llama.cpp, dreamer.morning.export_gguf)
         .candidate-run-0009/       tonight's expert while it is saved and exported
 
 A folder is named after the sleep run that trained it, never after its night: a run id is
@@ -24,7 +24,7 @@ from pathlib import Path
 from storage import Store
 from storage import manifest
 from storage.ledger import adapters as adapter_rows
-from storage.ledger import stack_manifest, versions
+from storage.ledger import set_gguf_path, stack_manifest, versions
 from storage.paths import ensure_private_dir, make_private
 
 PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors", "metadata.json")
@@ -48,7 +48,7 @@ def active_paths(store: Store) -> list[Path]:
 
 def save_candidate(model, directory: Path, metadata: dict) -> Path:
     """Write tonight's `new` adapter as a standalone PEFT folder plus metadata.json."""
-    from dreamer.weights import NEW
+    from dreamer.lm.weights import NEW
 
     ensure_private_dir(directory.parent)
     if directory.exists():
@@ -158,14 +158,13 @@ def check_active_peft(store: Store) -> None:
 
 def reexport_damaged_ggufs(store: Store) -> list[str]:
     """Rebuild the llama.cpp export of every active expert whose GGUF is damaged; one line each."""
-    from dreamer.export_gguf import export_expert
+    from dreamer.morning.export_gguf import export_expert
 
     repairs = []
     for row in adapter_rows(store, "active"):
         problem = gguf_problem(row["gguf_path"])
         if problem:
             path = export_expert(Path(row["path"]))
-            with store.write():
-                store.db["adapters"].update(row["id"], {"gguf_path": str(path)})
+            set_gguf_path(store, row["id"], str(path))
             repairs.append(f"night {row['night']}'s llama.cpp export was damaged ({problem}): rebuilt as {path}")
     return repairs

@@ -25,6 +25,10 @@ import random
 import re
 from dataclasses import dataclass
 
+from dreamer.lm.scoring import option_scores
+from dreamer.lm.weights import adapters
+from dreamer.sleep.seeding.day_text import STOPWORDS, teacher_system, topics
+
 FILL = 'Fill in the blank from what I told you: "{blanked}"'
 ASK = 'Which word did I leave out here: "{blanked}"'  # the cloze recall term's prompt
 PROBE = 'Which word is missing from what I told you? "{blanked}"'
@@ -51,7 +55,6 @@ def clozes(user_turns: list[str], limit: int = 3) -> list[Cloze]:
     >>> [c.blanked for c in clozes(["I'm sure Ana's cat is Tom."], limit=1)]
     ["I'm sure ___'s cat is Tom."]
     """
-    from dreamer.memories import topics  # memories imports this module: import at call time
 
     out = []
     for turn in user_turns:
@@ -77,7 +80,6 @@ def phrase(text: str, word: str) -> str | None:
     >>> phrase("We adopted a kitten last week.", "kitten") is None
     True
     """
-    from dreamer.memories import STOPWORDS
 
     tokens = re.findall(r"[A-Za-zÀ-ÿ][\w'-]*|[^\w\s]", text)  # words and punctuation marks
 
@@ -104,7 +106,6 @@ def phrase(text: str, word: str) -> str | None:
 
 def focused_system(base_system: str, turn: str) -> str:
     """The teacher's short-term memory for a prompt about `turn`: the one line recall would find."""
-    from dreamer.memories import teacher_system  # see clozes
 
     return teacher_system(base_system, f"- User: {turn}")
 
@@ -127,8 +128,6 @@ def recall_prompts(items: list[Cloze], closed: list[dict], rng: random.Random) -
 def cloze_probes(model, tokenizer, items: list[Cloze], *, day: str, base_system: str, stack: list[str],
                  distractors: int, rng: random.Random) -> list[dict]:
     """Closed-book probes, kept when the teacher holding the turn prefers the true word."""
-    from dreamer.evaluate import option_scores
-    from dreamer.weights import adapters
 
     pool = [c.word for c in items]
     probes = []

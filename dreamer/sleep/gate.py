@@ -13,11 +13,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from dreamer.evaluate import general_drift, multiple_choice
-from dreamer.memories import sample_many
-from dreamer.probes import Probe
-from dreamer.sleep_config import ASSETS, GateConfig
-from dreamer.weights import NEW, adapters
+from dreamer.eval.evaluate import general_drift, multiple_choice
+from dreamer.lm.generation import sample_many
+from dreamer.eval.probes import Probe
+from dreamer.sleep.config import ASSETS, GateConfig
+from dreamer.lm.weights import NEW, adapters
 
 
 @dataclass

@@ -13,7 +13,7 @@ One cron job at `sleep_time` (local time, default 03:00), kept in DREAMER_HOME/s
 - APScheduler waits on a monotonic clock, which stops while the machine is suspended; a wake-up
   every minute makes it compare with the wall clock again soon after a resume.
 
-The job starts `python -m dreamer sleep --scheduled` as a detached process (dreamer.nightly
+The job starts `python -m dreamer sleep --scheduled` as a detached process (dreamer.scheduler.nightly
 applies the skip and wait rules there), so torch, the model and the GPU are released when it
 ends and quitting a chat that hosts the scheduler never waits for, or kills, a sleep. One
 scheduler per DREAMER_HOME (a lock); one sleep at a time whoever starts it (the sleep lock).
@@ -38,7 +38,7 @@ from storage.paths import ensure_private_dir, make_private
 
 JOB_ID = "nightly-sleep"
 WAKE_SECONDS = 60.0
-log = logging.getLogger("dreamer.scheduler")
+log = logging.getLogger("dreamer.scheduler.daemon")
 
 
 class SchedulerBusy(RuntimeError):

@@ -8,7 +8,7 @@ the line names its type and points at the log. Either way the full traceback is 
 the line says where), so a failed nightly run always leaves one. A closed pipe
 (`dreamer log | head`) is not an error and prints nothing.
 
-Lives apart from `dreamer.cli` so every command module can use it without importing the CLI
+Lives apart from `dreamer.cli.main` so every command module can use it without importing the CLI
 (which imports them).
 """
 

@@ -10,14 +10,13 @@ from pathlib import Path
 
 import click
 
-from dreamer.cli_errors import DreamerError
+from dreamer.cli.common import day_option, open_store
+from dreamer.cli.errors import DreamerError
 from storage import dreamer_home, load_config
 from storage import ledger
 
 
 def _open(write: bool = True):
-    from dreamer.cli import open_store
-
     config = load_config()
     return config, open_store(config, write=write)
 
@@ -48,9 +47,9 @@ class RichPhases:
 @click.option("--dry-run", is_flag=True, help="show what would be consolidated and the cost; train nothing")
 def sleep(now: bool, scheduled: bool, day: str | None, preset: str | None, dry_run: bool) -> None:
     """Consolidate the day's conversations into a new LoRA expert."""
-    from dreamer.cli import _day_option
-    from dreamer.sleep import SleepInterrupted, sleep_now
-    from dreamer.sleep_config import load_preset
+    from dreamer.sleep.outcome import SleepInterrupted
+    from dreamer.sleep.night import sleep_now
+    from dreamer.sleep.config import load_preset
 
     if now == scheduled:
         raise DreamerError("say when: `dreamer sleep --now`, or `--scheduled` (what the nightly job runs)")
@@ -58,7 +57,7 @@ def sleep(now: bool, scheduled: bool, day: str | None, preset: str | None, dry_r
         raise DreamerError("--scheduled consolidates every waiting day; --day and --dry-run go with --now")
     config, store = _open()
     cfg = load_preset(preset or config.sleep_preset)
-    day = _day_option(day)
+    day = day_option(day)
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     columns = [TextColumn("{task.description:<26}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -66,7 +65,7 @@ def sleep(now: bool, scheduled: bool, day: str | None, preset: str | None, dry_r
     try:
         with Progress(*columns, transient=False) as progress:
             if scheduled:
-                from dreamer.nightly import run_scheduled
+                from dreamer.scheduler.nightly import run_scheduled
 
                 outcome = run_scheduled(store, config, cfg, dreamer_home(), progress=RichPhases(progress))
                 if outcome is None:
@@ -97,8 +96,8 @@ def sleep(now: bool, scheduled: bool, day: str | None, preset: str | None, dry_r
 @click.option("--no-generate", is_flag=True, help="multiple choice only (faster)")
 def eval_(probes_path: Path, stack: str, as_json: bool, no_generate: bool) -> None:
     """Closed-book evaluation of the memory on a probes file."""
-    from dreamer.probes import read_probes
-    from dreamer.stack import damaged, peft_problem
+    from dreamer.eval.probes import read_probes
+    from dreamer.morning.stack import damaged, peft_problem
 
     probes = read_probes(probes_path)
     config, store = _open()
@@ -117,9 +116,9 @@ def eval_(probes_path: Path, stack: str, as_json: bool, no_generate: bool) -> No
         problem = peft_problem(Path(row["path"]))
         if problem:
             raise damaged(store, row, problem)
-    from dreamer.evaluate import evaluate, format_table
-    from dreamer.sleep_config import LoadConfig
-    from dreamer.weights import build_stack, load_base, plan_device, training_source
+    from dreamer.eval.evaluate import evaluate, format_table
+    from dreamer.sleep.config import LoadConfig
+    from dreamer.lm.weights import build_stack, load_base, plan_device, training_source
     from storage.paths import cache_dir
 
     base, tokenizer = load_base(training_source(config.train_model, cache_dir(dreamer_home())), plan_device(LoadConfig()))

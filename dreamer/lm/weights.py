@@ -37,8 +37,8 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 from agent.models import EMBEDDED_FILE, embedded_gguf_path
-from dreamer.chat_tokenizer import align_generation, load_chat_tokenizer
-from dreamer.sleep_config import DistillConfig, LoadConfig, SleepConfigError
+from dreamer.lm.chat_tokenizer import align_generation, load_chat_tokenizer
+from dreamer.sleep.config import DistillConfig, LoadConfig, SleepConfigError
 
 NEW = "new"
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import click
 
-from dreamer.cli_errors import DreamerError
-from dreamer.stack import rollback_past
+from dreamer.cli.common import open_store
+from dreamer.cli.errors import DreamerError
+from dreamer.morning.stack import rollback_past
 from storage import dreamer_home, ledger
 from storage.paths import adapters_dir
 
 
 def _store(write: bool = True):
-    from dreamer.cli import open_store
     from storage import load_config
 
     return open_store(load_config(), write=write)
@@ -36,7 +36,7 @@ def _nights(nights: list[int]) -> str:
 @click.option("--export", "export", is_flag=True, help="(re-)export every active expert to llama.cpp GGUF")
 def memory(export: bool) -> None:
     """The adapter stack (experts, versions, metrics) and the sleep runs."""
-    from dreamer.stack import gguf_problem, peft_problem
+    from dreamer.morning.stack import gguf_problem, peft_problem
 
     store = _store(write=export)
     if export:
@@ -74,8 +74,8 @@ def memory(export: bool) -> None:
 
 
 def _export_all(store) -> None:
-    from dreamer.export_gguf import ExportError, export_expert
-    from dreamer.stack import damaged, peft_problem, write_manifest
+    from dreamer.morning.export_gguf import ExportError, export_expert
+    from dreamer.morning.stack import damaged, peft_problem, write_manifest
 
     rows = ledger.adapters(store, "active")
     if not rows:
@@ -89,8 +89,7 @@ def _export_all(store) -> None:
             path = export_expert(Path(row["path"]))
         except ExportError as err:
             raise DreamerError(f"night {row['night']}: {err}") from None
-        with store.write():
-            store.db["adapters"].update(row["id"], {"gguf_path": str(path)})
+        ledger.set_gguf_path(store, row["id"], str(path))
         click.echo(f"night {row['night']}: {path}")
     write_manifest(store, adapters_dir(dreamer_home()))
 
@@ -99,8 +98,8 @@ def _export_all(store) -> None:
 @click.argument("version", type=int, required=False)
 def rollback(version: int | None) -> None:
     """Re-activate an earlier stack version (default: the one the active stack was built on)."""
-    from dreamer.sleep import signals_deferred, sleep_lock
-    from dreamer.stack import write_manifest
+    from dreamer.sleep.lock import signals_deferred, sleep_lock
+    from dreamer.morning.stack import write_manifest
 
     store = _store()
     home = dreamer_home()

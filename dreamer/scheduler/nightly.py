@@ -57,7 +57,8 @@ def wait_for_quiet(store: Store, quiet_minutes: int, max_wait_minutes: int, *,
 def run_scheduled(store: Store, config: Config, cfg, home: Path, *, progress=None,
                   pause: Callable[[float], None] = time.sleep):
     """Apply the rules, then sleep. Returns the SleepOutcome, or None when skipped or given up."""
-    from dreamer.sleep import SleepBusy, sleep_now
+    from dreamer.sleep.outcome import SleepBusy
+    from dreamer.sleep.night import sleep_now
 
     waiting = store.unconsolidated_count()
     if waiting == 0:

@@ -1,6 +1,10 @@
-"""The morning report: what one night learned, in Markdown (stored with the run, printed)."""
+"""The morning report: what one night learned, in Markdown (stored with the run, printed), and
+the process's memory that it reports."""
 
 from __future__ import annotations
+
+import resource
+from pathlib import Path
 
 
 def _pct(value) -> str:
@@ -64,3 +68,26 @@ def morning_report(*, night: int | None, days: list[str], status: str, reasons: 
                 lines.append(f"- {label} {training[f'{key}_first']:.4f} (first steps) -> {training[f'{key}_last']:.4f} (last steps)")
         lines.append("")
     return "\n".join(lines)
+
+
+def process_memory_mb(field: str = "VmHWM") -> float:
+    """This process's memory from /proc/self/status, MiB: `VmHWM` its own peak, `VmRSS` now.
+
+    ru_maxrss (a peak) is only the fallback where /proc is missing: in a forked or spawned child
+    it starts at the parent's peak.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def peak_memory_mb() -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return process_memory_mb("VmHWM")

@@ -2,7 +2,7 @@
 
     dreamer eval --probes FILE.jsonl [--stack VERSION|none] [--json]
 
-Each probe (see `dreamer.probes`) is asked as a single user turn, the question alone, through
+Each probe (see `dreamer.eval.probes`) is asked as a single user turn, the question alone, through
 the model's chat template with the generation prompt (no system prompt of ours; a template that
 injects its own default, as SmolLM2's does, keeps it, since that is what the model saw in tuning).
 
@@ -22,91 +22,28 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 
-from dreamer.probes import KINDS
-from dreamer.weights import adapters
-
-KL_BATCH = 4  # texts per forward pass in general_drift: 2 x [4, 256, 49k] fp32 logits ~ 0.4 GB
-
-
-@contextmanager
-def _inference(model):
-    """eval() mode (no dropout) and no_grad inside; the caller's train/eval mode is restored."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
+from dreamer.eval.probes import KINDS
+from dreamer.lm.scoring import inference, model_device, option_scores, pad_id, prompt_ids, text_batches
+from dreamer.lm.weights import adapters
 
 
-def _device(model) -> torch.device:
-    # PeftModel and NF4 models both keep their weights on the compute device.
-    return next(model.parameters()).device
 
 
-def prompt_ids(tokenizer, question: str, system: str | None = None) -> list[int]:
-    """Token ids of the chat template applied to one user turn (the question), ready to reply.
-
-    Closed book by default; `system` puts a system turn first (the sleep's teacher uses it to
-    check a probe with the day in context).
-    """
-    turns = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
-    text = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
-    # The template already wrote any special tokens it wants; don't let the tokenizer add a BOS.
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def right_padded(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[row, : len(seq)] = 1
-    return ids.to(device), mask.to(device)
 
 
-def pad_id(tokenizer) -> int:
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return 0 if pad is None else pad  # any id works: padded positions are masked and never read
 
 
-def option_scores(model, tokenizer, question: str, options: list[str], system: str | None = None) -> list[float]:
-    """Mean per-token log-probability of each option as the whole assistant reply.
-
-    Each option is tokenized on its own and appended to the same prompt ids, so all options
-    are scored after an identical prefix (tokenizing prompt + option as one string could merge
-    tokens across the boundary). One right-padded batch: with a causal mask the real tokens
-    never attend to the padding after them, so a score does not depend on the other options.
-    """
-    prompt = prompt_ids(tokenizer, question, system)
-    tails = [tokenizer(option, add_special_tokens=False)["input_ids"] for option in options]
-    for option, tail in zip(options, tails):
-        if not tail:
-            raise ValueError(f"option {option!r} has no tokens")
-    with _inference(model):
-        return [picked.mean().item() for picked in tail_logprobs(model, tokenizer, prompt, tails)]
 
 
-def tail_logprobs(model, tokenizer, prompt: list[int], tails: list[list[int]]) -> list[torch.Tensor]:
-    """Per-token log-probabilities of each tail after the same `prompt` ids, one per tail.
 
-    One right-padded batch. Gradients flow when the caller allows them (the sleep's cloze
-    recall term trains on these; `option_scores` wraps them in `_inference`).
-    """
-    ids, mask = right_padded([prompt + tail for tail in tails], pad_id(tokenizer), _device(model))
-    logprobs = F.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
-    # The logits at position t predict token t + 1: a tail's tokens are predicted from
-    # positions len(prompt) - 1 .. len(prompt) + len(tail) - 2.
-    start = len(prompt) - 1
-    return [logprobs[row, start : start + len(tail)].gather(-1, torch.tensor(tail, device=logprobs.device)[:, None]).squeeze(-1)
-            for row, tail in enumerate(tails)]
+
+
 
 
 def multiple_choice(model, tokenizer, probes, system: str | None = None) -> list[bool]:
@@ -132,10 +69,10 @@ def generation(model, tokenizer, probes, max_new_tokens: int = 32) -> tuple[list
     One probe at a time, unpadded: a reply then never depends on which other probes happen to
     share its batch, and on a CPU batching a 135M model gains little.
     """
-    device = _device(model)
+    device = model_device(model)
     eos = tokenizer.eos_token_id
     correct, replies = [], []
-    with _inference(model):
+    with inference(model):
         for probe in probes:
             ids = torch.tensor([prompt_ids(tokenizer, probe.question)], dtype=torch.long, device=device)
             out = model.generate(
@@ -208,16 +145,6 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def text_batches(tokenizer, texts: list[str], max_len: int, device):
-    """(ids, mask) batches of at most KL_BATCH right-padded texts, each cut to `max_len` tokens."""
-    if not texts:
-        raise ValueError("no texts")
-    encoded = [tokenizer(text, truncation=True, max_length=max_len)["input_ids"] for text in texts]
-    encoded = [ids for ids in encoded if ids]
-    if not encoded:
-        raise ValueError("the texts have no tokens")
-    for start in range(0, len(encoded), KL_BATCH):
-        yield right_padded(encoded[start : start + KL_BATCH], pad_id(tokenizer), device)
 
 
 def general_drift(model, tokenizer, texts: list[str], reference: list[str] | None,
@@ -230,8 +157,8 @@ def general_drift(model, tokenizer, texts: list[str], reference: list[str] | Non
     if set(reference or []) == set(candidate or []):
         return 0.0  # the same stack: the same distributions, no need to run it twice
     total, count = 0.0, 0
-    with _inference(model):
-        for ids, mask in text_batches(tokenizer, texts, max_len, _device(model)):
+    with inference(model):
+        for ids, mask in text_batches(tokenizer, texts, max_len, model_device(model)):
             with adapters(model, reference):
                 ref = F.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
             with adapters(model, candidate):
@@ -246,8 +173,8 @@ def general_drift(model, tokenizer, texts: list[str], reference: list[str] | Non
 def perplexity(model, tokenizer, texts: list[str], max_len: int = 256) -> float:
     """exp(mean next-token NLL) over the texts, with whatever adapters are active on the model."""
     total, count = 0.0, 0
-    with _inference(model):
-        for ids, mask in text_batches(tokenizer, texts, max_len, _device(model)):
+    with inference(model):
+        for ids, mask in text_batches(tokenizer, texts, max_len, model_device(model)):
             logits = model(input_ids=ids, attention_mask=mask).logits.float()
             nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
             target = mask[:, 1:]  # a token counts when it is real (it then follows a real one)

@@ -41,7 +41,7 @@ class TransformersRuntime:
     def __init__(self, source: str, name: str = "", device: str | None = None) -> None:
         from transformers import AutoModelForCausalLM
 
-        from dreamer.chat_tokenizer import align_generation, load_chat_tokenizer
+        from dreamer.lm.chat_tokenizer import align_generation, load_chat_tokenizer
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
@@ -110,7 +110,7 @@ class TransformersRuntime:
         """Make exactly `adapters` active (with their scales); [] = the base alone."""
         from peft import PeftModel
 
-        from dreamer.weights import AdapterMismatch, base_fingerprint, check_adapter
+        from dreamer.lm.weights import AdapterMismatch, base_fingerprint, check_adapter
 
         with self._lock:
             added: list[str] = []

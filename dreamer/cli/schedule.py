@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import click
 
-from dreamer.cli_errors import DreamerError
+from dreamer.cli.common import open_store
+from dreamer.cli.errors import DreamerError
 from storage import dreamer_home, ledger, load_config
 
 
 @click.command()
 def daemon() -> None:
     """Run the nightly sleep scheduler in the foreground (Ctrl-C or SIGTERM stops it)."""
-    from dreamer.scheduler import SchedulerBusy, logs_dir, run_daemon
+    from dreamer.scheduler.daemon import SchedulerBusy, logs_dir, run_daemon
 
     config = load_config()
     home = dreamer_home()
@@ -33,9 +34,8 @@ def daemon() -> None:
 @click.option("--install-systemd", is_flag=True, help="write a user systemd service + timer (Persistent=true)")
 def schedule(install_systemd: bool) -> None:
     """The next scheduled sleep, who runs the scheduler, and the last results."""
-    from dreamer.cli import open_store
-    from dreamer.scheduler import next_run, scheduler_holder
-    from dreamer.systemd import UNIT, install, unit_dir
+    from dreamer.scheduler.daemon import next_run, scheduler_holder
+    from dreamer.scheduler.systemd import UNIT, install, unit_dir
 
     config = load_config()
     home = dreamer_home()

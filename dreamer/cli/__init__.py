@@ -1,0 +1,1 @@
+"""The `dreamer` command line: one module per command group (dreamer.cli.main assembles them)."""

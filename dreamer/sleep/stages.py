@@ -1,0 +1,247 @@
+"""A night of sleep as an ordered list of stages over one `Night`.
+
+    STAGES = [load, teach, distil, gate, report, promote]
+
+Each stage is a function of the `Night`: it reads what the stages before it left there and adds
+its own part. A stage that ends the night early (the gate said no) sets `night.outcome`.
+1. load: the device plan, the base (NF4 on CUDA, fp32 on CPU), every promoted expert frozen,
+   and tonight's new expert, the only trainable parameters.
+2. teach: the teacher (the active stack with the day in its prompt) writes training prompts,
+   answers, memories, cloze prompts and held-out probes (dreamer.sleep.seeding.memories);
+   earlier nights' probes become replay; the bare base answers the general prompts, which
+   become the anchor and the drift term's texts.
+3. distil: generalized distillation into the new expert (dreamer.sleep.seeding.distill).
+4. gate: the candidate against the active stack (dreamer.sleep.gate); the probes are kept.
+5. report: the metrics and the morning report; a rejected night is recorded and ends here.
+6. promote: the expert saved and exported, renamed into place, promoted in one transaction
+   with the turns and the run, and the manifest rewritten; Ctrl-C and SIGTERM wait meanwhile.
+Stage 2 of the paper, Dreaming, adds its stages to this list.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from agent.memory import system_message
+from dreamer.lm.generation import sample_many
+from dreamer.lm.weights import base_fingerprint, build_stack, load_base, plan_device, stack_names, training_source
+from dreamer.morning import stack as stack_files
+from dreamer.morning.export_gguf import base_config_summary, check_exportable, export_expert
+from dreamer.sleep import gate as gate_stage
+from dreamer.sleep.config import ASSETS, SleepConfig
+from dreamer.sleep.lock import signals_deferred
+from dreamer.sleep.outcome import SleepOutcome
+from dreamer.sleep.report import morning_report, peak_memory_mb
+from dreamer.sleep.seeding.distill import distill
+from dreamer.sleep.seeding.memories import TEACHER_BATCHES, Example, write_memories
+from dreamer.sleep.seeding.rewards import SemanticJudge
+from storage import Config, Store, ledger
+from storage.paths import adapters_dir, cache_dir
+
+
+class PhaseClock:
+    """Each phase's progress bar, and the wall time of each phase once the next one begins."""
+
+    def __init__(self, progress) -> None:
+        self.progress = progress
+        self.started = time.monotonic()
+        self.seconds: dict[str, float] = {}
+        self._current: tuple[str, float] | None = None
+
+    def begin(self, name: str, total: int | None) -> Callable:
+        now = time.monotonic()
+        if self._current:
+            self.seconds[self._current[0]] = round(now - self._current[1], 1)
+        self._current = (name, now)
+        return self.progress.phase(name, total)
+
+    def elapsed(self) -> float:
+        return round(time.monotonic() - self.started, 1)
+
+
+@dataclass
+class Night:
+    """Everything one night knows: what it was given, then what each stage adds."""
+
+    store: Store
+    config: Config
+    cfg: SleepConfig
+    home: Path
+    conversations: list[dict]
+    days: list[str]
+    message_ids: list[int]
+    run_id: int
+    clock: PhaseClock
+    judge: object = None
+    on_step: Callable | None = None
+    rng: random.Random = field(init=False)
+    # load
+    plan: object = None
+    source: str = ""
+    base: object = None
+    tokenizer: object = None
+    base_config: dict = field(default_factory=dict)
+    model: object = None
+    stack: list[str] = field(default_factory=list)
+    # teach
+    base_system: str = ""
+    memories: object = None
+    replay_rows: list[dict] = field(default_factory=list)
+    replay: list[Example] = field(default_factory=list)
+    anchor: list[Example] = field(default_factory=list)
+    general_texts: list[str] = field(default_factory=list)
+    # distil, gate, report
+    log: object = None
+    figures: dict = field(default_factory=dict)
+    decision: object = None
+    metrics: dict = field(default_factory=dict)
+    report: str = ""
+    outcome: SleepOutcome | None = None
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.cfg.load.seed)
+
+    @property
+    def root(self) -> Path:
+        return adapters_dir(self.home)
+
+
+def load(night: Night) -> None:
+    torch.manual_seed(night.cfg.load.seed)
+    advance = night.clock.begin("load model", 1)
+    night.plan = plan_device(night.cfg.load)
+    night.source = training_source(night.config.train_model, cache_dir(night.home))
+    night.base, night.tokenizer = load_base(night.source, night.plan)
+    night.base_config = base_config_summary(night.base)
+    check_exportable(night.base_config)  # before hours of training, not after: the chat needs the GGUF
+    night.model = build_stack(night.base, stack_files.active_paths(night.store), night.cfg.distill)
+    night.stack = stack_names(night.model, include_new=False)
+    advance()
+
+
+def teach(night: Night) -> None:
+    advance = night.clock.begin("teacher writes memories", TEACHER_BATCHES)
+    night.base_system = system_message(night.config, date.fromisoformat(night.days[-1]))
+    night.memories = write_memories(night.model, night.tokenizer, night.conversations, day=night.days[-1],
+                                    base_system=night.base_system, stack=night.stack, cfg=night.cfg.memories,
+                                    rng=night.rng, progress=advance)
+    closed = [{"role": "system", "content": night.base_system}]
+    night.replay_rows = ledger.replay_probes(night.store)
+    night.replay = [Example("replay", closed + [{"role": "user", "content": p["question"]}],
+                            closed + [{"role": "user", "content": p["question"]}], night.stack or None, [p["answer"]])
+                    for p in night.replay_rows]
+    general = [[{"role": "user", "content": json.loads(line)["prompt"]}]
+               for line in (ASSETS / "general_prompts.jsonl").read_text().splitlines() if line.strip()]
+    answers = sample_many(night.model, night.tokenizer, general, None, n=1,
+                          max_new_tokens=night.cfg.memories.max_new_tokens, temperature=None)  # the bare base
+    night.anchor = [Example("anchor", user, user, None, answer) for user, answer in zip(general, answers) if answer[0]]
+    # The drift term's plain texts: general questions with the base's own answers.
+    night.general_texts = [f"{user[0]['content']}\n\n{answer[0]}" for user, answer in zip(general, answers)
+                           if answer[0]]
+    if night.cfg.distill.drift_weight > 0 and not night.general_texts:  # a failure to say, not a term to skip
+        raise RuntimeError("the base answered none of assets/general_prompts.jsonl, so the drift term has no text; "
+                           "set [distill] drift_weight = 0 to sleep without it")
+
+
+def distil(night: Night) -> None:
+    cfg = night.cfg.distill
+    advance = night.clock.begin("distil into a new expert", cfg.steps)
+    needs_judge = cfg.alpha < 1 and cfg.gamma > 0
+    judge = night.judge or (SemanticJudge() if needs_judge else None)
+
+    def step_hook(step, info):
+        advance()
+        if night.on_step:
+            night.on_step(step, info)
+
+    memories = night.memories
+    night.log = distill(night.model, night.tokenizer, today=memories.examples, replay=night.replay,
+                        anchor=night.anchor, documents=memories.documents, clozes=memories.clozes,
+                        general_texts=night.general_texts, stack=night.stack, cfg=cfg,
+                        max_len=night.cfg.load.max_seq_len, judge=judge, rng=night.rng, on_step=step_hook)
+
+
+def gate(night: Night) -> None:
+    advance = night.clock.begin("gate", 1)
+    night.figures = gate_stage.measure(night.model, night.tokenizer, night.stack, night.memories.probes,
+                                       night.replay_rows, night.cfg.load.max_seq_len, system=night.base_system)
+    night.decision = gate_stage.decide(night.figures, night.cfg.gate)
+    ledger.save_probes(night.store, night.run_id, night.memories.probes)
+    advance()
+
+
+def report(night: Night) -> None:
+    night.clock.begin("report", None)
+    passed = night.decision.passed
+    number = ledger.next_night(night.store) if passed else None  # stable: the sleep lock is held
+    night.metrics = {
+        "phase_seconds": night.clock.seconds,
+        "gate": {k: v for k, v in night.figures.items() if not k.startswith("replies")},
+        "training": night.log.summary(), "counts": night.memories.counts, "plan": night.plan.describe(),
+        "peak_memory_mb": round(peak_memory_mb(), 1), "seconds": night.clock.elapsed(), "days": night.days,
+    }
+    status = "promoted" if passed else "rejected"
+    night.report = morning_report(
+        night=number, days=night.days, status=status, reasons=night.decision.reasons, plan=night.plan.describe(),
+        preset=night.cfg.preset, counts=night.memories.counts, gate=night.figures, probes=night.memories.probes,
+        training=night.log.summary(), seconds=night.metrics["seconds"],
+        peak_memory_mb=night.metrics["peak_memory_mb"], phases=night.clock.seconds)
+    if not passed:
+        reason = "; ".join(night.decision.reasons)
+        ledger.finish_run(night.store, night.run_id, status, reason=reason, report=night.report, metrics=night.metrics)
+        night.outcome = SleepOutcome(status, f"rejected by the gate: {reason}; the conversations wait for the next "
+                                             "night", night.run_id, night.report, night.metrics)
+
+
+def promote(night: Night) -> None:
+    advance = night.clock.progress.phase("save and promote", 1)
+    number = ledger.next_night(night.store)
+    metrics, cfg = night.metrics, night.cfg
+    candidate = stack_files.save_candidate(night.model, stack_files.candidate_dir(night.root, night.run_id), {
+        "base": base_fingerprint(night.base), "base_config": night.base_config, "base_source": night.source,
+        "days": night.days, "night": number, "run_id": night.run_id,
+        "rank": cfg.distill.rank, "lora_alpha": cfg.distill.lora_alpha, "metrics": metrics,
+        "config": cfg.as_dict(), "conversation_ids": [c["conversation_id"] for c in night.conversations],
+    })
+    export_started = time.monotonic()
+    exported = export_expert(candidate, base_config=night.base_config)  # a failure fails the night: nothing changes
+    metrics["export_seconds"] = round(time.monotonic() - export_started, 2)
+    with signals_deferred():  # rename, commit and manifest: whole, or (SIGKILL) repaired at the next start
+        final = stack_files.place_expert(candidate, night.root, night.run_id)
+        adapter = {"night": number, "day": night.days[-1], "path": str(final), "gguf_path": str(final / exported.name),
+                   "metrics": json.dumps(metrics, default=str), "config": json.dumps(cfg.as_dict())}
+        try:
+            ledger.promote(night.store, night.run_id, adapter, night.message_ids,
+                           reason="; ".join(night.decision.reasons), report=night.report, metrics=metrics)
+        except BaseException:
+            stack_files.discard(final)  # the database said no: leave no orphan expert behind
+            raise
+        try:
+            stack_files.write_manifest(night.store, night.root)
+        except OSError as err:  # the promotion is committed: say so, and how to repair, rather than "failed"
+            warning = (f"night {number} is promoted but the stack manifest could not be written ({err}): a running "
+                       f"chat keeps its old memory until the next dreamer command rewrites it")
+            night.report += f"\n\n**Warning:** {warning}"
+            ledger.set_report(night.store, night.run_id, night.report)
+    advance()
+    night.outcome = SleepOutcome("promoted", f"night {number} promoted: {len(night.message_ids)} turns consolidated",
+                                 night.run_id, night.report, metrics)
+
+
+STAGES = [load, teach, distil, gate, report, promote]
+
+
+def run_stages(night: Night) -> SleepOutcome:
+    for stage in STAGES:
+        stage(night)
+        if night.outcome is not None:
+            return night.outcome
+    raise RuntimeError("the night's stages ended without an outcome")
