@@ -1,4 +1,4 @@
-"""Distillation step time: seconds per step of `dreamer.distill.distill` on the embedded model.
+"""Distillation step time: seconds per step of `dreamer.sleep.seeding.distill.distill` on the embedded model.
 
 The night's memories are replaced by a fixed, synthetic set, so only the training loop is
 timed: the first synthetic day of `benchmarks/sleep_quality.py` (seed 0), its user turns as

@@ -1,12 +1,12 @@
 """Morning costs on this machine: exporting experts, swapping stacks, and chatting with them.
 
 Experts: 7 LoRA experts shaped as a night's expert of the preset (`--preset`, default cpu-tiny:
-rank 16, alpha 32, dreamer's target modules, from `dreamer.weights.lora_config`) on the
+rank 16, alpha 32, dreamer's target modules, from `dreamer.lm.weights.lora_config`) on the
 embedded SmolLM2-135M-Instruct, dequantized (the training base). Their weights are random (B
 scaled by 0.05 so replies stay text-like): speed does not depend on what an expert learned.
 Each is saved as dreamer saves a night (PEFT folder + metadata.json).
 
-1. Export: wall time of `dreamer.export_gguf.export_expert` per expert, and the GGUF size.
+1. Export: wall time of `dreamer.morning.export_gguf.export_expert` per expert, and the GGUF size.
 2. Swap latency: `LlamaRuntime.load_adapters` (what the chat calls between replies: load the
    new GGUFs, `llama_set_adapters_lora`, clear the KV cache, free the unused ones), on the
    cycle 0 -> 1 -> 3 -> 7 -> 3 (a rollback: nothing to load) -> 0, `--cycles` times.

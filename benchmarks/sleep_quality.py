@@ -7,7 +7,7 @@ The script writes synthetic days of chat (fixed seed) and measures, on this mach
   so what night 1 taught can be re-checked after nights 2 and 3. Each fact has one probe,
   phrased differently from the chat ("In which city does my sister Ana live now?"), with 3
   distractors of the same type (other cities): chance is 25%.
-- Score: `dreamer.evaluate.multiple_choice`, closed book (the question alone), with the stack
+- Score: `dreamer.eval.evaluate.multiple_choice`, closed book (the question alone), with the stack
   under test active; general drift = mean per-token KL(base || stack) on `gate.general_texts()`,
   and the stack's perplexity on the same texts.
 - Controls on every probe set (`controls`): "in-day", the same questions with other answers of
@@ -24,7 +24,7 @@ The script writes synthetic days of chat (fixed seed) and measures, on this mach
             and clipping), next-token cross-entropy on the raw day rendered with the chat
             template (dreamer's system prompt + the turns), cut in max_seq_len windows.
   context   context distillation: the teacher (the base with the day in its system prompt,
-            as `dreamer.memories.write_memories` does) answers the training questions dreamer's
+            as `dreamer.sleep.seeding.memories.write_memories` does) answers the training questions dreamer's
             memory writer produces; a fresh LoRA is trained by cross-entropy on (question
             without the day -> teacher answer), same hyper-parameters. No replay, no anchor.
   The baselines run night 1 only.

@@ -11,7 +11,7 @@ ceiling   the probes asked of the *teacher*, the base with the day in its system
 sft       which *label-free* training data transfers to differently-worded probes: a fresh LoRA
           (rank 16, alpha 32, lr 1e-3, `--steps` x 4, the chat's system prompt with a random
           date) trained by cross-entropy, closed book, on
-            cloze      each salient word of each user turn blanked (dreamer.cloze.clozes) -> the word;
+            cloze      each salient word of each user turn blanked (dreamer.sleep.seeding.cloze.clozes) -> the word;
             questions  questions the base writes about each turn, kept if its answer, holding the
                        turn, contains a salient word the question lacks (round-trip filter) -> that answer.
           Scored on the probes, on the same questions with other answers of the same day as
@@ -20,7 +20,7 @@ sft       which *label-free* training data transfers to differently-worded probe
           Direct supervision, not dreamer's objective: it says which prompts carry the fact.
           Options: `--system` the system turn (the chat's on a random later day, on the day,
           none, or a mix); `--objective dreamer` the sleep's own cloze recall term alone
-          (dreamer.distill.cloze_loss on its prompts, one negative; no other term);
+          (dreamer.sleep.seeding.distill.cloze_loss on its prompts, one negative; no other term);
           `--schedule night` the sleep's warmup + cosine and clipping; `--targets mlp|attention` the
           LoRA on the MLP or attention projections only. Reports drift KL and perplexity on the
           gate's held-out general text too: what the recall costs.

@@ -13,12 +13,12 @@ same requests without the conversations. From the day the teacher produces:
   with the user's own words quoted ("You told me: ...") among the continuations the teacher
   scores. A small teacher answers open questions poorly, but with the day in context it copies
   reliably, so its distribution over a quote carries the facts;
-- *cloze prompts* (dreamer/cloze.py): each salient word of a user turn blanked out ("Fill in
+- *cloze prompts* (dreamer/sleep/seeding/cloze.py): each salient word of a user turn blanked out ("Fill in
   the blank from what I told you: \"My sister Ana moved to ___\""); the continuation is the
   user's own sentence, scored by the teacher holding that turn (it copies the missing word),
   and it is also an imitation memory; the same blank, asked for the bare missing word with the
   user's own word as the label, feeds the cloze recall term (dreamer.sleep.seeding.distill);
-- *probes*, label-free (dreamer/cloze.py): the same blanks worded differently, the true word
+- *probes*, label-free (dreamer/sleep/seeding/cloze.py): the same blanks worded differently, the true word
   against other salient words of the day, kept only if the teacher prefers the true word.
 
     dreamer sleep --now            # runs this stage first; `--dry-run` shows what it would use
