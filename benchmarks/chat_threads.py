@@ -19,7 +19,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import platform
 import statistics
 import sys
 import time
@@ -28,6 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from benchmarks.machine import command_line, machine, write_record  # noqa: E402
 
 PROMPT = [{"role": "system", "content": "You are dreamer, a personal assistant. Answer helpfully and briefly."},
           {"role": "user", "content": "Tell me about the history of Lisbon in a few sentences."}]
@@ -97,19 +98,11 @@ def main(argv=None) -> int:
             stop.set()
             if worker is not None:
                 worker.join(10)
-    record = {"command": "python -m benchmarks.chat_threads " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "machine": {"cpu": _cpu(), "cores": cores, "python": platform.python_version()},
-              "sleep_threads": sleep_threads, "tokens": args.tokens, "repeats": args.repeats, "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1) + "\n")
+    write_record(args.out, {"command": command_line("benchmarks.chat_threads", argv), "machine": machine(),
+                            "sleep_threads": sleep_threads, "tokens": args.tokens, "repeats": args.repeats,
+                            "rows": rows})
     return 0
 
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 if __name__ == "__main__":

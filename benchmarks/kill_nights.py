@@ -24,9 +24,7 @@ night reaches the promotion). A trial's failures are listed by name; the goal is
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import random
 import shutil
 import signal
@@ -38,6 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from benchmarks.machine import command_line, git_commit, machine, write_record  # noqa: E402
 
 SMALL = {
     "memories": {"questions_per_conversation": 2, "max_new_tokens": 8, "teacher_samples": 1},
@@ -290,7 +290,7 @@ def main(argv=None) -> int:
     import dreamer.sleep.night  # noqa: F401
     import dreamer.sleep.stages  # noqa: F401
 
-    started, commit = time.monotonic(), _commit()  # the code the run starts on
+    started, commit = time.monotonic(), git_commit()  # the code the run starts on
     results = []
     with tempfile.TemporaryDirectory(prefix="kill-nights-") as tmp:
         workdir = Path(tmp)
@@ -303,31 +303,14 @@ def main(argv=None) -> int:
                     print(f"{point:>18} {signame:<4} #{index:<3} {last['ended']:<18} "
                           f"{'OK' if not last['problems'] else 'FAIL: ' + '; '.join(last['problems'])}", flush=True)
     summary = summarize(results)
-    record = {"command": "python -m benchmarks.kill_nights " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "load_at_start": os.getloadavg()[0],
-                          "python": platform.python_version()},
+    record = {"command": command_line("benchmarks.kill_nights", argv), "machine": machine(load=True),
               "commit": commit, "night_seconds": round(night_seconds, 2), "wall_seconds": round(time.monotonic() - started, 1),
               **summary, "failed_trials": [r for r in results if r["problems"]]}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1) + "\n")
+    write_record(args.out, record)
     print(f"{summary['trials']} trials, {summary['failures']} failures; {args.out}")
     return 1 if summary["failures"] else 0
 
 
-def _commit() -> str:
-    import subprocess
-
-    result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "dreamer", "storage", "agent"], cwd=ROOT,
-                           capture_output=True, text=True).stdout.strip()
-    return result.stdout.strip() + ("+changes" if dirty else "")
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 if __name__ == "__main__":

@@ -138,18 +138,22 @@ def test_missing_metadata_and_unknown_architecture_are_named(tmp_path):
 
 # --- on the embedded model, through a real llama.cpp ---------------------------------------------
 
-@pytest.fixture(scope="module")
-def embedded_pair(tmp_path_factory):
-    """(HF LoRA model, exported GGUF, unpermuted GGUF, llama.cpp runtime) on SmolLM2-135M."""
+def build_embedded_pair(root):
+    """(HF LoRA model, exported GGUF, unpermuted GGUF, llama.cpp runtime) on SmolLM2-135M, under `root`.
+
+    The random expert is drawn after the base is loaded (building the training cache draws
+    random numbers of its own), so it is the same whether or not the cache existed: the expert
+    benchmarks/parity_gap.py measures.
+    """
     from transformers import AutoModelForCausalLM
 
     from agent.llama_runtime import LlamaRuntime
     from agent.models import embedded_gguf_path
     from dreamer.lm.weights import embedded_training_dir
+    from dreamer.morning.export_gguf import read_peft, write_gguf
 
-    root = tmp_path_factory.mktemp("export")
-    torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(embedded_training_dir(root / "cache"), dtype=torch.float32)
+    torch.manual_seed(0)
     lora = LoraConfig(r=8, lora_alpha=16, target_modules=ALL, init_lora_weights=False)
     model = get_peft_model(base, lora).eval()  # random A and B: a strong, known change of the model
     folder = root / "night-0001"
@@ -158,14 +162,15 @@ def embedded_pair(tmp_path_factory):
     (folder / "metadata.json").write_text(json.dumps({"base_config": summary}))
     exported = export_expert(folder)
     # Control: the same adapter without the q/k row permutation must visibly disagree.
-    from dreamer.morning.export_gguf import read_peft, write_gguf
-
     adapter_config, state = read_peft(folder)
     _, alpha, tensors = convert(state, adapter_config, {**summary, "architectures": ["Qwen2ForCausalLM"]})  # no permutation
-
     unpermuted = write_gguf(root / "unpermuted.gguf", "llama", alpha, tensors)
-    runtime = LlamaRuntime(embedded_gguf_path(), n_ctx=512)
-    return model, exported, unpermuted, runtime
+    return model, exported, unpermuted, LlamaRuntime(embedded_gguf_path(), n_ctx=512, n_threads=1)
+
+
+@pytest.fixture(scope="module")
+def embedded_pair(tmp_path_factory):
+    return build_embedded_pair(tmp_path_factory.mktemp("export"))
 
 
 def llama_logprobs(runtime, tokens):
