@@ -373,3 +373,31 @@ def test_the_same_seed_gives_the_same_night(tiny_dir, tmp_path, fake_judge):
         return metrics
 
     assert one_night(tmp_path / "a") == one_night(tmp_path / "b")
+
+
+def test_the_turns_are_collected_under_the_lock(day_store, tiny_dir, dreamer_home, fake_judge, monkeypatch):
+    """A sleep that waits for the lock collects what waits when it gets it, not what waited before:
+    a turn told meanwhile is consolidated, and no turn can be taken by two nights."""
+    import dreamer.sleep.lock
+
+    monkeypatch.setattr(gate_stage, "measure", lambda *a, **k: dict(GOOD_FIGURES))
+    monkeypatch.setattr(dreamer.sleep.lock, "LOCK_WAIT_SECONDS", 30)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_then_talk():
+        with sleep_lock(dreamer_home):
+            holding.set()
+            release.wait(30)
+            conversation = day_store.new_conversation()
+            day_store.add_message(conversation, "user", "My dog is called Rex.")  # told while the sleep waited
+
+    thread = threading.Thread(target=hold_then_talk)
+    thread.start()
+    holding.wait(5)
+    threading.Timer(0.5, release.set).start()
+    try:
+        outcome = night(day_store, tiny_dir, dreamer_home, fake_judge)
+    finally:
+        release.set()
+        thread.join()
+    assert outcome.status == "promoted" and day_store.unconsolidated_count() == 0  # Rex too
