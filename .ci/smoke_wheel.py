@@ -35,9 +35,9 @@ def main() -> None:
     from dreamer.sleep.config import ASSETS, preset_names
 
     where = Path(dreamer.__file__).resolve()
-    if CHECKOUT in where.parents or "site-packages" not in str(where):
+    if (CHECKOUT / "dreamer") in where.parents or "site-packages" not in where.parts:
         sys.exit(f"dreamer was imported from {where}, not from the installed wheel")
-    if "site-packages" not in str(ASSETS) or {"cpu-tiny", "gpu-qlora"} - set(preset_names()):
+    if "site-packages" not in ASSETS.parts or {"cpu-tiny", "gpu-qlora"} - set(preset_names()):
         sys.exit(f"the wheel's data files are missing: {ASSETS}, presets {preset_names()}")
     for name in ("general_prompts.jsonl", "general_heldout.jsonl"):
         if not (ASSETS / name).is_file():
