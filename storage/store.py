@@ -160,9 +160,16 @@ class Store:
 
     @contextmanager
     def write(self):
-        """One write transaction (BEGIN IMMEDIATE), serialized with this store's other threads."""
-        with self._lock, self.db.atomic():
-            yield self.db
+        """One write transaction (BEGIN IMMEDIATE), serialized with this store's other threads.
+
+        A failed write (busy past the timeout, a full disk, a read-only file) is rolled back whole
+        and raised as a StoreError that says which, so the chat and the CLI show one clear line.
+        """
+        try:
+            with self._lock, self.db.atomic():
+                yield self.db
+        except sqlite3.Error as err:
+            raise StoreError(describe_sqlite_error(err, self.path)) from err
 
     # --- time --------------------------------------------------------------
     def now(self) -> datetime:
