@@ -17,7 +17,7 @@ from dreamer.sleep.outcome import SleepBusy
 from storage.locks import pid_lock
 from storage.recovery import sleep_lock_path
 
-LOCK_WAIT_SECONDS = 10.0  # another command's recovery pass holds the lock for a moment
+LOCK_WAIT_SECONDS = 2.0  # another command's recovery pass holds the lock for milliseconds
 
 
 def sleep_lock(home: Path, wait: float | None = None):
