@@ -49,3 +49,30 @@ def db(tmp_path):
     store = Store(tmp_path / "t.db")
     yield store
     store.close()
+
+
+# --- a night on the tiny model (tests/tiny.py): test_sleep, test_recovery ------------------------
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    from tests.tiny import make_tiny_model_dir
+
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture
+def fake_judge():
+    """The imitation reward's judge without MiniLM: every text embeds alike."""
+    import torch
+
+    from dreamer.sleep.seeding.rewards import SemanticJudge
+
+    return SemanticJudge(embed_fn=lambda texts: torch.ones(len(texts), 4))
+
+
+@pytest.fixture
+def day_store(store):
+    conversation = store.new_conversation()
+    store.add_message(conversation, "user", "My sister Ana lives in Lisbon and works as a pilot.")
+    store.add_message(conversation, "assistant", "Lisbon is lovely.")
+    store.add_message(conversation, "user", "My cat is called Miso.")
+    return store

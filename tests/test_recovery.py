@@ -20,7 +20,7 @@ from storage import Store, ledger
 from storage.manifest import manifest_path, read_manifest, write_manifest
 from storage.recovery import reconcile, sleep_lock_path
 from storage.locks import pid_lock
-from tests.test_sleep import GOOD_FIGURES, day_store, fake_judge, night, tiny_dir  # noqa: F401 (fixtures)
+from tests.test_sleep import GOOD_FIGURES, night
 from tests.test_versions import promote_night
 
 ROOT = Path(__file__).resolve().parent.parent

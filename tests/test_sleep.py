@@ -12,7 +12,6 @@ import torch
 from dreamer.sleep import gate as gate_stage
 from dreamer.sleep.seeding.distill import distill
 from dreamer.sleep.seeding.memories import Example
-from dreamer.sleep.seeding.rewards import SemanticJudge
 from dreamer.sleep.outcome import SleepBusy
 from dreamer.sleep.lock import sleep_lock
 from dreamer.sleep.night import sleep_now
@@ -23,7 +22,6 @@ from dreamer.morning.stack import save_candidate
 from storage.manifest import read_manifest
 from dreamer.lm.weights import NEW, AdapterMismatch, build_stack, load_base, plan_device
 from storage import Config, ledger
-from tests.tiny import make_tiny_model_dir
 
 SMALL = {
     "memories": {"questions_per_conversation": 2, "max_new_tokens": 10, "teacher_samples": 1},
@@ -32,25 +30,6 @@ SMALL = {
 }
 GOOD_FIGURES = {"today_probes": 3, "old_probes": 0, "today_before": 0.0, "today_after": 1.0, "old_before": None,
                 "old_after": None, "drift": 0.01, "replies_before": [], "replies_after": []}
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "model")
-
-
-@pytest.fixture
-def fake_judge():
-    return SemanticJudge(embed_fn=lambda texts: torch.ones(len(texts), 4))
-
-
-@pytest.fixture
-def day_store(store):
-    conversation = store.new_conversation()
-    store.add_message(conversation, "user", "My sister Ana lives in Lisbon and works as a pilot.")
-    store.add_message(conversation, "assistant", "Lisbon is lovely.")
-    store.add_message(conversation, "user", "My cat is called Miso.")
-    return store
 
 
 def night(store, tiny_dir, home, judge, **kwargs):
