@@ -200,10 +200,19 @@ def test_a_sleep_already_running_is_skipped(store, clock, dreamer_home):
     assert events(store)[-1][0] == "skipped" and "already running" in events(store)[-1][1]
 
 
-def test_the_real_job_launches_a_detached_sleep_process(dreamer_home):
+def test_the_real_job_launches_a_detached_sleep_process(dreamer_home, monkeypatch):
+    ended = {}
+    reap = nightly_scheduler.reap
+
+    def reap_and_record(child, home):  # the daemon's reaper waits for the child: read its exit code there
+        repairs = reap(child, home)
+        ended.update(code=child.returncode, repairs=repairs)
+        return repairs
+
+    monkeypatch.setattr(nightly_scheduler, "reap", reap_and_record)
     pid = nightly_scheduler.nightly_job(str(dreamer_home))
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    wait_until(lambda: "code" in ended, timeout=120)
+    assert ended == {"code": 0, "repairs": []} and pid > 0
     [log] = (dreamer_home / "logs").glob("sleep-*.log")
     assert "scheduled sleep skipped: nothing to consolidate" in log.read_text()
     from storage import Store
