@@ -63,6 +63,11 @@ def _plain_weight_buffers():
         low.llama_model_default_params = default
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (a container or `taskset` can give fewer than the host has)."""
+    return len(os.sched_getaffinity(0)) or 1
+
+
 def chat_threads(configured: int, cores: int, sleeping: bool) -> int:
     """llama.cpp threads for the next reply: `configured` if set; else the cores a running sleep
     leaves free (it trains on half of them), or, with no sleep, all cores but one for the rest of
@@ -81,7 +86,7 @@ class LlamaRuntime:
         self.name = name or self.model_path.name
         self.configured_threads = n_threads
         self.sleeping = sleeping or (lambda: False)
-        self.threads = chat_threads(n_threads, os.cpu_count() or 1, self.sleeping())
+        self.threads = chat_threads(n_threads, usable_cores(), self.sleeping())
         try:
             with _plain_weight_buffers():
                 self.llm = llama_cpp.Llama(
@@ -108,7 +113,7 @@ class LlamaRuntime:
                    sleeping=lambda: lock_holder(lock) is not None)
 
     def _choose_threads(self) -> None:
-        threads = chat_threads(self.configured_threads, os.cpu_count() or 1, self.sleeping())
+        threads = chat_threads(self.configured_threads, usable_cores(), self.sleeping())
         if threads != self.threads:
             llama_cpp.llama_set_n_threads(self.llm._ctx.ctx, threads, threads)
             self.threads = threads

@@ -22,6 +22,7 @@ and only on a writable home. It returns one line per repair, for the user and th
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -84,11 +85,27 @@ def _settle_runs(store: Store) -> list[str]:
     return repairs
 
 
+def _run_of(folder: Path) -> int | None:
+    """The sleep run that wrote an expert folder: its metadata.json says (both layouts), else its name."""
+    try:
+        run_id = json.loads((folder / "metadata.json").read_text()).get("run_id")
+        if isinstance(run_id, int):
+            return run_id
+    except (OSError, ValueError):
+        pass
+    return int(folder.name.split("-")[1]) if folder.name.startswith("run-") else None
+
+
 def _remove_orphans(store: Store, root: Path) -> list[str]:
+    """Remove what a killed night left: candidates, and expert folders of this database's own runs that
+    never committed. A folder no row names and no known run wrote (a home restored from an older
+    backup, a database moved away) is left alone: it may be the only copy of a night."""
     named = {Path(row["path"]).name for row in store.db["adapters"].rows}
+    unpromoted = {row["id"] for row in store.db["sleep_runs"].rows_where("status != 'promoted'")}
     repairs = []
     for entry in sorted(root.iterdir()):
-        if entry.is_dir() and (CANDIDATE.match(entry.name) or (EXPERT.match(entry.name) and entry.name not in named)):
+        orphan = EXPERT.match(entry.name) and entry.name not in named and _run_of(entry) in unpromoted
+        if entry.is_dir() and (CANDIDATE.match(entry.name) or orphan):
             shutil.rmtree(entry)
             repairs.append(f"removed {entry.name}/, left by a sleep killed before its promotion")
         elif entry.is_dir() and entry.name in named:

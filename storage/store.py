@@ -182,7 +182,8 @@ class Store:
     def new_conversation(self, title: str = "", day: date | None = None) -> int:
         stamp = self.now().isoformat()
         row = {"title": title, "day": str(day or self.today()), "created_at": stamp, "updated_at": stamp}
-        return self.db["conversations"].insert(row).last_pk
+        with self.write():
+            return self.db["conversations"].insert(row).last_pk
 
     def conversation(self, conversation_id: int) -> dict:
         rows = list(self.db["conversations"].rows_where("id = ?", [conversation_id]))

@@ -29,7 +29,7 @@ def test_the_runtime_follows_a_sleep_that_starts_and_ends(monkeypatch):
     from agent.llama_runtime import LlamaRuntime
     from agent.models import embedded_gguf_path
 
-    monkeypatch.setattr(module.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(module, "usable_cores", lambda: 8)
     sleeping = {"now": False}
     runtime = LlamaRuntime(embedded_gguf_path(), n_ctx=256, sleeping=lambda: sleeping["now"])
     ctx = runtime.llm._ctx.ctx

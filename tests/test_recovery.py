@@ -40,12 +40,25 @@ def test_a_killed_run_is_settled_and_its_folders_removed(store, dreamer_home):
     for name in (f".candidate-run-{run:04d}", f"run-{run:04d}", "night-0001"):  # saved, renamed, old layout
         (root / name).mkdir(parents=True)
         (root / name / "adapter_model.safetensors").write_bytes(b"partial")
+    (root / "night-0001" / "metadata.json").write_text(json.dumps({"run_id": run}))  # the old layout said its run
     (root / "notes").mkdir()  # not dreamer's: left alone
     repairs = reconcile(store, dreamer_home)
     assert ledger.run(store, run)["status"] == "interrupted"
     assert sorted(p.name for p in root.iterdir()) == ["notes"]
     assert any("was killed" in r for r in repairs) and sum("removed" in r for r in repairs) == 3
     assert reconcile(store, dreamer_home) == []  # nothing left to repair
+
+
+def test_an_expert_no_known_run_wrote_is_left_alone(store, dreamer_home):
+    """A home restored from an older backup, or a database moved away: folders this database never
+    made may be the only copy of a night, so the pass does not delete them."""
+    for name, metadata in (("run-0009", None), ("night-0004", {"run_id": 77}), ("night-0005", None)):
+        folder = dreamer_home / "adapters" / name
+        folder.mkdir(parents=True)
+        if metadata:
+            (folder / "metadata.json").write_text(json.dumps(metadata))
+    assert reconcile(store, dreamer_home) == []
+    assert sorted(p.name for p in (dreamer_home / "adapters").iterdir()) == ["night-0004", "night-0005", "run-0009"]
 
 
 def test_a_manifest_behind_the_database_is_rewritten(store, dreamer_home):
@@ -93,6 +106,7 @@ def test_the_folders_of_a_killed_night_do_not_block_the_next(day_store, tiny_dir
     run = killed_run(day_store)
     for name in ("night-0001", f"run-{run:04d}", f".candidate-run-{run:04d}"):
         (dreamer_home / "adapters" / name).mkdir(parents=True)
+    (dreamer_home / "adapters" / "night-0001" / "metadata.json").write_text(json.dumps({"run_id": run}))
     outcome = night(day_store, tiny_dir, dreamer_home, fake_judge)
     assert outcome.status == "promoted", outcome.message
     assert ledger.run(day_store, run)["status"] == "interrupted"
@@ -144,3 +158,30 @@ def test_kills_at_every_phase_boundary_and_inside_the_promotion(tmp_path):
     ended = {row["point"] + " " + row["signal"]: row["ended"] for row in record["rows"]}
     assert ended["renamed KILL"] == {"killed by SIGKILL": 1}
     assert ended["committed TERM"] == {"interrupted": 1}  # deferred until the promotion was whole
+
+
+def test_a_full_disk_after_the_commit_still_reports_the_promotion(day_store, tiny_dir, dreamer_home, fake_judge,
+                                                                   monkeypatch):
+    """The manifest cannot be written, nor the warning stored: the night is promoted all the same,
+    says so, and the next start rewrites the manifest."""
+    import errno
+
+    from dreamer.morning import stack
+    from dreamer.sleep import gate as gate_stage
+    from storage import StoreError
+
+    monkeypatch.setattr(gate_stage, "measure", lambda *a, **k: dict(GOOD_FIGURES))
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def no_write(*args, **kwargs):
+        raise StoreError("the disk holding dreamer.db is full: nothing was written")
+
+    monkeypatch.setattr(stack, "write_manifest", full)
+    monkeypatch.setattr(ledger, "set_report", no_write)
+    outcome = night(day_store, tiny_dir, dreamer_home, fake_judge)
+    assert outcome.status == "promoted" and "could not be written" in outcome.report
+    assert ledger.runs(day_store)[0]["status"] == "promoted" and day_store.unconsolidated_count() == 0
+    monkeypatch.undo()
+    assert any("rewrote the stack manifest" in r for r in reconcile(day_store, dreamer_home))

@@ -189,8 +189,11 @@ def test_a_chat_that_stays_busy_makes_it_give_up(store, clock, dreamer_home, fak
     assert fake_sleep == [] and events(store)[-1][0] == "gave-up" and store.unconsolidated_count() == 1
 
 
-def test_a_sleep_already_running_is_skipped(store, clock, dreamer_home):
+def test_a_sleep_already_running_is_skipped(store, clock, dreamer_home, monkeypatch):
+    import dreamer.sleep.lock
     from dreamer.sleep.config import load_preset
+
+    monkeypatch.setattr(dreamer.sleep.lock, "LOCK_WAIT_SECONDS", 0.3)  # a real night waits for a recovery pass
 
     conversation = store.new_conversation()
     store.add_message(conversation, "user", "hello")

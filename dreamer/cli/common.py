@@ -10,7 +10,7 @@ import os
 
 import click
 
-from storage import Config, Store, dreamer_home
+from storage import Config, Store, StoreError, dreamer_home
 from storage.days import parse_day
 from storage.paths import database_path
 
@@ -24,7 +24,12 @@ def open_store(config: Config, *, write: bool = True) -> Store:
         click.echo(f"note: {home} is read-only: showing what is there; nothing can be written", err=True)
         return Store(database_path(home), boundary=config.boundary, readonly=True)
     store = Store(database_path(home), boundary=config.boundary)
-    for repair in reconcile(store, home):
+    try:
+        repairs = reconcile(store, home)
+    except (StoreError, OSError) as err:  # a full disk: the command may still read; the next start repairs
+        click.echo(f"note: what a killed sleep left could not be repaired now ({err})", err=True)
+        repairs = []
+    for repair in repairs:
         click.echo(f"repaired: {repair}", err=True)
     return store
 

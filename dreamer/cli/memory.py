@@ -28,6 +28,9 @@ def _store(write: bool = True):
     return open_store(load_config(), write=write)
 
 
+ROLLBACK_WAIT_SECONDS = 2.0  # past a recovery pass's moment: a running sleep is refused promptly
+
+
 def _nights(nights: list[int]) -> str:
     return ", ".join(map(str, nights)) if nights else "base alone"
 
@@ -40,7 +43,10 @@ def memory(export: bool) -> None:
 
     store = _store(write=export)
     if export:
-        _export_all(store)
+        from dreamer.sleep.lock import sleep_lock
+
+        with sleep_lock(dreamer_home(), wait=ROLLBACK_WAIT_SECONDS):  # a sleep rewrites the same files
+            _export_all(store)
         return
     rows = ledger.adapters(store)
     click.secho("experts", bold=True)
@@ -103,7 +109,7 @@ def rollback(version: int | None) -> None:
 
     store = _store()
     home = dreamer_home()
-    with sleep_lock(home):  # never while a sleep is about to promote on top of the old stack
+    with sleep_lock(home, wait=ROLLBACK_WAIT_SECONDS):  # never while a sleep is about to promote on the old stack
         target = ledger.previous_version(store) if version is None else version
         with signals_deferred():  # the database and the manifest the chat reads change together
             chosen = ledger.activate(store, target)

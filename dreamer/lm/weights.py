@@ -78,7 +78,7 @@ def plan_device(load: LoadConfig) -> DevicePlan:
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     else:
         dtype = torch.float32  # bf16 on this class of CPU is ~30x slower than fp32
-    threads = load.threads or max(1, (os.cpu_count() or 2) // 2)
+    threads = load.threads or max(1, len(os.sched_getaffinity(0)) // 2)  # the cores this process may use
     return DevicePlan(device, quantization, dtype, threads)
 
 

@@ -87,11 +87,15 @@ def reap(child: subprocess.Popen, home: Path) -> list[str]:
     from storage.paths import database_path
     from storage.recovery import reconcile
 
-    store = Store(database_path(home))
     try:
-        repairs = reconcile(store, home)
-    finally:
-        store.close()
+        store = Store(database_path(home))
+        try:
+            repairs = reconcile(store, home)
+        finally:
+            store.close()
+    except Exception:  # noqa: BLE001 - logged; the next start repairs instead
+        log.exception("nightly sleep (pid %s) ended with code %s; the repair failed", child.pid, code)
+        return []
     log.warning("nightly sleep (pid %s) ended with code %s; repaired: %s", child.pid, code,
                 "; ".join(repairs) or "nothing")
     return repairs

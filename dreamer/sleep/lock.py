@@ -17,7 +17,9 @@ from dreamer.sleep.outcome import SleepBusy
 from storage.locks import pid_lock
 from storage.recovery import sleep_lock_path
 
-LOCK_WAIT_SECONDS = 2.0  # another command's recovery pass holds the lock for milliseconds
+# Another command's recovery pass holds the lock for milliseconds, or up to the database's busy
+# timeout when it is busy: a scheduled night must not be lost to a `dreamer status`.
+LOCK_WAIT_SECONDS = 45.0
 
 
 def sleep_lock(home: Path, wait: float | None = None):

@@ -71,10 +71,15 @@ def sleep_now(store: Store, config: Config, cfg: SleepConfig, *, day: str | None
         conversations, days, message_ids = collect(store, day)  # under the lock: no other night takes them
         if not conversations:
             return SleepOutcome(**{**vars(_nothing(day)), "repairs": repairs})
-        from dreamer.morning.stack import candidate_dir, check_active_peft, discard, reexport_damaged_ggufs
+        from dreamer.morning.stack import (
+            candidate_dir, check_active_peft, discard, reexport_damaged_ggufs, write_manifest,
+        )
 
         check_active_peft(store)  # a damaged expert is named, with the fix, before any training
-        repairs += reexport_damaged_ggufs(store)  # the chat's copies, rebuilt from the PEFT files
+        rebuilt = reexport_damaged_ggufs(store)  # the chat's copies, rebuilt from the PEFT files
+        if rebuilt:
+            write_manifest(store, adapters_dir(home))
+        repairs += rebuilt
         run_id = None
         try:
             run_id = ledger.start_run(store, days[-1], cfg.preset)

@@ -43,7 +43,7 @@ from dreamer.sleep.report import morning_report, peak_memory_mb
 from dreamer.sleep.seeding.distill import distill
 from dreamer.sleep.seeding.memories import TEACHER_BATCHES, Example, write_memories
 from dreamer.sleep.seeding.rewards import SemanticJudge
-from storage import Config, Store, ledger
+from storage import Config, Store, StoreError, ledger
 from storage.paths import adapters_dir, cache_dir
 
 
@@ -230,7 +230,10 @@ def promote(night: Night) -> None:
             warning = (f"night {number} is promoted but the stack manifest could not be written ({err}): a running "
                        f"chat keeps its old memory until the next dreamer command rewrites it")
             night.report += f"\n\n**Warning:** {warning}"
-            ledger.set_report(night.store, night.run_id, night.report)
+            try:
+                ledger.set_report(night.store, night.run_id, night.report)
+            except StoreError:  # the same full disk: the night is promoted all the same, and says so below
+                pass
     advance()
     night.outcome = SleepOutcome("promoted", f"night {number} promoted: {len(night.message_ids)} turns consolidated",
                                  night.run_id, night.report, metrics)
