@@ -8,8 +8,10 @@ repair. The sleep writes in this order, and the pass knows what each step leaves
 
 1. `adapters/.candidate-run-N/` (the expert being saved and exported): removed.
 2. rename to `adapters/run-N/` (N is the sleep run's id, so a name is never reused): a folder
-   that no adapter row names was killed before its commit; removed. Its turns never left the
-   waiting list (step 3 marks them), so the next night learns them again.
+   that no adapter row names, written by a run of this database that was not promoted, was
+   killed before its commit; removed. Its turns never left the waiting list (step 3 marks
+   them), so the next night learns them again. A folder no known run wrote (a home restored
+   from an older backup) is left alone: it may be the only copy of a night.
 3. one transaction: the expert active, a new stack version, the turns consolidated, the run
    `promoted` (storage.ledger.promote). A run whose process died before it stays `running`:
    marked `interrupted`.
