@@ -85,7 +85,7 @@ class Config:
         positive = ("n_ctx", "max_reply_tokens", "memory_token_budget", "max_message_tokens")
         for name in positive:
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            if value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         try:
             parse_boundary(self.sleep_time, "sleep_time")
@@ -93,15 +93,13 @@ class Config:
             raise ConfigError(str(err)) from None
         for name in ("sleep_quiet_minutes", "sleep_max_wait_minutes"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            if value < 0:
                 raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
         if self.chat_runtime not in ("llama", "transformers"):
             raise ConfigError(f"chat_runtime must be llama or transformers, got {self.chat_runtime!r}")
-        if not isinstance(self.scheduler_in_chat, bool):
-            raise ConfigError(f"scheduler_in_chat must be true or false, got {self.scheduler_in_chat!r}")
-        if not isinstance(self.n_threads, int) or self.n_threads < 0:
+        if self.n_threads < 0:
             raise ConfigError(f"n_threads must be an integer >= 0, got {self.n_threads!r}")
-        if not isinstance(self.temperature, (int, float)) or not 0 <= self.temperature <= 2:
+        if not 0 <= self.temperature <= 2:
             raise ConfigError(f"temperature must be in [0, 2], got {self.temperature!r}")
         if self.max_message_tokens < MIN_MESSAGE_TOKENS:
             raise ConfigError(f"max_message_tokens must be at least {MIN_MESSAGE_TOKENS}, got {self.max_message_tokens}")
