@@ -102,6 +102,7 @@ class Night:
     log: object = None
     figures: dict = field(default_factory=dict)
     decision: object = None
+    number: int | None = None  # the night this one becomes if the gate passes
     metrics: dict = field(default_factory=dict)
     report: str = ""
     outcome: SleepOutcome | None = None
@@ -181,7 +182,7 @@ def gate(night: Night) -> None:
 def report(night: Night) -> None:
     night.clock.begin("report", None)
     passed = night.decision.passed
-    number = ledger.next_night(night.store) if passed else None  # stable: the sleep lock is held
+    night.number = ledger.next_night(night.store) if passed else None  # stable: the sleep lock is held
     night.metrics = {
         "phase_seconds": night.clock.seconds,
         "gate": {k: v for k, v in night.figures.items() if not k.startswith("replies")},
@@ -190,7 +191,7 @@ def report(night: Night) -> None:
     }
     status = "promoted" if passed else "rejected"
     night.report = morning_report(
-        night=number, days=night.days, status=status, reasons=night.decision.reasons, plan=night.plan.describe(),
+        night=night.number, days=night.days, status=status, reasons=night.decision.reasons, plan=night.plan.describe(),
         preset=night.cfg.preset, counts=night.memories.counts, gate=night.figures, probes=night.memories.probes,
         training=night.log.summary(), seconds=night.metrics["seconds"],
         peak_memory_mb=night.metrics["peak_memory_mb"], phases=night.clock.seconds)
@@ -203,8 +204,7 @@ def report(night: Night) -> None:
 
 def promote(night: Night) -> None:
     advance = night.clock.progress.phase("save and promote", 1)
-    number = ledger.next_night(night.store)
-    metrics, cfg = night.metrics, night.cfg
+    number, metrics, cfg = night.number, night.metrics, night.cfg
     candidate = stack_files.save_candidate(night.model, stack_files.candidate_dir(night.root, night.run_id), {
         "base": base_fingerprint(night.base), "base_config": night.base_config, "base_source": night.source,
         "days": night.days, "night": number, "run_id": night.run_id,
