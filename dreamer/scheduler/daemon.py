@@ -31,7 +31,7 @@ from contextlib import closing, contextmanager
 from datetime import datetime
 from pathlib import Path
 
-from storage.locks import pid_lock
+from storage.locks import lock_holder, pid_lock
 from storage import Config
 from storage.days import parse_boundary
 from storage.paths import ensure_private_dir, make_private
@@ -153,12 +153,7 @@ def scheduler_lock(home: Path):
 
 def scheduler_holder(home: Path) -> int | None:
     """The pid running the scheduler, or None."""
-    try:
-        with scheduler_lock(home):
-            return None
-    except SchedulerBusy:
-        text = (Path(home) / "scheduler.lock").read_text().strip()
-        return int(text) if text.isdigit() else -1
+    return lock_holder(Path(home) / "scheduler.lock")
 
 
 def run_daemon(home: Path, config: Config) -> None:
