@@ -28,7 +28,7 @@ def _store(write: bool = True):
     return open_store(load_config(), write=write)
 
 
-ROLLBACK_WAIT_SECONDS = 2.0  # past a recovery pass's moment: a running sleep is refused promptly
+LOCK_WAIT_SECONDS = 2.0  # rollback and export: past a recovery pass's moment, a running sleep is refused promptly
 
 
 def _nights(nights: list[int]) -> str:
@@ -45,7 +45,7 @@ def memory(export: bool) -> None:
     if export:
         from dreamer.sleep.lock import sleep_lock
 
-        with sleep_lock(dreamer_home(), wait=ROLLBACK_WAIT_SECONDS):  # a sleep rewrites the same files
+        with sleep_lock(dreamer_home(), wait=LOCK_WAIT_SECONDS):  # a sleep rewrites the same files
             _export_all(store)
         return
     rows = ledger.adapters(store)
@@ -81,16 +81,14 @@ def memory(export: bool) -> None:
 
 def _export_all(store) -> None:
     from dreamer.morning.export_gguf import ExportError, export_expert
-    from dreamer.morning.stack import damaged, peft_problem, write_manifest
+    from dreamer.morning.stack import check_active_peft, write_manifest
 
     rows = ledger.adapters(store, "active")
     if not rows:
         click.echo("no active experts to export")
         return
+    check_active_peft(store)  # a damaged expert is named with the fix, as the sleep names it
     for row in rows:
-        problem = peft_problem(Path(row["path"]))
-        if problem:
-            raise damaged(store, row, problem)
         try:
             path = export_expert(Path(row["path"]))
         except ExportError as err:
@@ -109,7 +107,7 @@ def rollback(version: int | None) -> None:
 
     store = _store()
     home = dreamer_home()
-    with sleep_lock(home, wait=ROLLBACK_WAIT_SECONDS):  # never while a sleep is about to promote on the old stack
+    with sleep_lock(home, wait=LOCK_WAIT_SECONDS):  # never while a sleep is about to promote on the old stack
         target = ledger.previous_version(store) if version is None else version
         with signals_deferred():  # the database and the manifest the chat reads change together
             chosen = ledger.activate(store, target)
