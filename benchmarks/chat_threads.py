@@ -69,10 +69,10 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("bench-out/chat_threads.json"))
     args = parser.parse_args(argv)
-    from agent.llama_runtime import LlamaRuntime
+    from agent.llama_runtime import LlamaRuntime, usable_cores
     from agent.models import embedded_gguf_path
 
-    cores = os.cpu_count() or 1
+    cores = usable_cores()  # as the chat and the night count them
     sleep_threads = max(1, cores // 2)
     rows = []
     for condition in ("quiet", "beside a sleep"):

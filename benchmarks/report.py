@@ -35,48 +35,48 @@ def _machine(record: dict) -> str:
     return f"{machine['cpu']}, {machine['cores']} cores{load}{commit}"
 
 
+def _table(columns: list[str], rows: list[list]) -> list[str]:
+    """A Markdown table; a column whose title starts with "#" is right-aligned (the "#" is dropped)."""
+    lines = ["| " + " | ".join(c.lstrip("#") for c in columns) + " |",
+             "|" + "|".join("---:" if c.startswith("#") else "---" for c in columns) + "|"]
+    return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+
+
 def render_kill_nights(record: dict) -> str:
+    rows = [[r["point"], f"SIG{r['signal']}", r["trials"],
+             ", ".join(f"{what} {count}" for what, count in sorted(r["ended"].items())), r["promoted"], r["failures"]]
+            for r in record["rows"]]
     lines = [f"`{record['command']}` ({_machine(record)}; {record['wall_seconds'] / 60:.0f} min; an undisturbed "
              f"night of the tiny model took {record['night_seconds']:.1f} s)", "",
-             "| kill at | signal | trials | how the night ended | promoted before the kill | failures |",
-             "|---|---|---:|---|---:|---:|"]
-    for row in record["rows"]:
-        ended = ", ".join(f"{what} {count}" for what, count in sorted(row["ended"].items()))
-        lines.append(f"| {row['point']} | SIG{row['signal']} | {row['trials']} | {ended} | {row['promoted']} | "
-                     f"{row['failures']} |")
-    lines += ["", f"**{record['trials']} trials, {record['failures']} failures** (a failure: any check after the "
-                  "kill or after the next night that did not hold)."]
+             *_table(["kill at", "signal", "#trials", "how the night ended", "#promoted before the kill", "#failures"],
+                     rows),
+             "", f"**{record['trials']} trials, {record['failures']} failures** (a failure: any check after the "
+                 "kill or after the next night that did not hold)."]
     for failed in record.get("failed_trials", [])[:10]:
         lines.append(f"- {failed['point']} SIG{failed['signal']} #{failed['trial']}: {'; '.join(failed['problems'])}")
     return "\n".join(lines) + "\n"
 
 
 def render_chat_threads(record: dict) -> str:
+    rows = [[r["condition"], r["threads"], r["decode_tok_s"], r["first_token_s"], r["load_before"]]
+            for r in record["rows"]]
     lines = [f"`{record['command']}` ({_machine(record)}; {record['tokens']} tokens, median of {record['repeats']}; "
              f"the stand-in night trains on {record['sleep_threads']} thread(s))", "",
-             "| condition | llama.cpp threads | decode tok/s | first token, s | load before |",
-             "|---|---:|---:|---:|---:|"]
-    for row in record["rows"]:
-        lines.append(f"| {row['condition']} | {row['threads']} | {row['decode_tok_s']} | {row['first_token_s']} | "
-                     f"{row['load_before']} |")
+             *_table(["condition", "#llama.cpp threads", "#decode tok/s", "#first token, s", "#load before"], rows)]
     return "\n".join(lines) + "\n"
 
 
 def render_parity_gap(record: dict) -> str:
     from statistics import mean
 
-    rows = record["rows"]
+    rows = [[f"`{r['prompt'].replace(chr(10), ' ').replace('|', '/')}`", f"{r['base_gap']:.4f}",
+             f"{r['adapted_gap']:.4f}", f"{r['unpermuted_gap']:.4f}", f"{r['expert_effect']:.2f}"]
+            for r in record["rows"]]
+    base, adapted, wrong = (mean(r[key] for r in record["rows"]) for key in ("base_gap", "adapted_gap", "unpermuted_gap"))
+    rows.append(["**mean**", f"**{base:.4f}**", f"**{adapted:.4f}** ({adapted / base:.1f}x)",
+                 f"**{wrong:.4f}** ({wrong / base:.0f}x)", ""])
     lines = [f"`{record['command']}` ({_machine(record)}; llama.cpp built with {record['llama_features']})", "",
-             "| prompt | base gap | exported expert | unpermuted control | expert's effect |",
-             "|---|---:|---:|---:|---:|"]
-    for row in rows:
-        prompt = row["prompt"].replace("\n", " ").replace("|", "/")
-        lines.append(f"| `{prompt}` | {row['base_gap']:.4f} | {row['adapted_gap']:.4f} | {row['unpermuted_gap']:.4f} | "
-                     f"{row['expert_effect']:.2f} |")
-    base = mean(r["base_gap"] for r in rows)
-    lines.append(f"| **mean** | **{base:.4f}** | **{mean(r['adapted_gap'] for r in rows):.4f}** "
-                 f"({mean(r['adapted_gap'] for r in rows) / base:.1f}x) | **{mean(r['unpermuted_gap'] for r in rows):.4f}** "
-                 f"({mean(r['unpermuted_gap'] for r in rows) / base:.0f}x) | |")
+             *_table(["prompt", "#base gap", "#exported expert", "#unpermuted control", "#expert's effect"], rows)]
     return "\n".join(lines) + "\n"
 
 
