@@ -5,8 +5,8 @@
 `pip install .` used to give a dreamer that could not sleep: the wheel carried no presets and no
 general texts. This checks, with nothing imported from the source tree: `dreamer --help`, that
 the package and its data files come from site-packages, a dry run, a short real sleep on the
-tests' tiny model (built here from tests/tiny.py, the one file read from the checkout), `dreamer
-memory`, and `dreamer eval` on what the night wrote.
+tests' tiny model (dreamer.bench.tiny, from the wheel), `dreamer memory`, and `dreamer eval` on
+what the night wrote.
 """
 
 from __future__ import annotations
@@ -39,14 +39,13 @@ def main() -> None:
         sys.exit(f"dreamer was imported from {where}, not from the installed wheel")
     if "site-packages" not in ASSETS.parts or {"cpu-tiny", "gpu-qlora"} - set(preset_names()):
         sys.exit(f"the wheel's data files are missing: {ASSETS}, presets {preset_names()}")
-    for name in ("general_prompts.jsonl", "general_heldout.jsonl"):
+    for name in ("general_prompts.jsonl", "general_heldout.jsonl", "bench_general.jsonl"):
         if not (ASSETS / name).is_file():
             sys.exit(f"the wheel has no {name}")
 
     with tempfile.TemporaryDirectory(prefix="dreamer-smoke-") as tmp:
         tmp = Path(tmp)
-        sys.path.insert(0, str(CHECKOUT / "tests"))  # tiny.py alone: it imports nothing of dreamer
-        from tiny import make_tiny_model_dir
+        from dreamer.bench.tiny import make_tiny_model_dir
 
         model = make_tiny_model_dir(tmp / "model")
         home = tmp / "home"

@@ -45,10 +45,15 @@ def system_message(config: Config, today: date) -> str:
     return f"{config.system_prompt}\nToday is {today:%A, %d %B %Y}."
 
 
-def recall(store: Store, config: Config, query: str, skip_ids: set[int], count: Counter) -> list[str]:
-    """Lines of today's earlier turns relevant to `query`, within the memory budget."""
+def recall(store: Store, config: Config, query: str, skip_ids: set[int], count: Counter,
+           every_day: bool = False) -> list[str]:
+    """Lines of today's earlier turns relevant to `query`, within the memory budget.
+
+    `every_day` searches every stored day instead (what `dreamer bench`'s `recall` arm measures:
+    this retrieval as a long-term text memory).
+    """
     lines, used = [], 0
-    for row in store.search_day(store.today(), query, limit=40):
+    for row in store.search_day(None if every_day else store.today(), query, limit=40):
         if row["id"] in skip_ids or row["role"] == "system":
             continue
         speaker = "User" if row["role"] == "user" else "You"

@@ -3,7 +3,7 @@
     .venv/bin/python -m benchmarks.kill_nights [--trials 20] [--signals KILL,TERM] [--points all]
         [--out benchmarks/results/kill_nights.json]
 
-Each trial, on the tests' tiny model (tests/tiny.py) in a fresh DREAMER_HOME that already holds
+Each trial, on the tests' tiny model (dreamer/bench/tiny.py) in a fresh DREAMER_HOME that already holds
 one promoted night and a day of waiting turns:
 1. a forked child runs `sleep_now`, and at the named point sends itself the signal (what an
    outside `kill` at that moment does; SIGKILL cannot be caught, SIGTERM unwinds or, inside the
@@ -152,7 +152,7 @@ def make_template(workdir: Path) -> tuple[Path, Path, float]:
     model_dir = workdir / "model"
     # Built in a process of its own: this one must not start torch's thread pools before it forks.
     subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
-                    f"from tests.tiny import make_tiny_model_dir; make_tiny_model_dir({str(model_dir)!r})"],
+                    f"from dreamer.bench.tiny import make_tiny_model_dir; make_tiny_model_dir({str(model_dir)!r})"],
                    check=True)
     home = workdir / "template"
     add_day(home, DAYS[:2])

@@ -42,7 +42,7 @@ another `--night-seed` measure how much of a score is the night's own randomness
 
 `--quick` (4 facts, 2 nights, 4 steps, 2 questions per conversation, 1 teacher sample, answers of at
 most 16 tokens) is a smoke test of the whole pipeline, not a result; with `--model` set to the tests'
-tiny model (tests/tiny.py) it runs in about a minute.
+tiny model (dreamer/bench/tiny.py) it runs in about a minute.
 """
 
 from __future__ import annotations

@@ -256,20 +256,21 @@ class Store:
 
     # --- short-term memory ---------------------------------------------------
     def search_day(
-        self, day: date | str, query: str, exclude_conversation: int | None = None, limit: int = 20
+        self, day: date | str | None, query: str, exclude_conversation: int | None = None, limit: int = 20
     ) -> list[dict]:
-        """Messages of `day` that match `query` (FTS5, best first); any word may match."""
+        """Messages of `day` (None: of every day) that match `query` (FTS5, best first); any word may match."""
         words = [w for w in "".join(c if c.isalnum() else " " for c in query).split() if len(w) > 2]
         if not words:
             return []
         fts_query = " OR ".join(f'"{w}"' for w in dict.fromkeys(words))
         sql = """
             select m.* from messages m join messages_fts f on f.rowid = m.id
-            where messages_fts match ? and m.day = ? and m.content != ''
+            where messages_fts match ? and (? is null or m.day = ?) and m.content != ''
               and (? is null or m.conversation_id != ?)
             order by f.rank limit ?
         """
-        return list(self.db.query(sql, [fts_query, str(day), exclude_conversation, exclude_conversation, limit]))
+        day = None if day is None else str(day)
+        return list(self.db.query(sql, [fts_query, day, day, exclude_conversation, exclude_conversation, limit]))
 
     # --- days and consolidation -------------------------------------------------
     def day_counts(self) -> list[dict]:

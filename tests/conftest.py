@@ -51,10 +51,10 @@ def db(tmp_path):
     store.close()
 
 
-# --- a night on the tiny model (tests/tiny.py): test_sleep, test_recovery ------------------------
+# --- a night on the tiny model (dreamer/bench/tiny.py): test_sleep, test_recovery ------------------------
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    from tests.tiny import make_tiny_model_dir
+    from dreamer.bench.tiny import make_tiny_model_dir
 
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "model")
 

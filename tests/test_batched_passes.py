@@ -14,7 +14,7 @@ from dreamer.lm.generation import chat_ids
 from dreamer.lm.prompt_cache import PromptCache
 from dreamer.sleep.config import DistillConfig, LoadConfig
 from dreamer.lm.weights import NEW, adapters, load_base, plan_device
-from tests.tiny import make_tiny_model_dir
+from dreamer.bench.tiny import make_tiny_model_dir
 
 
 @pytest.fixture(scope="module")

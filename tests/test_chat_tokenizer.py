@@ -8,7 +8,7 @@ from dreamer.lm.chat_tokenizer import align_generation, end_of_turn_id, load_cha
 from dreamer.sleep.seeding.distill import continuation_ids
 from dreamer.sleep.config import LoadConfig
 from dreamer.lm.weights import load_base, plan_device
-from tests.tiny import make_tiny_model_dir, make_tokenizer
+from dreamer.bench.tiny import make_tiny_model_dir, make_tokenizer
 
 
 def test_end_of_turn_is_what_closes_an_assistant_message():

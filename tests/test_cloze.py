@@ -10,7 +10,7 @@ from dreamer.lm.generation import chat_ids
 from dreamer.sleep.config import DistillConfig, LoadConfig, sleep_config_from_dict
 from dreamer.lm.weights import build_stack, load_base, plan_device
 from tests.test_sleep import SMALL
-from tests.tiny import make_tiny_model_dir
+from dreamer.bench.tiny import make_tiny_model_dir
 
 
 @pytest.fixture(scope="module")

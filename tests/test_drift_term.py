@@ -8,7 +8,7 @@ from dreamer.eval.evaluate import general_drift
 from dreamer.lm.scoring import KL_BATCH
 from dreamer.sleep.config import DistillConfig, LoadConfig, sleep_config_from_dict
 from dreamer.lm.weights import NEW, build_stack, load_base, plan_device
-from tests.tiny import make_tiny_model_dir
+from dreamer.bench.tiny import make_tiny_model_dir
 
 TEXTS = ["The library opens at nine in the morning.", "Water boils at one hundred degrees.",
          "A week has seven days.", "To make tea, heat fresh water.", "Paris is the capital of France, a city on the Seine.",

@@ -13,7 +13,7 @@ from dreamer.eval import evaluate as ev
 from dreamer.eval.probes import Probe
 from dreamer.sleep.config import DistillConfig, LoadConfig
 from dreamer.lm.weights import adapters, build_stack, load_base, plan_device
-from tests.tiny import make_tiny_model_dir
+from dreamer.bench.tiny import make_tiny_model_dir
 
 QUESTION = "What is the name of my cat?"
 TEXTS = ["My sister Ana lives in Lisbon and works as a pilot.", "I like green tea and old books."]

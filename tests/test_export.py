@@ -11,7 +11,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from dreamer.morning.export_gguf import ExportError, base_config_summary, convert, export_expert, permute_rows
-from tests.tiny import make_tiny_model
+from dreamer.bench.tiny import make_tiny_model
 
 ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

@@ -16,7 +16,7 @@ from agent.stack_watch import StackWatcher
 from dreamer.morning.hf_runtime import TransformersRuntime
 from dreamer.lm.weights import base_fingerprint
 from storage.manifest import write_manifest
-from tests.tiny import make_tiny_model_dir
+from dreamer.bench.tiny import make_tiny_model_dir
 
 PROMPT = [{"role": "user", "content": "Where does my sister live?"}]
 

@@ -4,7 +4,7 @@ import json
 
 from dreamer.sleep.config import LoadConfig
 from dreamer.lm.weights import EMBEDDED_CACHE, embedded_training_dir, load_base, plan_device
-from tests.tiny import make_tiny_model_dir
+from dreamer.bench.tiny import make_tiny_model_dir
 
 GGUF_ENTRY = {"dequantize": False, "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf", "quant_method": "gguf"}
 

@@ -11,6 +11,7 @@
     dreamer rollback [VERSION]         # re-activate an earlier stack (the chat swaps to it)
     dreamer daemon                     # the nightly scheduler (or scheduler_in_chat = true)
     dreamer schedule [--install-systemd]
+    dreamer bench [--days N] [--facts F] [--arms ...] [--quick] [--resume DIR] [--data F --probes F]
 
 Heavy modules (torch, transformers, llama_cpp, textual) are imported inside the commands
 that need them, so `dreamer --help` stays fast. Every error becomes one clean line on stderr
@@ -25,6 +26,7 @@ import os
 
 import click
 
+from dreamer.cli.bench import bench
 from dreamer.cli.conversations import chat, export, import_, log, status
 from dreamer.cli.errors import DreamerGroup
 from dreamer.cli.memory import memory, rollback
@@ -41,7 +43,7 @@ def cli() -> None:
     """
 
 
-for command in (chat, status, log, import_, export, sleep, eval_, memory, rollback, daemon, schedule):
+for command in (chat, status, log, import_, export, sleep, eval_, memory, rollback, daemon, schedule, bench):
     cli.add_command(command)
 
 

@@ -5,7 +5,10 @@ later nights) or by a person for `dreamer eval --probes FILE.jsonl`, one per lin
 
     {"day": "YYYY-MM-DD", "question": "...", "answer": "...", "distractors": ["...", "..."], "kind": "recall"}
 
-`kind` is one of recall | update | general.
+`kind` is one of recall | update | implication | abstain | general (what `dreamer bench` reports
+separately): a fact asked back, a fact told again with a new value (the old one a distractor),
+the fact applied rather than repeated, a question about something never told (the answer an
+"I don't know"-style reply), and general knowledge a night must not break.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 from storage.days import parse_day
 from storage.jsonl import JsonlError, check_object, read_jsonl
 
-KINDS = ("recall", "update", "general")
+KINDS = ("recall", "update", "implication", "abstain", "general")
 KEYS = {"day", "question", "answer", "distractors", "kind"}
 
 

@@ -1,4 +1,4 @@
-"""A tiny Llama and tokenizer built in-process (no download): the fast tests' model.
+"""A tiny Llama and tokenizer built in-process (no download): the fast tests' model, and `dreamer bench --quick`'s.
 
 `make_tiny_model_dir(path)` writes a regular Hugging Face folder (config, safetensors,
 tokenizer with a ChatML template like SmolLM2's), so the code under test loads it exactly as it

@@ -1,0 +1,230 @@
+"""A `dreamer bench` run as numbers, Markdown and plots, from its bench.json alone.
+
+    summarize(result) -> {"cells": {(arm, night): {...}}, "headline": [...], ...}
+    markdown(result)  -> report.md's text;  plots(result, folder) -> the PNG paths
+
+Every figure is a share of the probes asked the morning after a night (dreamer.bench.run):
+`gen` is the generation score (does the reply name the fact), the one a user sees, and it leads;
+`mc` is multiple choice. The headline compares `sleep` with `recall` (the text memory) after the
+last night, per probe kind, with the paired count (probes only one of the two got right), and
+what each costs: a night's wall time and peak memory, and the prompt tokens recall spends.
+docs/BENCHMARKS.md renders its learning tables with the same functions (benchmarks/report.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dreamer.eval.probes import KINDS
+
+CONTROLS = ("inday", "generic")
+
+
+def share(flags: list) -> float | None:
+    flags = [f for f in flags if f is not None]
+    return sum(flags) / len(flags) if flags else None
+
+
+def pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
+
+
+def cell(result: dict, arm: str, night: int) -> dict | None:
+    """One arm after one night: per kind and per day, controls, drift, cost; None if not scored yet."""
+    unit = result["units"].get(f"{arm}/{night}", {})
+    score = unit.get("score")
+    if not score:
+        return None
+    rows, train = score["probes"], unit.get("train", {})
+    kinds = {k: {"n": len(r), "gen": share([x["gen"] for x in r]), "mc": share([x["mc"] for x in r])}
+             for k in (*KINDS, *CONTROLS) if (r := [x for x in rows if x["kind"] == k])}
+    days = {}
+    for d in result["days"][:night]:
+        r = [x for x in rows if x["kind"] == "recall" and x["day"] == d["day"]]
+        if r:
+            days[d["day"]] = {"gen": share([x["gen"] for x in r]), "mc": share([x["mc"] for x in r])}
+    asked = [x for x in rows if x["kind"] not in CONTROLS]
+    return {"kinds": kinds, "days": days, "drift_kl": score.get("drift_kl"), "perplexity": score.get("perplexity"),
+            "memory_tokens": sum(x.get("memory_tokens", 0) for x in asked) / max(1, len(asked)),
+            "status": train.get("status", "-"), "wall_s": train.get("wall_s"), "peak_rss_mb": train.get("peak_rss_mb"),
+            "rows": {x["id"]: x for x in rows}}
+
+
+def nights(result: dict) -> int:
+    return len(result["days"])
+
+
+def last_scored(result: dict, arm: str) -> int:
+    return max((k for k in range(1, nights(result) + 1) if cell(result, arm, k)), default=0)
+
+
+def headline(result: dict) -> list[str]:
+    """The comparison a user choosing a memory needs, in sentences."""
+    arms = result["bench"]["arms"]
+    if "sleep" not in arms or "recall" not in arms:
+        return ["(the headline compares `sleep` with `recall`: run both arms to see it)"]
+    night = min(last_scored(result, "sleep"), last_scored(result, "recall"))
+    if not night:
+        return ["(no night is scored for both `sleep` and `recall` yet)"]
+    sleep, recall = cell(result, "sleep", night), cell(result, "recall", night)
+    wins, losses, ties = [], [], []
+    for kind in KINDS:
+        if kind not in sleep["kinds"] or kind not in recall["kinds"]:
+            continue
+        ids = [i for i, x in sleep["rows"].items() if x["kind"] == kind and i in recall["rows"]]
+        a = sum(1 for i in ids if sleep["rows"][i]["gen"] and not recall["rows"][i]["gen"])
+        b = sum(1 for i in ids if recall["rows"][i]["gen"] and not sleep["rows"][i]["gen"])
+        text = (f"{kind} {pct(sleep['kinds'][kind]['gen'])} vs {pct(recall['kinds'][kind]['gen'])} "
+                f"({len(ids)} probes; only sleep right on {a}, only recall on {b})")
+        (wins if a > b else losses if b > a else ties).append(text)
+    lines = [f"After night {night} of {nights(result)}, asked as the chat asks (reply names the fact), "
+             f"`sleep` against `recall` (the chat's retrieval as a text memory):"]
+    lines += [f"- sleep ahead: {'; '.join(wins) or 'nowhere'}",
+              f"- recall ahead: {'; '.join(losses) or 'nowhere'}",
+              f"- level: {'; '.join(ties) or 'nowhere'}"]
+    walls = [c["wall_s"] for k in range(1, night + 1) if (c := cell(result, "sleep", k)) and c["wall_s"]]
+    peaks = [c["peak_rss_mb"] for k in range(1, night + 1) if (c := cell(result, "sleep", k)) and c["peak_rss_mb"]]
+    statuses = [cell(result, "sleep", k)["status"] for k in range(1, night + 1)]
+    cost = (f"a night took {min(walls) / 60:.0f}-{max(walls) / 60:.0f} min, peak {max(peaks):.0f} MiB"
+            if walls and peaks else "no night's cost recorded")
+    lines.append(f"- cost: sleep {cost} (nights: {', '.join(statuses)}), and no prompt tokens; recall spends "
+                 f"{recall['memory_tokens']:.0f} prompt tokens a question, every question, and no night.")
+    return lines
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def kinds_table(result: dict, measure: str, night: int | None = None) -> list[str]:
+    """Per arm (rows) and probe kind (columns) after `night` (default: each arm's last scored night)."""
+    kinds = [k for k in KINDS if any((c := cell(result, a, night or last_scored(result, a))) and k in c["kinds"]
+                                     for a in result["bench"]["arms"])]
+    rows = []
+    for arm in result["bench"]["arms"]:
+        k = night or last_scored(result, arm)
+        c = cell(result, arm, k) if k else None
+        if c:
+            rows.append([arm, str(k)] + [f"{pct(c['kinds'][kind][measure])} (n={c['kinds'][kind]['n']})"
+                                         if kind in c["kinds"] else "-" for kind in kinds])
+    return _table(["arm", "night"] + kinds, rows)
+
+
+def nights_table(result: dict) -> list[str]:
+    """Every arm after every night: generation per kind, controls, drift, cost."""
+    rows = []
+    for arm in result["bench"]["arms"]:
+        for k in range(1, nights(result) + 1):
+            c = cell(result, arm, k)
+            if not c:
+                continue
+            g = lambda kind, m="gen": pct(c["kinds"][kind][m]) if kind in c["kinds"] else "-"  # noqa: E731
+            rows.append([arm, str(k), c["status"], *[g(kind) for kind in KINDS],
+                         f"{g('inday', 'mc')}, {g('generic', 'mc')}",
+                         "-" if c["drift_kl"] is None else f"{c['drift_kl']:.4f}",
+                         "-" if c["perplexity"] is None else f"{c['perplexity']:.2f}",
+                         f"{c['memory_tokens']:.0f}", "-" if c["wall_s"] is None else f"{c['wall_s'] / 60:.1f}",
+                         "-" if c["peak_rss_mb"] is None else f"{c['peak_rss_mb']:.0f}"])
+    return _table(["arm", "night", "night's outcome", *[f"{k} (gen)" for k in KINDS], "controls: in-day, generic (mc)",
+                   "drift KL", "perplexity", "memory tokens", "night min", "peak MiB"], rows)
+
+
+def forgetting_table(result: dict) -> list[str]:
+    """Recall (gen) of each day's facts after each night: the forgetting curves."""
+    days = [d["day"] for d in result["days"]]
+    rows = []
+    for arm in result["bench"]["arms"]:
+        for k in range(1, nights(result) + 1):
+            c = cell(result, arm, k)
+            if c:
+                rows.append([arm, str(k)] + [pct(c["days"][d]["gen"]) if d in c["days"] else "" for d in days])
+    return _table(["arm", "after night"] + [f"day {i + 1} ({d})" for i, d in enumerate(days)], rows)
+
+
+def machine_line(result: dict) -> str:
+    m, b = result["machine"], result["bench"]
+    source = f"--data {b['data']} --probes {b['probes']}" if b.get("data") else \
+        f"synthetic, {b['days']} days x {b['facts']} facts, seed {b['seed']}"
+    load = result.get("loadavg") or [0]
+    return (f"{source}; preset {b['preset']}, night seed {b['night_seed'] if b['night_seed'] is not None else b['seed']}"
+            f"{', quick (tiny model)' if b.get('quick') else ''}. Machine: {m['cpu']}, {m['cores']} cores, Python "
+            f"{m['python']}, torch {m['torch']}, transformers {m['transformers']}, peft {m['peft']}, dreamer "
+            f"{m['dreamer']}; load average {min(load):.1f}-{max(load):.1f}. Started {result['started']}.")
+
+
+def markdown(result: dict) -> str:
+    done = sum(1 for u in result["units"].values() if "score" in u)
+    total = nights(result) * len(result["bench"]["arms"])
+    lines = ["# dreamer bench", "", *headline(result), "", machine_line(result),
+             f"{done} of {total} arm-nights scored{'' if done == total else ' (resume with --resume to finish)'}.", "",
+             "## After the last night: does the reply name the fact (generation)", "",
+             *kinds_table(result, "gen"), "", "## The same probes by multiple choice", "",
+             *kinds_table(result, "mc"), "", "## Night by night (generation; controls by multiple choice)", "",
+             *nights_table(result), "", "## Forgetting: each day's recall probes after each night (generation)", "",
+             *forgetting_table(result), ""]
+    return "\n".join(lines)
+
+
+def plots(result: dict, folder: Path) -> list[Path]:
+    """kinds.png (generation per kind per arm), forgetting.png (each day after each night), cost.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    arms = result["bench"]["arms"]
+    written = []
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.8 / max(1, len(arms))
+    for i, arm in enumerate(arms):
+        c = cell(result, arm, last_scored(result, arm)) if last_scored(result, arm) else None
+        values = [(c["kinds"][k]["gen"] or 0) * 100 if c and k in c["kinds"] else 0 for k in KINDS]
+        ax.bar([j + i * width for j in range(len(KINDS))], values, width, label=arm)
+    ax.set_xticks([j + width * (len(arms) - 1) / 2 for j in range(len(KINDS))], KINDS)
+    ax.set_ylabel("reply names the fact (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("After the last night, per probe kind")
+    ax.legend(fontsize=8, ncol=3)
+    written.append(_save(fig, folder / "kinds.png"))
+
+    fig, axes = plt.subplots(1, len(arms), figsize=(2.6 * len(arms), 3), sharey=True, squeeze=False)
+    for ax, arm in zip(axes[0], arms):
+        for i, d in enumerate(result["days"]):
+            points = [(k, c["days"][d["day"]]["gen"] * 100) for k in range(i + 1, nights(result) + 1)
+                      if (c := cell(result, arm, k)) and d["day"] in c["days"] and c["days"][d["day"]]["gen"] is not None]
+            if points:
+                ax.plot(*zip(*points), marker="o", label=f"day {i + 1}")
+        ax.set_title(arm)
+        ax.set_xlabel("after night")
+        ax.set_ylim(0, 100)
+        ax.set_xticks(range(1, nights(result) + 1))
+    axes[0][0].set_ylabel("recall, reply names it (%)")
+    axes[0][-1].legend(fontsize=7)
+    written.append(_save(fig, folder / "forgetting.png"))
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3))
+    for arm in arms:
+        points = [(k, c["wall_s"] / 60, c["peak_rss_mb"]) for k in range(1, nights(result) + 1)
+                  if (c := cell(result, arm, k)) and c["wall_s"]]
+        if points:
+            left.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=arm)
+            right.plot([p[0] for p in points], [p[2] for p in points], marker="o", label=arm)
+    left.set_title("wall time per night (min)")
+    right.set_title("peak memory per night (MiB)")
+    for ax in (left, right):
+        ax.set_xlabel("night")
+        ax.set_xticks(range(1, nights(result) + 1))
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    written.append(_save(fig, folder / "cost.png"))
+    return written
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90, metadata={"Software": None})  # no version stamp: the same run, the same bytes
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path

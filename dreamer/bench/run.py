@@ -1,0 +1,266 @@
+"""`dreamer bench`: the same days given to every arm, one night at a time, scored as the chat asks.
+
+    dreamer bench [--days 3] [--facts 10] [--arms base,context,recall,naive,distill,sleep] [--preset cpu-tiny]
+                  [--seed 0] [--night-seed S] [--out DIR] [--resume DIR] [--quick]
+                  [--data CONVERSATIONS.jsonl --probes PROBES.jsonl]
+
+For each night k (its day's conversations) and each arm (dreamer.bench.arms), in that order so
+that a stopped run has every arm at the same night:
+1. train: the arm's night, in a fresh spawned process (naive, distill, sleep; the others keep
+   no weights);
+2. score: the probes of every day so far that no later update superseded, the abstain and
+   general probes, and the night's controls, asked the morning after (dreamer.bench.score), in
+   one long-lived scoring process that loads each arm's model afresh.
+The run folder holds bench.json (the days, the config, the machine, and every finished unit,
+rewritten atomically after each), each arm's home, log.txt, report.md and plots/. `--resume DIR`
+reads bench.json and runs only the units it lacks; a night killed half-way is run again (a sleep
+night's home first repairs what the kill left, as every sleep does).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+
+from dreamer.bench.arms import ARMS, baseline_night, sleep_night
+from dreamer.bench.score import score_memory
+
+RESULT = "bench.json"
+REPLY_CHARS = 160  # replies are kept for reading, cut so a run's file stays small enough to commit
+
+
+class BenchError(ValueError):
+    """A bad option or run folder; the message says which."""
+
+
+@dataclass
+class BenchConfig:
+    days: int = 3
+    facts: int = 10
+    arms: list[str] = field(default_factory=lambda: list(ARMS))
+    preset: str = "cpu-tiny"
+    seed: int = 0
+    night_seed: int | None = None
+    quick: bool = False
+    data: str | None = None
+    probes: str | None = None
+    model: str | None = None  # the training model folder; None: the configured one (or embedded)
+
+    def __post_init__(self) -> None:
+        unknown = [a for a in self.arms if a not in ARMS]
+        if unknown or not self.arms:
+            raise BenchError(f"unknown arm {unknown[0]!r} (arms: {', '.join(ARMS)})" if unknown else "no arms given")
+        if self.days < 1 or self.facts < 1:
+            raise BenchError("--days and --facts must be at least 1")
+        if (self.data is None) != (self.probes is None):
+            raise BenchError("--data and --probes go together: conversations and the probes that check them")
+
+    @property
+    def nights_seed(self) -> int:
+        return self.seed if self.night_seed is None else self.night_seed
+
+
+def sleep_config(bench: BenchConfig):
+    from dreamer.sleep.config import load_preset, sleep_config_from_dict
+
+    raw = load_preset(bench.preset).as_dict()
+    preset = raw.pop("preset")
+    raw["load"]["seed"] = bench.nights_seed
+    if bench.quick:  # a smoke test of the pipeline: few steps, short generations
+        raw["distill"].update(steps=4, rl_new_tokens=8)
+        raw["memories"].update(questions_per_conversation=2, teacher_samples=1, max_new_tokens=16)
+    return sleep_config_from_dict(raw, preset=preset)
+
+
+def make_run_days(bench: BenchConfig) -> list[dict]:
+    from dreamer.bench.data import load_user_days
+    from dreamer.bench.days import general_probes, make_days
+
+    days = (load_user_days(Path(bench.data), Path(bench.probes)) if bench.data
+            else make_days(bench.seed, bench.days, bench.facts))
+    days[0]["probes"] += [{**row, "day": days[0]["day"]} for row in general_probes()]  # asked every night
+    for k, day in enumerate(days):
+        for i, probe in enumerate(day["probes"]):
+            probe["id"] = f"{k + 1}:{i}"
+    return days
+
+
+def probes_after(days: list[dict], night: int, seed: int) -> list[dict]:
+    """What is asked the morning after night `night` (1-based): see the module docstring."""
+    from dreamer.bench.days import controls
+
+    today = days[night - 1]["day"]
+    asked = [p for d in days[:night] for p in d["probes"]
+             if not (p.get("superseded_on") and p["superseded_on"] <= today)]
+    for kind, rows in controls(days[night - 1]["probes"], seed).items():
+        asked += [{**row, "id": f"{kind}:{row['id']}"} for row in rows]
+    return asked
+
+
+def machine() -> dict:
+    import platform
+    from importlib import metadata
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    versions = {p: metadata.version(p) for p in ("dreamer", "torch", "transformers", "peft")}
+    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(), **versions}
+
+
+# --- processes -----------------------------------------------------------------------
+def die_with_parent(parent: int) -> None:
+    """Worker initializer: on Linux, SIGTERM this worker when the bench that started it dies.
+
+    Without it a killed bench leaves its night training on, unseen, taking a core from the next run.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM) != 0:  # 1 = PR_SET_PDEATHSIG
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != parent:  # it died before the request took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def worker_pool() -> ProcessPoolExecutor:
+    """One fresh interpreter (spawned, not forked: no torch state is shared) that dies with us."""
+    return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=die_with_parent, initargs=(os.getpid(),))
+
+
+def prepare_source(bench: BenchConfig, folder: str) -> str:
+    """The training model's folder: the tiny test model (--quick), --model, or the configured one."""
+    if bench.quick:
+        from dreamer.bench.tiny import make_tiny_model_dir
+
+        target = Path(folder) / "tiny-model"
+        return str(target if (target / "config.json").exists() else make_tiny_model_dir(target))
+    from dreamer.lm.weights import training_source
+    from storage import load_config
+    from storage.paths import cache_dir, config_path
+
+    return training_source(bench.model or load_config(config_path()).train_model, cache_dir())
+
+
+# --- the run -------------------------------------------------------------------------
+class Run:
+    """A run folder and its bench.json."""
+
+    def __init__(self, folder: Path, result: dict) -> None:
+        self.folder, self.result = folder, result
+
+    @classmethod
+    def create(cls, folder: Path, bench: BenchConfig) -> Run:
+        if (folder / RESULT).exists():
+            raise BenchError(f"{folder} already holds a run: continue it with --resume {folder}, or pick another --out")
+        cfg = sleep_config(bench)
+        result = {"format": 1, "bench": asdict(bench), "config": cfg.as_dict(), "machine": machine(),
+                  "started": time.strftime("%Y-%m-%d %H:%M:%S"), "loadavg": [round(os.getloadavg()[0], 2)],
+                  "days": make_run_days(bench), "units": {}}
+        folder.mkdir(parents=True, exist_ok=True)
+        run = cls(folder, result)
+        run.save()
+        return run
+
+    @classmethod
+    def open(cls, folder: Path) -> Run:
+        try:
+            result = json.loads((folder / RESULT).read_text())
+        except FileNotFoundError:
+            raise BenchError(f"{folder} holds no {RESULT}: nothing to resume") from None
+        except (OSError, ValueError) as err:
+            raise BenchError(f"{folder / RESULT} cannot be read: {err}") from None
+        if result.get("format") != 1:
+            raise BenchError(f"{folder / RESULT} is not a dreamer bench result (format {result.get('format')!r})")
+        return cls(folder, result)
+
+    @property
+    def bench(self) -> BenchConfig:
+        return BenchConfig(**self.result["bench"])
+
+    def save(self) -> None:
+        partial = self.folder / (RESULT + ".partial")
+        partial.write_text(json.dumps(self.result, separators=(",", ":"), default=str))
+        partial.replace(self.folder / RESULT)  # atomic: a kill leaves the last whole file
+
+    def log(self, text: str) -> None:
+        with open(self.folder / "log.txt", "a", encoding="utf-8") as f:
+            f.write(f"[{time.strftime('%H:%M:%S')}] {text}\n")
+
+
+def units(run: Run) -> list[tuple[int, str]]:
+    return [(k + 1, arm) for k in range(len(run.result["days"])) for arm in run.bench.arms]
+
+
+def run_bench(run: Run, progress=None) -> dict:
+    """Every unit bench.json lacks, in order; the result is saved after each."""
+    from dreamer.sleep.config import sleep_config_from_dict
+
+    bench, days = run.bench, run.result["days"]
+    raw = dict(run.result["config"])
+    cfg = sleep_config_from_dict(raw, preset=raw.pop("preset"))
+    todo = [(k, arm) for k, arm in units(run) if "score" not in run.result["units"].get(f"{arm}/{k}", {})]
+    if progress:
+        progress.start(run, todo)
+    run.log(f"{len(todo)} of {len(units(run))} units to run")
+    with worker_pool() as scorer:
+        source = scorer.submit(prepare_source, bench, str(run.folder)).result()
+        for k, arm in todo:
+            unit = run.result["units"].setdefault(f"{arm}/{k}", {})
+            spec, day = ARMS[arm], days[k - 1]
+            if spec.trains and "train" not in unit:
+                run.log(f"{arm} night {k}: training on {day['day']}")
+                if progress:
+                    progress.working(arm, k, "training")
+                unit["train"] = train(run, arm, k, source, cfg)
+                run.save()
+                run.log(f"{arm} night {k}: {unit['train']['status']}: {unit['train'].get('message', '')}")
+            if progress:
+                progress.working(arm, k, "scoring")
+            ask_day = str(date.fromisoformat(day["day"]) + timedelta(days=1))
+            history = [r for d in days[:k] for r in d["records"]]
+            experts = unit.get("train", {}).get("experts", [])
+            score = scorer.submit(score_memory, source, experts, spec.memory, probes_after(days, k, bench.seed),
+                                  ask_day=ask_day, history=history, load=cfg.load,
+                                  max_new_tokens=8 if bench.quick else 40).result()
+            for row in score["probes"]:
+                if row["reply"] is not None:
+                    row["reply"] = row["reply"][:REPLY_CHARS]
+            unit["score"] = score
+            run.result["loadavg"].append(round(os.getloadavg()[0], 2))
+            run.save()
+            run.log(f"{arm} night {k}: scored in {score['seconds']} s")
+            if progress:
+                progress.done(arm, k)
+    return run.result
+
+
+def train(run: Run, arm: str, k: int, source: str, cfg) -> dict:
+    """The arm's night k in a fresh process; a failure is recorded (the stack stays as it was)."""
+    units_ = run.result["units"]
+    prior = units_.get(f"{arm}/{k - 1}", {}).get("train", {}).get("experts", []) if k > 1 else []
+    home = run.folder / "homes" / arm
+    day = run.result["days"][k - 1]
+    try:
+        with worker_pool() as pool:
+            if arm == "sleep":
+                row = pool.submit(sleep_night, str(home), source, day["records"], cfg, f"sleep night {k}",
+                                  str(run.folder / "log.txt")).result()
+            else:
+                row = pool.submit(baseline_night, arm, str(home / f"night-{k}"), prior, source, day, cfg,
+                                  run.bench.nights_seed + k - 1).result()
+    except KeyboardInterrupt:
+        raise
+    except Exception as err:  # recorded as it is; the next arm and night still run
+        run.log(f"{arm} night {k} failed: {type(err).__name__}: {err}")
+        row = {"status": "failed", "message": f"{type(err).__name__}: {err}", "experts": prior}
+    return row
+
