@@ -6,7 +6,7 @@
 general texts. This checks, with nothing imported from the source tree: `dreamer --help`, that
 the package and its data files come from site-packages, a dry run, a short real sleep on the
 tests' tiny model (dreamer.bench.tiny, from the wheel), `dreamer memory`, and `dreamer eval` on
-what the night wrote.
+what the night wrote, and `dreamer bench --quick` (every arm on the tiny model, report and plots).
 """
 
 from __future__ import annotations
@@ -70,6 +70,9 @@ def main() -> None:
         probes.write_text(json.dumps({"day": "2026-11-20", "question": "Where does Ana live?", "answer": "Lisbon",
                                       "distractors": ["Madrid", "Rome"]}) + "\n")
         assert "recall" in run_cli(home, "eval", "--probes", str(probes), "--no-generate")
+        quick = run_cli(home, "bench", "--quick", "--out", str(tmp / "bench"))
+        if "sleep ahead" not in quick or not (tmp / "bench" / "plots" / "kinds.png").is_file():
+            sys.exit(f"dreamer bench --quick wrote no report or plots:\n{quick[-2000:]}")
     print("the installed wheel works")
 
 

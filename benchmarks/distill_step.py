@@ -1,7 +1,7 @@
 """Distillation step time: seconds per step of `dreamer.sleep.seeding.distill.distill` on the embedded model.
 
 The night's memories are replaced by a fixed, synthetic set, so only the training loop is
-timed: the first synthetic day of `benchmarks/sleep_quality.py` (seed 0), its user turns as
+timed: the first synthetic day of `dreamer bench` (dreamer.bench.days, seed 0), its user turns as
 today's prompts (the teacher holds the whole day in its system prompt), the assistant's replies
 as the teacher's samples, the turns as imitation memories, the day's cloze recall prompts, and
 the gate's held-out general texts standing in for the drift term's (texts of the same kind).
@@ -44,7 +44,8 @@ def main() -> None:
 
     import dreamer.sleep.seeding.distill
 
-    from benchmarks.sleep_quality import make_days, machine
+    from benchmarks.machine import machine
+    from dreamer.bench.days import make_days
     from dreamer.sleep.seeding.cloze import clozes, recall_prompts
     from dreamer.sleep.seeding.distill import distill
     from dreamer.sleep.gate import general_texts
@@ -84,7 +85,7 @@ def main() -> None:
             general_texts=general_texts(), on_step=on_step)
     timed = times[1:]  # the first step pays for lazy loading (the judge) and allocator warm-up
     per_step = {name: round(seconds / len(timed), 3) for name, seconds in phases.items()}
-    result = {"machine": machine(), "preset": args.preset, "overrides": args.set,
+    result = {"machine": machine(load=True), "preset": args.preset, "overrides": args.set,
               "device_plan": plan_device(cfg.load).describe(), "phase_s_per_step": per_step,
               "steps": len(timed), "mean_s": statistics.mean(timed),
               "median_s": statistics.median(timed), "step_s": timed, "peak_rss_mb": process_memory_mb(),

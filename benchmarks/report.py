@@ -1,6 +1,7 @@
 """The generated tables of docs/BENCHMARKS.md, rendered from the committed result files.
 
     python -m benchmarks.report            # rewrite every generated block from benchmarks/results/*.json
+                                           # (and draw the `dreamer bench` runs' plots in docs/bench/NAME/)
     python -m benchmarks.report --check    # exit 1 if a block differs from what its results give (CI)
 
 A block in the Markdown is
@@ -80,8 +81,27 @@ def render_parity_gap(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_bench(record: dict) -> str:
+    """A `dreamer bench` run (its bench.json, committed as is): the headline, then every table of its report."""
+    from dreamer.bench import report
+
+    b = record["bench"]
+    if b.get("data"):
+        command = f"dreamer bench --data {b['data']} --probes {b['probes']} --preset {b['preset']}"
+    else:
+        command = f"dreamer bench --days {b['days']} --facts {b['facts']} --seed {b['seed']} --preset {b['preset']}"
+    lines = [f"`{command}` ({report.machine_line(record)})".replace(f"{ROOT}/", ""), "", *report.headline(record), "",
+             "Generation (does the reply name the fact), after each arm's last night:", "",
+             *report.kinds_table(record, "gen"), "", "Multiple choice, the same probes:", "",
+             *report.kinds_table(record, "mc"), "", "Night by night:", "", *report.nights_table(record), "",
+             "Forgetting curves (each day's recall probes, generation):", "", *report.forgetting_table(record)]
+    return "\n".join(lines) + "\n"
+
+
 RENDERERS = {"kill_nights": render_kill_nights, "chat_threads": render_chat_threads,
-             "parity_gap_avx512": render_parity_gap, "parity_gap_avx2": render_parity_gap}
+             "parity_gap_avx512": render_parity_gap, "parity_gap_avx2": render_parity_gap,
+             "bench_synthetic": render_bench, "bench_heldout": render_bench}
+PLOTS = ROOT / "docs" / "bench"  # each bench block's plots, drawn again by every run of this command
 
 
 def rendered(text: str) -> str:
@@ -97,6 +117,10 @@ def rendered(text: str) -> str:
     return BLOCK.sub(block, text)
 
 
+def bench_blocks(text: str) -> list[str]:
+    return [m["name"] for m in BLOCK.finditer(text) if RENDERERS.get(m["name"]) is render_bench]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if the document is not what the results give")
@@ -107,9 +131,19 @@ def main(argv=None) -> int:
         if wanted != current:
             print(f"{DOC} differs from what benchmarks/results/ gives: run `python -m benchmarks.report`")
             return 1
+        # The plots are not compared byte for byte (matplotlib versions draw them differently); they must exist.
+        missing = [str(PLOTS / name / f"{plot}.png") for name in bench_blocks(current)
+                   for plot in ("kinds", "forgetting", "cost") if not (PLOTS / name / f"{plot}.png").is_file()]
+        if missing:
+            print(f"missing plots: {', '.join(missing)}: run `python -m benchmarks.report`")
+            return 1
         print(f"{DOC}: {len(BLOCK.findall(current))} generated blocks match their results")
         return 0
     DOC.write_text(wanted, encoding="utf-8")
+    from dreamer.bench.report import plots
+
+    for name in bench_blocks(current):
+        plots(json.loads((RESULTS / f"{name}.json").read_text()), PLOTS / name)
     return 0
 
 

@@ -1,6 +1,6 @@
 """What can the embedded 135M model learn a fact from, and what does its teacher know?
 
-Two measurements on the synthetic day of `benchmarks/sleep_quality.py` (night 1, `--facts`
+Two measurements on the synthetic day of `dreamer bench` (dreamer.bench.days, recall probes only) (night 1, `--facts`
 facts, seed 0), scored by multiple choice as that script scores them (chance 25%):
 
 ceiling   the probes asked of the *teacher*, the base with the day in its system prompt, as the
@@ -15,8 +15,8 @@ sft       which *label-free* training data transfers to differently-worded probe
             questions  questions the base writes about each turn, kept if its answer, holding the
                        turn, contains a salient word the question lacks (round-trip filter) -> that answer.
           Scored on the probes, on the same questions with other answers of the same day as
-          distractors (`_inday`: favouring today's words in general gives chance there) and on the
-          original options after "Tell me something." (`_generic`: the answers' prior).
+          distractors (`inday`: favouring today's words in general gives chance there) and on the
+          original options after "Tell me something." (`generic`: the answers' prior).
           Direct supervision, not dreamer's objective: it says which prompts carry the fact.
           Options: `--system` the system turn (the chat's on a random later day, on the day,
           none, or a mix); `--objective dreamer` the sleep's own cloze recall term alone
@@ -49,7 +49,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.sleep_quality import FIRST_DAY, controls, make_days, prepare_source  # noqa: E402
+from dreamer.bench.days import FIRST_DAY, controls, make_days  # noqa: E402
+from dreamer.lm.weights import embedded_training_dir  # noqa: E402
 
 QUESTION_REQUESTS = (
     'I told you: "{turn}"\nWrite one short question about me that this sentence answers. Write only the question.',
@@ -62,7 +63,7 @@ def load(cache: Path):
 
     from dreamer.lm.chat_tokenizer import align_generation, load_chat_tokenizer
 
-    source = prepare_source(str(cache))
+    source = str(embedded_training_dir(Path(cache)))
     tokenizer = load_chat_tokenizer(source)
     model = AutoModelForCausalLM.from_pretrained(source).eval()
     align_generation(model, tokenizer)
@@ -189,7 +190,7 @@ def sft(model, tokenizer, day: dict, data: str, steps: int, seed: int, system: s
         scheduler.step()
         optimizer.zero_grad()
     model.eval()
-    sets = {"probes": day["probes"], **{name.strip("_"): rows for name, rows in controls(day["probes"], seed).items()}}
+    sets = {"probes": day["probes"], **{name: rows for name, rows in controls(day["probes"], seed).items()}}
     out = {"pairs": len(pairs), "examples": [list(p) for p in pairs[:5]], "seconds": round(time.perf_counter() - started)}
     for name, rows in sets.items():
         out[f"after, {name}"] = accuracy(model, tokenizer, rows)
@@ -256,6 +257,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     model, tokenizer = load(args.cache)
     day = make_days(args.seed, 1, args.facts)[0]
+    day["probes"] = [p for p in day["probes"] if p["kind"] == "recall"]
     if args.mode == "sft":
         result = sft(model, tokenizer, day, args.data, args.steps, args.seed, args.system, args.objective,
                      args.schedule, args.targets)

@@ -1,4 +1,4 @@
-"""The sleep-quality benchmark's worker processes end when the benchmark is killed."""
+"""`dreamer bench`'s worker processes end when the bench is killed."""
 
 import os
 import signal
@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PARENT = f"""
 import os, sys, time
 sys.path.insert(0, {str(ROOT)!r})
-from benchmarks.sleep_quality import worker_pool
+from dreamer.bench.run import worker_pool
 pool = worker_pool()
 print(pool.submit(os.getpid).result(), flush=True)
 pool.submit(time.sleep, 120)

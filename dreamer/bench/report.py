@@ -82,6 +82,12 @@ def headline(result: dict) -> list[str]:
     lines += [f"- sleep ahead: {'; '.join(wins) or 'nowhere'}",
               f"- recall ahead: {'; '.join(losses) or 'nowhere'}",
               f"- level: {'; '.join(ties) or 'nowhere'}"]
+    facts = [i for i, x in recall["rows"].items() if x["kind"] in ("recall", "implication", "update") and i in sleep["rows"]]
+    missed = [i for i in facts if not recall["rows"][i].get("memory_tokens")]
+    if facts:
+        lines.append(f"- where retrieval found nothing for the question ({len(missed)} of {len(facts)} questions about "
+                     f"told facts): sleep {pct(share([sleep['rows'][i]['gen'] for i in missed]))}, recall "
+                     f"{pct(share([recall['rows'][i]['gen'] for i in missed]))}")
     walls = [c["wall_s"] for k in range(1, night + 1) if (c := cell(result, "sleep", k)) and c["wall_s"]]
     peaks = [c["peak_rss_mb"] for k in range(1, night + 1) if (c := cell(result, "sleep", k)) and c["peak_rss_mb"]]
     statuses = [cell(result, "sleep", k)["status"] for k in range(1, night + 1)]

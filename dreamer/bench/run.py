@@ -1,17 +1,18 @@
 """`dreamer bench`: the same days given to every arm, one night at a time, scored as the chat asks.
 
     dreamer bench [--days 3] [--facts 10] [--arms base,context,recall,naive,distill,sleep] [--preset cpu-tiny]
-                  [--seed 0] [--night-seed S] [--out DIR] [--resume DIR] [--quick]
+                  [--seed 0] [--night-seed S] [--out DIR] [--resume DIR] [--jobs N] [--quick]
                   [--data CONVERSATIONS.jsonl --probes PROBES.jsonl]
 
-For each night k (its day's conversations) and each arm (dreamer.bench.arms), in that order so
-that a stopped run has every arm at the same night:
+For each night k (its day's conversations) and each arm (dreamer.bench.arms), night by night so
+that a stopped run has every arm at about the same night:
 1. train: the arm's night, in a fresh spawned process (naive, distill, sleep; the others keep
    no weights);
 2. score: the probes of every day so far that no later update superseded, the abstain and
    general probes, and the night's controls, asked the morning after (dreamer.bench.score), in
    one long-lived scoring process that loads each arm's model afresh.
-The run folder holds bench.json (the days, the config, the machine, and every finished unit,
+`--jobs N` runs N units side by side (never two nights of one arm: each builds on the last), the
+longest arms first within a night. The run folder holds bench.json (the days, the config, the machine, and every finished unit,
 rewritten atomically after each), each arm's home, log.txt, report.md and plots/. `--resume DIR`
 reads bench.json and runs only the units it lacks; a night killed half-way is run again (a sleep
 night's home first repairs what the kill left, as every sleep does).
@@ -23,6 +24,7 @@ import json
 import multiprocessing
 import os
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -156,6 +158,7 @@ class Run:
 
     def __init__(self, folder: Path, result: dict) -> None:
         self.folder, self.result = folder, result
+        self.lock = threading.RLock()  # lanes (threads) share the result and its file
 
     @classmethod
     def create(cls, folder: Path, bench: BenchConfig) -> Run:
@@ -187,12 +190,13 @@ class Run:
         return BenchConfig(**self.result["bench"])
 
     def save(self) -> None:
-        partial = self.folder / (RESULT + ".partial")
-        partial.write_text(json.dumps(self.result, separators=(",", ":"), default=str))
-        partial.replace(self.folder / RESULT)  # atomic: a kill leaves the last whole file
+        with self.lock:
+            partial = self.folder / (RESULT + ".partial")
+            partial.write_text(json.dumps(self.result, separators=(",", ":"), default=str))
+            partial.replace(self.folder / RESULT)  # atomic: a kill leaves the last whole file
 
     def log(self, text: str) -> None:
-        with open(self.folder / "log.txt", "a", encoding="utf-8") as f:
+        with self.lock, open(self.folder / "log.txt", "a", encoding="utf-8") as f:
             f.write(f"[{time.strftime('%H:%M:%S')}] {text}\n")
 
 
@@ -200,47 +204,123 @@ def units(run: Run) -> list[tuple[int, str]]:
     return [(k + 1, arm) for k in range(len(run.result["days"])) for arm in run.bench.arms]
 
 
-def run_bench(run: Run, progress=None) -> dict:
-    """Every unit bench.json lacks, in order; the result is saved after each."""
+PRIORITY = ("sleep", "distill", "naive", "context", "recall", "base")  # within a night, the longest first
+
+
+class Schedule:
+    """The units left, handed to lanes: night by night, never two of one arm at once (an arm's nights
+    build on each other), so a lane that is free takes the next unit whose arm is idle."""
+
+    def __init__(self, todo: list[tuple[int, str]]) -> None:
+        self.pending = sorted(todo, key=lambda u: (u[0], PRIORITY.index(u[1])))
+        self.busy: set[str] = set()
+        self.failed: BaseException | None = None
+        self.cond = threading.Condition()
+
+    def take(self) -> tuple[int, str] | None:
+        with self.cond:
+            while True:
+                if self.failed or not self.pending:
+                    return None
+                ready = next((u for u in self.pending if u[1] not in self.busy), None)
+                if ready:
+                    self.pending.remove(ready)
+                    self.busy.add(ready[1])
+                    return ready
+                self.cond.wait()
+
+    def finish(self, unit: tuple[int, str], error: BaseException | None = None) -> None:
+        with self.cond:
+            self.busy.discard(unit[1])
+            if error and not self.failed:
+                self.failed = error
+            self.cond.notify_all()
+
+
+def run_bench(run: Run, progress=None, jobs: int = 1) -> dict:
+    """Every unit bench.json lacks, in `jobs` lanes side by side; the result is saved after each unit.
+
+    Each lane has its own scoring process and starts a fresh process per training night (one torch
+    thread each on a CPU, as the preset plans it): on 2 cores, 2 lanes run twice the work in about
+    the same time, and every night's wall time then includes the other lane's load (recorded).
+    """
     from dreamer.sleep.config import sleep_config_from_dict
 
-    bench, days = run.bench, run.result["days"]
+    if jobs < 1:
+        raise BenchError("--jobs must be at least 1")
     raw = dict(run.result["config"])
     cfg = sleep_config_from_dict(raw, preset=raw.pop("preset"))
     todo = [(k, arm) for k, arm in units(run) if "score" not in run.result["units"].get(f"{arm}/{k}", {})]
+    run.result.setdefault("sessions", []).append({"started": time.strftime("%Y-%m-%d %H:%M:%S"), "jobs": jobs,
+                                                  "units": len(todo)})
+    run.save()
     if progress:
         progress.start(run, todo)
-    run.log(f"{len(todo)} of {len(units(run))} units to run")
-    with worker_pool() as scorer:
-        source = scorer.submit(prepare_source, bench, str(run.folder)).result()
-        for k, arm in todo:
-            unit = run.result["units"].setdefault(f"{arm}/{k}", {})
-            spec, day = ARMS[arm], days[k - 1]
-            if spec.trains and "train" not in unit:
-                run.log(f"{arm} night {k}: training on {day['day']}")
-                if progress:
-                    progress.working(arm, k, "training")
-                unit["train"] = train(run, arm, k, source, cfg)
-                run.save()
-                run.log(f"{arm} night {k}: {unit['train']['status']}: {unit['train'].get('message', '')}")
-            if progress:
-                progress.working(arm, k, "scoring")
-            ask_day = str(date.fromisoformat(day["day"]) + timedelta(days=1))
-            history = [r for d in days[:k] for r in d["records"]]
-            experts = unit.get("train", {}).get("experts", [])
-            score = scorer.submit(score_memory, source, experts, spec.memory, probes_after(days, k, bench.seed),
-                                  ask_day=ask_day, history=history, load=cfg.load,
-                                  max_new_tokens=8 if bench.quick else 40).result()
-            for row in score["probes"]:
-                if row["reply"] is not None:
-                    row["reply"] = row["reply"][:REPLY_CHARS]
-            unit["score"] = score
-            run.result["loadavg"].append(round(os.getloadavg()[0], 2))
-            run.save()
-            run.log(f"{arm} night {k}: scored in {score['seconds']} s")
-            if progress:
-                progress.done(arm, k)
+    run.log(f"{len(todo)} of {len(units(run))} units to run, {jobs} at a time")
+    schedule = Schedule(todo)
+    lanes = [threading.Thread(target=lane, args=(run, schedule, cfg, progress), daemon=True)
+             for _ in range(min(jobs, len(todo)))]
+    for thread in lanes:
+        thread.start()
+    for thread in lanes:
+        while thread.is_alive():
+            thread.join(0.5)  # in slices, so Ctrl-C reaches this thread
+    if schedule.failed:
+        raise schedule.failed
     return run.result
+
+
+def lane(run: Run, schedule: Schedule, cfg, progress) -> None:
+    """One lane: its own scoring process; takes units until none is left."""
+    try:
+        with worker_pool() as scorer:
+            source = scorer.submit(prepare_source, run.bench, str(run.folder)).result()
+            while (unit := schedule.take()) is not None:
+                try:
+                    run_unit(run, unit, scorer, source, cfg, progress)
+                except BaseException as err:
+                    schedule.finish(unit, err)
+                    raise
+                schedule.finish(unit)
+    except BaseException as err:
+        with schedule.cond:
+            schedule.failed = schedule.failed or err
+            schedule.cond.notify_all()
+
+
+def run_unit(run: Run, unit_key: tuple[int, str], scorer, source: str, cfg, progress) -> None:
+    k, arm = unit_key
+    bench, days = run.bench, run.result["days"]
+    with run.lock:
+        unit = run.result["units"].setdefault(f"{arm}/{k}", {})
+    spec, day = ARMS[arm], days[k - 1]
+    if spec.trains and "train" not in unit:
+        run.log(f"{arm} night {k}: training on {day['day']}")
+        if progress:
+            progress.working(arm, k, "training")
+        row = train(run, arm, k, source, cfg)
+        with run.lock:
+            unit["train"] = row
+            run.save()
+        run.log(f"{arm} night {k}: {row['status']}: {row.get('message', '')}")
+    if progress:
+        progress.working(arm, k, "scoring")
+    ask_day = str(date.fromisoformat(day["day"]) + timedelta(days=1))
+    history = [r for d in days[:k] for r in d["records"]]
+    experts = unit.get("train", {}).get("experts", [])
+    score = scorer.submit(score_memory, source, experts, spec.memory, probes_after(days, k, bench.seed),
+                          ask_day=ask_day, history=history, load=cfg.load,
+                          max_new_tokens=8 if bench.quick else 40).result()
+    for row in score["probes"]:
+        if row["reply"] is not None:
+            row["reply"] = row["reply"][:REPLY_CHARS]
+    with run.lock:
+        unit["score"] = score
+        run.result["loadavg"].append(round(os.getloadavg()[0], 2))
+        run.save()
+    run.log(f"{arm} night {k}: scored in {score['seconds']} s")
+    if progress:
+        progress.done(arm, k)
 
 
 def train(run: Run, arm: str, k: int, source: str, cfg) -> dict:

@@ -48,7 +48,9 @@ class BenchProgress:
                                             "test, not a result)")
 @click.option("--out", type=click.Path(path_type=Path), help="the run folder  [default: ./bench-<date>-<time>]")
 @click.option("--resume", type=click.Path(path_type=Path), help="continue the run in this folder")
-def bench(days, facts, arms, preset, seed, night_seed, data, probes, model, quick, out, resume) -> None:
+@click.option("--jobs", type=int, default=1, show_default=True,
+              help="arms run side by side (one process each; on a CPU, one core each)")
+def bench(days, facts, arms, preset, seed, night_seed, data, probes, model, quick, out, resume, jobs) -> None:
     """Give the same days to every kind of memory and score each the way the chat asks.
 
     Writes DIR/bench.json (every result), DIR/report.md and DIR/plots/*.png. A night is ~30 min
@@ -83,7 +85,7 @@ def bench(days, facts, arms, preset, seed, night_seed, data, probes, model, quic
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
     try:
         with Progress(*columns) as progress:
-            run_bench(run, BenchProgress(progress))
+            run_bench(run, BenchProgress(progress), jobs=jobs)
     finally:  # a stopped run still gets the report of what it finished
         (run.folder / "report.md").write_text(markdown(run.result), encoding="utf-8")
         plots(run.result, run.folder / "plots")

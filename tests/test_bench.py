@@ -1,0 +1,257 @@
+"""`dreamer bench`: the days it writes, how it scores, its arms on the tiny model, resume, report, bad files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from dreamer.bench.data import load_user_days
+from dreamer.bench.days import DISTRACTORS, IDK, POOLS, SLOTS, controls, make_days
+from dreamer.bench.report import headline, markdown
+from dreamer.bench.run import BenchConfig, BenchError, probes_after
+from dreamer.bench.score import history_block, reply_names
+from dreamer.cli.main import cli
+from dreamer.eval.probes import KINDS
+
+
+# --- the synthetic days -----------------------------------------------------------------
+def pool_of(value: str) -> set[str]:
+    return {name for name, values in POOLS.items() if value in values}
+
+
+def test_days_are_seeded_and_day_one_does_not_depend_on_how_many():
+    assert make_days(3, 3, 10) == make_days(3, 3, 10)
+    assert make_days(3, 3, 10) != make_days(4, 3, 10)
+    one, three = make_days(5, 1, 10)[0], make_days(5, 3, 10)[0]
+    assert one["records"] == three["records"]
+    assert [p["question"] for p in one["probes"]] == [p["question"] for p in three["probes"]]
+
+
+def test_every_probe_is_well_formed_with_distractors_of_its_kind():
+    days = make_days(0, 3, 10)
+    kinds = set()
+    answers = []
+    for day in days:
+        told = " ".join(m["content"] for r in day["records"] for m in r["messages"] if m["role"] == "user")
+        for p in day["probes"]:
+            kinds.add(p["kind"])
+            assert p["kind"] in KINDS and p["day"] == day["day"]
+            assert len(p["distractors"]) == DISTRACTORS == len(set(p["distractors"]))
+            assert p["answer"] not in p["distractors"]
+            if p["kind"] == "abstain":
+                assert p["answer"] == IDK
+                assert set.intersection(*(pool_of(d) for d in p["distractors"]))  # one pool
+                continue
+            assert p["answer"] in told, p  # the fact was said that day
+            assert all(pool_of(d) & pool_of(p["answer"]) for d in p["distractors"]), p
+            if p["kind"] in ("recall", "update"):
+                answers.append(p["answer"])
+    assert kinds == {"recall", "implication", "update", "abstain"}
+    assert len(answers) == len(set(answers))  # no two facts share an answer
+
+
+def test_updates_tell_a_new_value_the_old_one_loses_and_earlier_probes_are_superseded():
+    days = with_ids(make_days(0, 3, 10))
+    asked = {p["id"] for p in probes_after(days, 3, 0)}
+    updates = [p for d in days for p in d["probes"] if p["kind"] == "update"]
+    assert len(updates) == 4
+    for update in updates:
+        assert update["distractors"][0] == update["old"] != update["answer"]
+        earlier = [p for d in days for p in d["probes"] if p["day"] < update["day"] and p["answer"] == update["old"]]
+        assert earlier and all(p["superseded_on"] == update["day"] for p in earlier)
+        assert not {p["id"] for p in earlier} & asked and update["id"] in asked
+
+
+def with_ids(days: list[dict]) -> list[dict]:
+    for k, day in enumerate(days):
+        for i, probe in enumerate(day["probes"]):
+            probe["id"] = f"{k + 1}:{i}"
+    return days
+
+
+def test_implications_ask_something_else_than_the_recall_question():
+    for pool, tell, question, implication, update in SLOTS:
+        assert implication != question and implication.endswith(("?", "."))
+        assert update is None or "{v}" in update
+
+
+def test_controls_use_the_days_own_answers_and_a_generic_question():
+    day = make_days(1, 1, 10)[0]
+    recall = [p for p in day["probes"] if p["kind"] == "recall"]
+    checks = controls(day["probes"], 1)
+    answers = {p["answer"] for p in recall}
+    assert len(checks["inday"]) == len(recall)
+    for p in checks["inday"]:
+        assert set(p["distractors"]) <= answers - {p["answer"]}
+    assert {p["question"] for p in checks["generic"]} == {"Tell me something."}
+
+
+def test_too_many_facts_is_one_clear_error():
+    with pytest.raises(ValueError, match="kinds of facts"):
+        make_days(0, 3, 20)
+
+
+# --- scoring ------------------------------------------------------------------------------
+def test_a_reply_names_the_fact_only_without_hedging_and_abstains_in_words():
+    probe = {"kind": "recall", "answer": "Lisbon", "distractors": ["Porto", "Lyon", "Ghent"]}
+    assert reply_names("Your sister lives in lisbon.", probe)
+    assert not reply_names("Lisbon or Porto, I think.", probe)
+    assert not reply_names("She lives in Spain.", probe)
+    idk = {"kind": "abstain", "answer": IDK, "distractors": ["Ana", "Noor", "Lars"]}
+    assert reply_names("I'm sorry, you haven’t told me that.", idk)
+    assert not reply_names("Her name is Ana.", idk)
+    assert not reply_names("I don't know, maybe Ana?", idk)
+
+
+def test_the_context_memory_is_every_day_in_order():
+    days = make_days(0, 2, 4)
+    text = history_block([r for d in days for r in d["records"]])
+    assert text.index("03 March 2025") < text.index("04 March 2025")
+    assert all(f"- User: {m['content']}" in text for d in days for r in d["records"] for m in r["messages"]
+               if m["role"] == "user")
+
+
+# --- a user's own set ---------------------------------------------------------------------
+def write_lines(path: Path, rows: list) -> Path:
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+CONV = [{"day": "2025-06-09", "messages": [{"role": "user", "content": "My boss is Henrietta."}]},
+        {"day": "2025-06-10", "messages": [{"role": "user", "content": "My new boss is Marcus."}]}]
+PROBES = [{"day": "2025-06-09", "question": "Who is my boss?", "answer": "Henrietta", "distractors": ["Ann", "Bo"]},
+          {"day": "2025-06-10", "kind": "update", "question": "Who is my boss?", "answer": "Marcus",
+           "distractors": ["Henrietta", "Bo"]}]
+
+
+def test_user_days_are_nights_in_date_order_and_an_update_supersedes(tmp_path):
+    days = load_user_days(write_lines(tmp_path / "c.jsonl", CONV[::-1]), write_lines(tmp_path / "p.jsonl", PROBES))
+    assert [d["day"] for d in days] == ["2025-06-09", "2025-06-10"]
+    assert days[0]["probes"][0]["superseded_on"] == "2025-06-10"
+
+
+@pytest.mark.parametrize("which, rows, message", [
+    ("probes", PROBES[:1] + ["{not json"], "p.jsonl, line 2: invalid JSON"),
+    ("probes", PROBES[:1] + [{**PROBES[0], "day": "2025-07-01"}], "line 2: day 2025-07-01 has no conversation"),
+    ("probes", [{**PROBES[0], "kind": "trivia"}], "line 1: 'kind' must be one of"),
+    ("data", CONV[:1] + [{"day": "2025-06-10", "messages": []}], "c.jsonl, line 2: 'messages' must be a non-empty"),
+])
+def test_bad_files_are_one_line_naming_the_line_and_nothing_runs(tmp_path, which, rows, message):
+    conv = write_lines(tmp_path / "c.jsonl", rows if which == "data" else CONV)
+    probes = write_lines(tmp_path / "p.jsonl", rows if which == "probes" else PROBES)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["bench", "--data", str(conv), "--probes", str(probes), "--out", str(out)],
+                                env={"DREAMER_HOME": str(tmp_path / "home")})
+    assert result.exit_code == 1
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(BenchError, match="unknown arm 'memgpt'"):
+        BenchConfig(arms=["base", "memgpt"])
+    with pytest.raises(BenchError, match="--data and --probes go together"):
+        BenchConfig(data="x.jsonl")
+    result = CliRunner().invoke(cli, ["bench", "--resume", "somewhere", "--days", "2"])
+    assert result.exit_code == 1 and "drop --days" in result.output
+
+
+# --- the whole pipeline on the tiny model ------------------------------------------------
+def bench(tmp_path: Path, *args: str, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "DREAMER_HOME": str(tmp_path / "home")}
+    return subprocess.Popen([sys.executable, "-m", "dreamer", "bench", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench")
+    proc = bench(tmp, "--quick", "--out", str(tmp / "run"))
+    output, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, output
+    return tmp / "run", output
+
+
+def test_quick_runs_every_arm_and_writes_the_report_and_plots(quick_run):
+    folder, output = quick_run
+    result = json.loads((folder / "bench.json").read_text())
+    assert sorted(result["units"]) == sorted(f"{a}/{k}" for a in BenchConfig().arms for k in (1, 2))
+    for name, unit in result["units"].items():
+        arm = name.split("/")[0]
+        rows = unit["score"]["probes"]
+        assert {r["kind"] for r in rows} >= {"recall", "implication", "abstain", "general", "inday", "generic"}
+        assert all(isinstance(r["mc"], bool) for r in rows)
+        assert all(isinstance(r["gen"], bool) for r in rows if r["kind"] not in ("inday", "generic"))
+        spent = max(r["memory_tokens"] for r in rows)
+        assert (spent > 0) == (arm in ("context", "recall")), name
+        if arm in ("naive", "distill"):
+            assert unit["train"]["status"] == "trained" and all(Path(p).is_dir() for p in unit["train"]["experts"])
+            assert len(unit["train"]["experts"]) == int(name[-1])  # the night's expert on top of the earlier ones
+        if arm == "sleep":
+            assert unit["train"]["status"] in ("promoted", "rejected")
+    context = result["units"]["context/2"]["score"]["probes"]
+    recall = result["units"]["recall/2"]["score"]["probes"]
+    assert max(r["memory_tokens"] for r in context) > max(r["memory_tokens"] for r in recall)
+    assert (folder / "report.md").read_text().startswith("# dreamer bench")
+    for name in ("kinds", "forgetting", "cost"):
+        assert (folder / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "sleep ahead" in output
+
+
+def test_a_killed_run_resumes_where_it_stopped(tmp_path):
+    folder = tmp_path / "run"
+    proc = bench(tmp_path, "--quick", "--arms", "base,naive", "--out", str(folder))
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:  # kill it once the first unit is saved, mid-run
+        units = json.loads((folder / "bench.json").read_text())["units"] if (folder / "bench.json").exists() else {}
+        if any("score" in u for u in units.values()):
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    saved = json.loads((folder / "bench.json").read_text())["units"]
+    done = sum("score" in u for u in saved.values())
+    assert 1 <= done < 4
+    resumed = bench(tmp_path, "--resume", str(folder))
+    output, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, output
+    result = json.loads((folder / "bench.json").read_text())
+    assert all("score" in result["units"][f"{a}/{k}"] for a in ("base", "naive") for k in (1, 2))
+    for name, unit in saved.items():  # what was finished before the kill is kept, not run again
+        if "score" in unit:
+            assert result["units"][name] == unit
+    assert f"{4 - done} of 4 units to run" in (folder / "log.txt").read_text()
+
+
+# --- the report ---------------------------------------------------------------------------
+def fake_result(sleep_flags: list[bool], recall_flags: list[bool]) -> dict:
+    def unit(flags, status=None):
+        rows = [{"id": f"1:{i}", "kind": "recall", "day": "2025-03-03", "mc": f, "gen": f, "reply": "",
+                 "memory_tokens": 0 if status else 50} for i, f in enumerate(flags)]
+        out = {"score": {"probes": rows, "drift_kl": 0.01, "perplexity": 9.0}}
+        if status:
+            out["train"] = {"status": status, "wall_s": 1800.0, "peak_rss_mb": 2100.0}
+        return out
+
+    return {"bench": {"arms": ["recall", "sleep"], "days": 1, "facts": 4, "seed": 0, "night_seed": None,
+                      "preset": "cpu-tiny", "quick": False, "data": None},
+            "machine": {"cpu": "cpu", "cores": 2, "python": "3.11", "torch": "t", "transformers": "x", "peft": "p",
+                        "dreamer": "0"}, "started": "now", "loadavg": [1.0],
+            "days": [{"day": "2025-03-03"}], "units": {"recall/1": unit(recall_flags), "sleep/1": unit(sleep_flags, "promoted")}}
+
+
+def test_the_headline_counts_paired_probes_and_states_the_cost():
+    lines = headline(fake_result([True, True, False, False], [False, True, True, True]))
+    assert "recall ahead: recall 50% vs 75% (4 probes; only sleep right on 1, only recall on 2)" in "\n".join(lines)
+    assert "sleep ahead: nowhere" in lines[1]
+    assert "30-30 min, peak 2100 MiB" in lines[-1] and "recall spends 50 prompt tokens" in lines[-1]
+    text = markdown(fake_result([True] * 4, [False] * 4))
+    assert "sleep ahead: recall 100% vs 0%" in text and "| sleep | 1 | 100% (n=4) |" in text
