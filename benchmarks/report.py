@@ -94,7 +94,9 @@ def render_bench(record: dict) -> str:
              "Generation (does the reply name the fact), after each arm's last night:", "",
              *report.kinds_table(record, "gen"), "", "Multiple choice, the same probes:", "",
              *report.kinds_table(record, "mc"), "", "Night by night:", "", *report.nights_table(record), "",
-             "Forgetting curves (each day's recall probes, generation):", "", *report.forgetting_table(record)]
+             "Forgetting curves (each day's recall probes, generation):", "", *report.forgetting_table(record), "",
+             "Day by day after the last night (generation; general probes count on day 1):", "",
+             *report.days_table(record)]
     return "\n".join(lines) + "\n"
 
 

@@ -255,3 +255,33 @@ def test_the_headline_counts_paired_probes_and_states_the_cost():
     assert "30-30 min, peak 2100 MiB" in lines[-1] and "recall spends 50 prompt tokens" in lines[-1]
     text = markdown(fake_result([True] * 4, [False] * 4))
     assert "sleep ahead: recall 100% vs 0%" in text and "| sleep | 1 | 100% (n=4) |" in text
+
+
+def test_lanes_never_run_two_nights_of_one_arm_and_keep_each_arms_order():
+    import threading
+
+    from dreamer.bench.run import Schedule
+
+    schedule = Schedule([(k, a) for k in (1, 2, 3) for a in ("base", "naive", "sleep")])
+    running, seen, lock = set(), [], threading.Lock()
+
+    def lane():
+        while (unit := schedule.take()) is not None:
+            with lock:
+                assert unit[1] not in running
+                running.add(unit[1])
+                seen.append(unit)
+            time.sleep(0.01)
+            with lock:
+                running.discard(unit[1])
+            schedule.finish(unit)
+
+    lanes = [threading.Thread(target=lane) for _ in range(3)]
+    for t in lanes:
+        t.start()
+    for t in lanes:
+        t.join(10)
+    assert len(seen) == 9
+    for arm in ("base", "naive", "sleep"):
+        assert [k for k, a in seen if a == arm] == [1, 2, 3]
+    assert Schedule([(1, "base"), (1, "sleep")]).take() == (1, "sleep")  # within a night, the longest arm first

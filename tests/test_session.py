@@ -2,7 +2,7 @@ import threading
 
 import pytest
 
-from agent.memory import build_prompt, truncate
+from agent.memory import build_prompt, recall, truncate
 from agent.models import ModelError
 from agent.runtime import FakeRuntime
 from agent.session import ChatSession, EmptyMessage
@@ -86,6 +86,13 @@ def test_prompt_recalls_today_from_other_conversations(store):
     assert "Today is" in prompt[0]["content"]
     assert "- User: My sister Ana lives in Lisbon." in prompt[0]["content"]
     assert prompt[1:] == [{"role": "user", "content": "Where does Ana live?"}]
+
+
+def test_recall_of_every_day_is_for_the_bench_only(store):
+    store.import_conversations([{"day": "2020-01-01", "messages": [{"role": "user", "content": "My cat is Miso."}]}])
+    count = FakeRuntime().count_tokens
+    assert recall(store, Config(), "what is my cat called?", set(), count) == []  # the chat: today only
+    assert recall(store, Config(), "what is my cat called?", set(), count, every_day=True) == ["- User: My cat is Miso."]
 
 
 def test_prompt_respects_budgets_and_truncates_long_messages(store):

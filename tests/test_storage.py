@@ -130,6 +130,13 @@ def test_search_day_finds_other_conversations_of_the_same_day(store, clock):
     assert store.search_day(store.today(), "?? !!") == []  # punctuation only: no FTS syntax error
 
 
+def test_search_day_none_searches_every_day(store):
+    store.import_conversations([{"day": "2025-03-03", "messages": [{"role": "user", "content": "Ana lives in Lisbon."}]},
+                                {"day": "2025-03-05", "messages": [{"role": "user", "content": "Ana moved to Porto."}]}])
+    assert store.search_day("2025-03-05", "where is Ana?") and len(store.search_day("2025-03-05", "Ana")) == 1
+    assert {h["day"] for h in store.search_day(None, "where is Ana?")} == {"2025-03-03", "2025-03-05"}
+
+
 def test_very_long_message_is_stored_whole(store):
     conversation = store.new_conversation()
     text = "word " * 50_000

@@ -38,13 +38,15 @@ def cell(result: dict, arm: str, night: int) -> dict | None:
     rows, train = score["probes"], unit.get("train", {})
     kinds = {k: {"n": len(r), "gen": share([x["gen"] for x in r]), "mc": share([x["mc"] for x in r])}
              for k in (*KINDS, *CONTROLS) if (r := [x for x in rows if x["kind"] == k])}
-    days = {}
+    days, by_day = {}, {}
     for d in result["days"][:night]:
         r = [x for x in rows if x["kind"] == "recall" and x["day"] == d["day"]]
         if r:
             days[d["day"]] = {"gen": share([x["gen"] for x in r]), "mc": share([x["mc"] for x in r])}
+        by_day[d["day"]] = {k: share([x["gen"] for x in rows if x["kind"] == k and x["day"] == d["day"]])
+                            for k in KINDS}
     asked = [x for x in rows if x["kind"] not in CONTROLS]
-    return {"kinds": kinds, "days": days, "drift_kl": score.get("drift_kl"), "perplexity": score.get("perplexity"),
+    return {"kinds": kinds, "days": days, "by_day": by_day, "drift_kl": score.get("drift_kl"), "perplexity": score.get("perplexity"),
             "memory_tokens": sum(x.get("memory_tokens", 0) for x in asked) / max(1, len(asked)),
             "status": train.get("status", "-"), "wall_s": train.get("wall_s"), "peak_rss_mb": train.get("peak_rss_mb"),
             "rows": {x["id"]: x for x in rows}}
@@ -147,6 +149,17 @@ def forgetting_table(result: dict) -> list[str]:
     return _table(["arm", "after night"] + [f"day {i + 1} ({d})" for i, d in enumerate(days)], rows)
 
 
+def days_table(result: dict) -> list[str]:
+    """Each arm after its last night, day by day, per kind (generation)."""
+    rows = []
+    for arm in result["bench"]["arms"]:
+        k = last_scored(result, arm)
+        c = cell(result, arm, k) if k else None
+        for i, (day, kinds) in enumerate((c or {}).get("by_day", {}).items()):
+            rows.append([arm, str(k), f"day {i + 1} ({day})"] + [pct(kinds[kind]) for kind in KINDS])
+    return _table(["arm", "after night", "day"] + list(KINDS), rows)
+
+
 def machine_line(result: dict) -> str:
     m, b = result["machine"], result["bench"]
     source = f"--data {b['data']} --probes {b['probes']}" if b.get("data") else \
@@ -167,7 +180,8 @@ def markdown(result: dict) -> str:
              *kinds_table(result, "gen"), "", "## The same probes by multiple choice", "",
              *kinds_table(result, "mc"), "", "## Night by night (generation; controls by multiple choice)", "",
              *nights_table(result), "", "## Forgetting: each day's recall probes after each night (generation)", "",
-             *forgetting_table(result), ""]
+             *forgetting_table(result), "", "## Day by day after the last night (generation)", "",
+             *days_table(result), ""]
     return "\n".join(lines)
 
 
