@@ -198,13 +198,14 @@ def plots(result: dict, folder: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(9, 4))
     width = 0.8 / max(1, len(arms))
     for i, arm in enumerate(arms):
-        c = cell(result, arm, last_scored(result, arm)) if last_scored(result, arm) else None
+        night = last_scored(result, arm)
+        c = cell(result, arm, night) if night else None
         values = [(c["kinds"][k]["gen"] or 0) * 100 if c and k in c["kinds"] else 0 for k in KINDS]
-        ax.bar([j + i * width for j in range(len(KINDS))], values, width, label=arm)
+        ax.bar([j + i * width for j in range(len(KINDS))], values, width, label=f"{arm} (night {night})")
     ax.set_xticks([j + width * (len(arms) - 1) / 2 for j in range(len(KINDS))], KINDS)
     ax.set_ylabel("reply names the fact (%)")
     ax.set_ylim(0, 100)
-    ax.set_title("After the last night, per probe kind")
+    ax.set_title("After each arm's last night, per probe kind")
     ax.legend(fontsize=8, ncol=3)
     written.append(_save(fig, folder / "kinds.png"))
 
@@ -220,7 +221,8 @@ def plots(result: dict, folder: Path) -> list[Path]:
         ax.set_ylim(0, 100)
         ax.set_xticks(range(1, nights(result) + 1))
     axes[0][0].set_ylabel("recall, reply names it (%)")
-    axes[0][-1].legend(fontsize=7)
+    if axes[0][-1].get_legend_handles_labels()[0]:
+        axes[0][-1].legend(fontsize=7)
     written.append(_save(fig, folder / "forgetting.png"))
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3))
@@ -233,6 +235,7 @@ def plots(result: dict, folder: Path) -> list[Path]:
     left.set_title("wall time per night (min)")
     right.set_title("peak memory per night (MiB)")
     for ax in (left, right):
+        ax.set_ylim(bottom=0)
         ax.set_xlabel("night")
         ax.set_xticks(range(1, nights(result) + 1))
         if ax.get_legend_handles_labels()[0]:
