@@ -90,7 +90,7 @@ def render_bench(record: dict) -> str:
         command = f"dreamer bench --data {b['data']} --probes {b['probes']} --preset {b['preset']}"
     else:
         command = f"dreamer bench --days {b['days']} --facts {b['facts']} --seed {b['seed']} --preset {b['preset']}"
-    lines = [f"`{command}` ({report.machine_line(record)})".replace(f"{ROOT}/", ""), "", *report.headline(record), "",
+    lines = [f"`{command}` ({report.machine_line(record)}) {report.completeness(record)}".replace(f"{ROOT}/", ""), "", *report.headline(record), "",
              "Generation (does the reply name the fact), after each arm's last night:", "",
              *report.kinds_table(record, "gen"), "", "Multiple choice, the same probes:", "",
              *report.kinds_table(record, "mc"), "", "Night by night:", "", *report.nights_table(record), "",

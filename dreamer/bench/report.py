@@ -171,11 +171,14 @@ def machine_line(result: dict) -> str:
             f"{m['dreamer']}; load average {min(load):.1f}-{max(load):.1f}. Started {result['started']}.")
 
 
-def markdown(result: dict) -> str:
+def completeness(result: dict) -> str:
     done = sum(1 for u in result["units"].values() if "score" in u)
     total = nights(result) * len(result["bench"]["arms"])
-    lines = ["# dreamer bench", "", *headline(result), "", machine_line(result),
-             f"{done} of {total} arm-nights scored{'' if done == total else ' (resume with --resume to finish)'}.", "",
+    return f"{done} of {total} arm-nights scored{'' if done == total else ' (the run is not finished: --resume DIR)'}."
+
+
+def markdown(result: dict) -> str:
+    lines = ["# dreamer bench", "", *headline(result), "", machine_line(result), completeness(result), "",
              "## After the last night: does the reply name the fact (generation)", "",
              *kinds_table(result, "gen"), "", "## The same probes by multiple choice", "",
              *kinds_table(result, "mc"), "", "## Night by night (generation; controls by multiple choice)", "",
