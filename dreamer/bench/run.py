@@ -117,11 +117,18 @@ def machine() -> dict:
 
 
 # --- processes -----------------------------------------------------------------------
+_PARENT: int | None = None  # in a worker: the pid of the bench that started it
+
+
 def die_with_parent(parent: int) -> None:
     """Worker initializer: on Linux, SIGTERM this worker when the bench that started it dies.
 
     Without it a killed bench leaves its night training on, unseen, taking a core from the next run.
+    A sleep night turns SIGTERM into an orderly interruption (dreamer.sleep.lock) and returns; the
+    pool's worker would then wait for work forever, holding gigabytes: `_orphan_guard` ends it.
     """
+    global _PARENT
+    _PARENT = parent
     if sys.platform.startswith("linux"):
         import ctypes
         import signal
@@ -132,10 +139,27 @@ def die_with_parent(parent: int) -> None:
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-def worker_pool() -> ProcessPoolExecutor:
+def _orphan_guard(fn, /, *args, **kwargs):
+    """Run one task; if the bench died meanwhile, end this worker instead of waiting for the next."""
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        if _PARENT is not None and os.getppid() != _PARENT:
+            os._exit(1)
+
+
+class WorkerPool(ProcessPoolExecutor):
     """One fresh interpreter (spawned, not forked: no torch state is shared) that dies with us."""
-    return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=die_with_parent, initargs=(os.getpid(),))
+
+    def __init__(self) -> None:
+        super().__init__(1, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent,
+                         initargs=(os.getpid(),))
+
+    def submit(self, fn, /, *args, **kwargs):
+        return super().submit(_orphan_guard, fn, *args, **kwargs)
+
+
+worker_pool = WorkerPool
 
 
 def prepare_source(bench: BenchConfig, folder: str) -> str:
