@@ -105,6 +105,12 @@ def test_a_reply_names_the_fact_only_without_hedging_and_abstains_in_words():
     assert reply_names("Your sister lives in lisbon.", probe)
     assert not reply_names("Lisbon or Porto, I think.", probe)
     assert not reply_names("She lives in Spain.", probe)
+    organ = {"kind": "general", "answer": "the heart", "distractors": ["the liver", "the lungs", "the kidneys"]}
+    assert reply_names("Heart.", organ) and not reply_names("The liver.", organ)
+    legs = {"kind": "general", "answer": "eight", "distractors": ["six", "four", "ten"]}
+    assert reply_names("A spider has 8 legs.", legs) and not reply_names("It has 18 legs.", legs)
+    assert not reply_names("Eight or six.", legs)
+    assert reply_names("Eight, as is often said.", legs)  # "ten" inside "often" is not a distractor named
     idk = {"kind": "abstain", "answer": IDK, "distractors": ["Ana", "Noor", "Lars"]}
     assert reply_names("I'm sorry, you haven’t told me that.", idk)
     assert not reply_names("Her name is Ana.", idk)

@@ -13,7 +13,8 @@ memory: the LoRA experts applied (`experts`), and what the prompt carries (`memo
 
 Scores per probe:
 - generation (the headline: what a user sees): the greedy reply, up to `max_new_tokens`, names
-  the answer and none of the distractors (casefolded); for `abstain`, it says it does not know
+  the answer and none of the distractors (casefolded; "the heart" also as "heart", "seven" also
+  as "7"); for `abstain`, it says it does not know
   (ABSTAIN_PHRASES) and names none of the distractors;
 - multiple choice: the answer's mean per-token log-probability is strictly above every
   distractor's (dreamer.eval.evaluate.multiple_choice).
@@ -23,6 +24,7 @@ and perplexity on assets/general_heldout.jsonl, for the weights under test.
 
 from __future__ import annotations
 
+import re
 import tempfile
 import time
 from datetime import date
@@ -37,14 +39,34 @@ ABSTAIN_PHRASES = ("don't know", "do not know", "not sure", "haven't told", "hav
                    "cannot say", "not certain")
 
 
+NUMBERS = "zero one two three four five six seven eight nine ten eleven twelve".split()
+
+
+def forms(value: str) -> set[str]:
+    """The ways a reply may name a value: as written, without a leading article, a number as a word or digits."""
+    value = value.strip().casefold()
+    bare = re.sub(r"^(the|a|an) ", "", value)
+    out = {value, bare}
+    if bare in NUMBERS:
+        out.add(str(NUMBERS.index(bare)))
+    elif bare.isdigit() and int(bare) < len(NUMBERS):
+        out.add(NUMBERS[int(bare)])
+    return out
+
+
+def names(text: str, value: str) -> bool:
+    """`value` occurs in `text` (casefolded) as whole words, in one of its forms ("ten" is not in "often")."""
+    return any(re.search(rf"(?<!\w){re.escape(form)}(?!\w)", text) for form in forms(value))
+
+
 def reply_names(reply: str, probe: dict) -> bool:
     """The generation criterion (see the module docstring)."""
-    text = reply.casefold()
-    if any(d.strip().casefold() in text for d in probe["distractors"]):
+    text = reply.casefold().replace("’", "'")
+    if any(names(text, d) for d in probe["distractors"]):
         return False
     if probe["kind"] == "abstain":
-        return any(phrase in text.replace("’", "'") for phrase in ABSTAIN_PHRASES)
-    return probe["answer"].strip().casefold() in text
+        return any(phrase in text for phrase in ABSTAIN_PHRASES)
+    return names(text, probe["answer"])
 
 
 def history_block(records: list[dict]) -> str:
