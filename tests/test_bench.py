@@ -110,7 +110,9 @@ def test_a_reply_names_the_fact_only_without_hedging_and_abstains_in_words():
     legs = {"kind": "general", "answer": "eight", "distractors": ["six", "four", "ten"]}
     assert reply_names("A spider has 8 legs.", legs) and not reply_names("It has 18 legs.", legs)
     assert not reply_names("Eight or six.", legs)
-    assert reply_names("Eight, as is often said.", legs)  # "ten" inside "often" is not a distractor named
+    assert reply_names("Eight, as is often said.", legs) and reply_names("The answer is: 8.", legs)
+    freezing = {"kind": "general", "answer": "zero", "distractors": ["fifty", "ten", "forty"]}
+    assert not reply_names("It freezes at -18.0 degrees.", freezing) and reply_names("At 0 degrees.", freezing)  # "ten" inside "often" is not a distractor named
     idk = {"kind": "abstain", "answer": IDK, "distractors": ["Ana", "Noor", "Lars"]}
     assert reply_names("I'm sorry, you haven’t told me that.", idk)
     assert not reply_names("Her name is Ana.", idk)

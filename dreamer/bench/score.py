@@ -55,8 +55,10 @@ def forms(value: str) -> set[str]:
 
 
 def names(text: str, value: str) -> bool:
-    """`value` occurs in `text` (casefolded) as whole words, in one of its forms ("ten" is not in "often")."""
-    return any(re.search(rf"(?<!\w){re.escape(form)}(?!\w)", text) for form in forms(value))
+    """`value` occurs in `text` (casefolded) as whole words, in one of its forms ("ten" is not in "often",
+    "0" is not in "-18.0", "8" is in "8 legs." and "8.")."""
+    return any(re.search(rf"(?<![\w.,-]){re.escape(form)}(?![\w]|[.,]\d)" if form.isdigit() else
+                         rf"(?<!\w){re.escape(form)}(?!\w)", text) for form in forms(value))
 
 
 def reply_names(reply: str, probe: dict) -> bool:
