@@ -165,10 +165,12 @@ def machine_line(result: dict) -> str:
     source = f"--data {b['data']} --probes {b['probes']}" if b.get("data") else \
         f"synthetic, {b['days']} days x {b['facts']} facts, seed {b['seed']}"
     load = result.get("loadavg") or [0]
+    jobs = sorted({s["jobs"] for s in result.get("sessions", [])})
+    lanes = f", {'/'.join(map(str, jobs))} lane(s) side by side (--jobs)" if jobs else ""
     return (f"{source}; preset {b['preset']}, night seed {b['night_seed'] if b['night_seed'] is not None else b['seed']}"
             f"{', quick (tiny model)' if b.get('quick') else ''}. Machine: {m['cpu']}, {m['cores']} cores, Python "
             f"{m['python']}, torch {m['torch']}, transformers {m['transformers']}, peft {m['peft']}, dreamer "
-            f"{m['dreamer']}; load average {min(load):.1f}-{max(load):.1f}. Started {result['started']}.")
+            f"{m['dreamer']}; load average {min(load):.1f}-{max(load):.1f}{lanes}. Started {result['started']}.")
 
 
 def completeness(result: dict) -> str:
