@@ -61,6 +61,9 @@ class Config:
     sleep_preset: str = field(
         default="auto", metadata={"help": "preset of scheduled sleeps: auto (gpu-qlora on CUDA, else cpu-tiny), a name or a .toml path"}
     )
+    dreaming: str = field(
+        default="preset", metadata={"help": "Dreaming, sleep's stage 2: preset (as the sleep preset sets it), on or off"}
+    )
     sleep_quiet_minutes: int = field(
         default=30, metadata={"help": "a scheduled sleep waits until the chat has been quiet this long"}
     )
@@ -95,6 +98,8 @@ class Config:
             value = getattr(self, name)
             if value < 0:
                 raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.dreaming not in ("preset", "on", "off"):
+            raise ConfigError(f"dreaming must be preset, on or off, got {self.dreaming!r}")
         if self.chat_runtime not in ("llama", "transformers"):
             raise ConfigError(f"chat_runtime must be llama or transformers, got {self.chat_runtime!r}")
         if self.n_threads < 0:

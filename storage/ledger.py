@@ -71,6 +71,12 @@ def runs(store: Store, limit: int = 20) -> list[dict]:
     return list(store.db["sleep_runs"].rows_where(order_by="id desc", limit=limit))
 
 
+def finished_runs(store: Store, limit: int = 60) -> list[dict]:
+    """The newest finished runs, oldest first, each with its metrics parsed."""
+    rows = store.db["sleep_runs"].rows_where("finished_at is not null", order_by="id desc", limit=limit)
+    return [{**row, "metrics": json.loads(row["metrics"] or "{}")} for row in reversed(list(rows))]
+
+
 def save_probes(store: Store, run_id: int, probes: list[dict]) -> None:
     with store.write():
         store.db["probes"].insert_all(

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from dreamer.bench.data import load_user_days
 from dreamer.bench.days import DISTRACTORS, IDK, POOLS, SLOTS, controls, make_days
-from dreamer.bench.report import headline, markdown
+from dreamer.bench.report import dreaming_lines, headline, markdown
 from dreamer.bench.run import BenchConfig, BenchError, probes_after
 from dreamer.bench.score import history_block, reply_names
 from dreamer.cli.main import cli
@@ -203,8 +203,12 @@ def test_quick_runs_every_arm_and_writes_the_report_and_plots(quick_run):
         if arm in ("naive", "distill"):
             assert unit["train"]["status"] == "trained" and all(Path(p).is_dir() for p in unit["train"]["experts"])
             assert len(unit["train"]["experts"]) == int(name[-1])  # the night's expert on top of the earlier ones
-        if arm == "sleep":
+        if arm in ("sleep", "dream"):
             assert unit["train"]["status"] in ("promoted", "rejected")
+            assert (unit["train"]["dreaming"] is None) == (arm == "sleep"), name  # only Dreaming differs
+            assert unit["train"]["phases"]["distil into a new expert"] > 0
+        if arm == "dream":
+            assert unit["train"]["dreaming"]["written"] > 0 and "dream: write" in unit["train"]["phases"]
     context = result["units"]["context/2"]["score"]["probes"]
     recall = result["units"]["recall/2"]["score"]["probes"]
     assert max(r["memory_tokens"] for r in context) > max(r["memory_tokens"] for r in recall)
@@ -212,6 +216,7 @@ def test_quick_runs_every_arm_and_writes_the_report_and_plots(quick_run):
     for name in ("kinds", "forgetting", "cost"):
         assert (folder / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "sleep ahead" in output
+    assert "Dreaming: `dream` against `sleep` (stage 1 alone) on 2 paired night(s)" in (folder / "report.md").read_text()
 
 
 def test_a_killed_run_resumes_where_it_stopped(tmp_path):
@@ -263,6 +268,19 @@ def test_the_headline_counts_paired_probes_and_states_the_cost():
     assert "30-30 min, peak 2100 MiB" in lines[-1] and "recall spends 50 prompt tokens" in lines[-1]
     text = markdown(fake_result([True] * 4, [False] * 4))
     assert "sleep ahead: recall 100% vs 0%" in text and "| sleep | 1 | 100% (n=4) |" in text
+
+
+def test_dreaming_lines_average_paired_nights():
+    result = fake_result([True, False, False, False], [False] * 4)
+    result["bench"]["arms"] = ["sleep", "dream"]
+    result["units"]["dream/1"] = result["units"].pop("recall/1")
+    result["units"]["dream/1"]["score"]["probes"][1]["gen"] = True  # dream right on 1:0 (no), 1:1 (yes)
+    result["units"]["dream/1"]["train"] = {"status": "promoted", "wall_s": 2400.0, "peak_rss_mb": 1.0,
+                                           "dreaming": {"reward_rate": 0.25}}
+    lines = dreaming_lines(result)
+    assert "on 1 paired night(s)" in lines[0]
+    assert "- recall: +0.0 points by generation" in lines[1] and "only dream right on 1, only sleep on 1" in lines[1]
+    assert "reward rate by night: 25%" in lines[2] and "40 min against 30 min" in lines[3]
 
 
 def test_lanes_never_run_two_nights_of_one_arm_and_keep_each_arms_order():

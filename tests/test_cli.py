@@ -103,7 +103,22 @@ def test_sleep_dry_run_trains_nothing(tmp_path):
     result = run("sleep", "--now", "--dry-run", "--day", "2026-11-20")
     assert result.exit_code == 0, result.output
     assert "would consolidate 2026-11-20" in result.output and "nothing trained" in result.output
+    assert "Dreaming off" in result.output  # the presets leave it off until it is measured
     assert "none yet" in run("memory").output
+    result = run("sleep", "--now", "--dry-run", "--dreaming")
+    assert result.exit_code == 0 and "Dreaming on: 24 dreams written, 8 scored" in result.output, result.output
+
+
+def test_dreaming_in_config_toml_and_on_the_command_line(tmp_path, dreamer_home):
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps({"day": "2026-11-20", "messages": [{"role": "user", "content": "I love kites."}]}) + "\n")
+    run("import", str(source))
+    (dreamer_home / "config.toml").write_text('dreaming = "on"\n')
+    assert "Dreaming on" in run("sleep", "--now", "--dry-run").output
+    assert "Dreaming off" in run("sleep", "--now", "--dry-run", "--no-dreaming").output
+    (dreamer_home / "config.toml").write_text('dreaming = "sometimes"\n')
+    result = run("sleep", "--now", "--dry-run")
+    assert result.exit_code == 1 and "dreaming must be preset, on or off, got 'sometimes'" in result.output
 
 
 def test_sleep_bad_preset_and_bad_probes_are_named(tmp_path):

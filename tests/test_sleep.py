@@ -50,7 +50,7 @@ def test_every_preset_loads():
         ({"distill": {"lmbda": 1.5}}, "distill.lmbda must be in [0, 1]"),
         ({"distill": {"divergnce": "jsd"}}, "unknown key distill.divergnce"),
         ({"distill": {"divergence": "l2"}}, "distill.divergence must be one of"),
-        ({"dreaming": {}}, "unknown section [dreaming]"),
+        ({"dreams": {}}, "unknown section [dreams]"),
         ({"load": {"device": "tpu"}}, "load.device must be auto, cpu or cuda"),
         ({"gate": {"max_drift": 0}}, "gate.max_drift must be > 0"),
         ({"distill": {"targets": "embeddings"}}, "distill.targets must be one of all, mlp, attention"),

@@ -10,8 +10,10 @@
              day in its prompt, dreamer.sleep.seeding.memories) answers the memory writer's
              questions; cross-entropy on (question without the day -> answer). No replay, drift
              term or gate.
-    sleep    dreamer's night as configured: `sleep_now` in the arm's own DREAMER_HOME, with its
-             gate (a rejected night leaves the stack as it was).
+    sleep    dreamer's night, stage 1 alone (`[dreaming] enabled = false`): `sleep_now` in the arm's
+             own DREAMER_HOME, with its gate (a rejected night leaves the stack as it was).
+    dream    the same night with Dreaming on (`[dreaming] enabled = true`, the preset's other
+             settings): paired with `sleep`, same days and night seeds, only Dreaming differs.
 naive and distill use the preset's rank, alpha, targets, learning rate, steps, batch, schedule and
 clipping, and stack their experts night after night as dreamer does (the earlier ones frozen).
 Each night runs in its own fresh process (dreamer.bench.run); its wall time and peak resident
@@ -38,7 +40,8 @@ class Arm:
 
 ARMS = {a.name: a for a in (Arm("base", "none", False), Arm("context", "context", False),
                             Arm("recall", "recall", False), Arm("naive", "none", True),
-                            Arm("distill", "none", True), Arm("sleep", "none", True))}
+                            Arm("distill", "none", True), Arm("sleep", "none", True), Arm("dream", "none", True))}
+NIGHTS = ("sleep", "dream")  # the arms that run dreamer's own night
 
 
 class LogPhases:
@@ -71,9 +74,11 @@ def sleep_night(home: str, source: str, records: list[dict], cfg, label: str, lo
         start = time.perf_counter()
         outcome = sleep_now(store, Config(train_model=source), cfg, home=Path(home),
                             progress=LogPhases(label, _logger(log_path)))
+        metrics = outcome.metrics or {}
         return {"status": outcome.status, "message": outcome.message, "wall_s": round(time.perf_counter() - start, 1),
                 "peak_rss_mb": round(process_memory_mb(), 1), "experts": [str(p) for p in active_paths(store)],
-                "gate": (outcome.metrics or {}).get("gate"), "report": outcome.report}
+                "gate": metrics.get("gate"), "phases": metrics.get("phase_seconds"),
+                "dreaming": metrics.get("dreaming"), "report": outcome.report}
     finally:
         store.close()
 

@@ -7,7 +7,9 @@ Every figure is a share of the probes asked the morning after a night (dreamer.b
 `gen` is the generation score (does the reply name the fact), the one a user sees, and it leads;
 `mc` is multiple choice. The headline compares `sleep` with `recall` (the text memory) after the
 last night, per probe kind, with the paired count (probes only one of the two got right), and
-what each costs: a night's wall time and peak memory, and the prompt tokens recall spends.
+what each costs: a night's wall time and peak memory, and the prompt tokens recall spends. With
+both `sleep` and `dream` in the run, the next lines are Dreaming's: the mean difference per kind
+over the paired nights, the dream reward rate by night, and the cost.
 docs/BENCHMARKS.md renders its learning tables with the same functions (benchmarks/report.py).
 """
 
@@ -100,6 +102,45 @@ def headline(result: dict) -> list[str]:
     return lines
 
 
+def paired(a: dict, b: dict, kind: str, measure: str = "gen") -> tuple[int, int, int]:
+    """(probes of `kind` both cells asked, right only in `a`, right only in `b`)."""
+    ids = [i for i, x in a["rows"].items() if x["kind"] == kind and i in b["rows"]]
+    only_a = sum(1 for i in ids if a["rows"][i][measure] and not b["rows"][i][measure])
+    only_b = sum(1 for i in ids if b["rows"][i][measure] and not a["rows"][i][measure])
+    return len(ids), only_a, only_b
+
+
+def dreaming_lines(result: dict) -> list[str]:
+    """`dream` against `sleep` (Dreaming on and off, the same days and night seeds), night by night."""
+    if not {"sleep", "dream"} <= set(result["bench"]["arms"]):
+        return []
+    pairs = [(k, a, b) for k in range(1, nights(result) + 1)
+             if (a := cell(result, "dream", k)) and (b := cell(result, "sleep", k))]
+    if not pairs:
+        return ["(no night is scored for both `dream` and `sleep` yet)"]
+    lines = [f"Dreaming: `dream` against `sleep` (stage 1 alone) on {len(pairs)} paired night(s); per kind, the mean "
+             "over nights of the difference in points, generation then multiple choice, with the paired count:"]
+    for kind in ("recall", "implication", "update", "abstain", "general"):
+        diffs = {m: [100 * (a["kinds"][kind][m] - b["kinds"][kind][m]) for _, a, b in pairs
+                     if kind in a["kinds"] and kind in b["kinds"] and a["kinds"][kind][m] is not None
+                     and b["kinds"][kind][m] is not None] for m in ("gen", "mc")}
+        if not diffs["gen"]:
+            continue
+        counts = [paired(a, b, kind) for _, a, b in pairs]
+        lines.append(f"- {kind}: {sum(diffs['gen']) / len(diffs['gen']):+.1f} points by generation, "
+                     f"{sum(diffs['mc']) / len(diffs['mc']):+.1f} by multiple choice ({sum(c[0] for c in counts)} "
+                     f"probe-nights; only dream right on {sum(c[1] for c in counts)}, only sleep on "
+                     f"{sum(c[2] for c in counts)})")
+    rates = [f"{(d['dreaming'] or {}).get('reward_rate') or 0:.0%}" if (d := result["units"][f"dream/{k}"].get("train"))
+             and d.get("dreaming") else "-" for k, _, _ in pairs]
+    walls = [(a["wall_s"], b["wall_s"]) for _, a, b in pairs if a["wall_s"] and b["wall_s"]]
+    lines.append(f"- dream reward rate by night: {', '.join(rates)}")
+    if walls:
+        lines.append(f"- cost: a dreaming night {sum(w[0] for w in walls) / len(walls) / 60:.0f} min against "
+                     f"{sum(w[1] for w in walls) / len(walls) / 60:.0f} min for stage 1 alone (mean of {len(walls)})")
+    return lines
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
@@ -180,7 +221,9 @@ def completeness(result: dict) -> str:
 
 
 def markdown(result: dict) -> str:
-    lines = ["# dreamer bench", "", *headline(result), "", machine_line(result), completeness(result), "",
+    dreaming = dreaming_lines(result)
+    lines = ["# dreamer bench", "", *headline(result), "", *dreaming, *([""] if dreaming else []),
+             machine_line(result), completeness(result), "",
              "## After the last night: does the reply name the fact (generation)", "",
              *kinds_table(result, "gen"), "", "## The same probes by multiple choice", "",
              *kinds_table(result, "mc"), "", "## Night by night (generation; controls by multiple choice)", "",

@@ -1,13 +1,13 @@
 """`dreamer bench`: the same days given to every arm, one night at a time, scored as the chat asks.
 
-    dreamer bench [--days 3] [--facts 10] [--arms base,context,recall,naive,distill,sleep] [--preset cpu-tiny]
+    dreamer bench [--days 3] [--facts 10] [--arms base,context,recall,naive,distill,sleep,dream] [--preset cpu-tiny]
                   [--seed 0] [--night-seed S] [--out DIR] [--resume DIR] [--jobs N] [--quick]
                   [--data CONVERSATIONS.jsonl --probes PROBES.jsonl]
 
 For each night k (its day's conversations) and each arm (dreamer.bench.arms), night by night so
 that a stopped run has every arm at about the same night:
-1. train: the arm's night, in a fresh spawned process (naive, distill, sleep; the others keep
-   no weights);
+1. train: the arm's night, in a fresh spawned process (naive, distill, sleep, dream; the others
+   keep no weights);
 2. score: the probes of every day so far that no later update superseded, the abstain and
    general probes, and the night's controls, asked the morning after (dreamer.bench.score), in
    one long-lived scoring process that loads each arm's model afresh.
@@ -27,11 +27,11 @@ import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date, timedelta
 from pathlib import Path
 
-from dreamer.bench.arms import ARMS, baseline_night, sleep_night
+from dreamer.bench.arms import ARMS, NIGHTS, baseline_night, sleep_night
 from dreamer.bench.score import score_memory
 
 RESULT = "bench.json"
@@ -78,6 +78,8 @@ def sleep_config(bench: BenchConfig):
     if bench.quick:  # a smoke test of the pipeline: few steps, short generations
         raw["distill"].update(steps=4, rl_new_tokens=8)
         raw["memories"].update(questions_per_conversation=2, teacher_samples=1, max_new_tokens=16)
+        raw["dreaming"].update(dreams=4, keep=2, keep_random=0, max_new_tokens=8, inner_steps=1, rehearse_steps=2,
+                               writer_steps=2)
     return sleep_config_from_dict(raw, preset=preset)
 
 
@@ -228,7 +230,7 @@ def units(run: Run) -> list[tuple[int, str]]:
     return [(k + 1, arm) for k in range(len(run.result["days"])) for arm in run.bench.arms]
 
 
-PRIORITY = ("sleep", "distill", "naive", "context", "recall", "base")  # within a night, the longest first
+PRIORITY = ("dream", "sleep", "distill", "naive", "context", "recall", "base")  # within a night, the longest first
 
 
 class Schedule:
@@ -355,8 +357,9 @@ def train(run: Run, arm: str, k: int, source: str, cfg) -> dict:
     day = run.result["days"][k - 1]
     try:
         with worker_pool() as pool:
-            if arm == "sleep":
-                row = pool.submit(sleep_night, str(home), source, day["records"], cfg, f"sleep night {k}",
+            if arm in NIGHTS:  # sleep: stage 1 alone; dream: with Dreaming; nothing else differs
+                night_cfg = replace(cfg, dreaming=replace(cfg.dreaming, enabled=arm == "dream"))
+                row = pool.submit(sleep_night, str(home), source, day["records"], night_cfg, f"{arm} night {k}",
                                   str(run.folder / "log.txt")).result()
             else:
                 row = pool.submit(baseline_night, arm, str(home / f"night-{k}"), prior, source, day, cfg,

@@ -37,7 +37,7 @@ class BenchProgress:
 @click.command()
 @click.option("--days", type=int, help="synthetic days, one night each  [default: 3]")
 @click.option("--facts", type=int, help="facts told a day  [default: 10]")
-@click.option("--arms", help="comma-separated: base,context,recall,naive,distill,sleep  [default: all]")
+@click.option("--arms", help="comma-separated: base,context,recall,naive,distill,sleep,dream  [default: all]")
 @click.option("--preset", help="the sleep preset every training arm uses  [default: cpu-tiny]")
 @click.option("--seed", type=int, help="draws the synthetic days (and the nights, unless --night-seed)  [default: 0]")
 @click.option("--night-seed", type=int, help="the nights' own randomness (same days, another night)")

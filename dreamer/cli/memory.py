@@ -1,6 +1,6 @@
 """`dreamer memory` and `dreamer rollback`: the adapter stack, its versions, and going back.
 
-    dreamer memory                  # experts, stack versions (the active one marked), sleep runs
+    dreamer memory                  # experts, stack versions (the active one marked), sleep runs, dream writer
     dreamer memory --export         # (re-)write every active expert's llama.cpp GGUF
     dreamer rollback [VERSION]      # re-activate an earlier stack; a running chat swaps to it
 
@@ -77,6 +77,24 @@ def memory(export: bool) -> None:
     for run in runs:
         reason = f"  ({run['reason']})" if run["reason"] else ""
         click.echo(f"  #{run['id']:<4} {run['started_at'][:16]}  {run['day']}  {run['status']:<11} {run['preset']}{reason}")
+    _writer_history(store)
+
+
+def _writer_history(store) -> None:
+    """Dreaming's writer, night by night: what it wrote, what earned a reward, whether it learned."""
+    dreamed = [row for row in ledger.finished_runs(store) if row["metrics"].get("dreaming")]
+    if not dreamed:
+        return
+    click.secho("\ndream writer (Dreaming, one line per night that dreamed)", bold=True)
+    for row in dreamed:
+        dreams = row["metrics"]["dreaming"]
+        rate = dreams.get("reward_rate")
+        writer = dreams.get("writer") or {}
+        learned = "learned" if writer.get("trained") and row["status"] == "promoted" else "unchanged"
+        detail = f"  ({dreams['error']})" if dreams.get("error") else ""
+        click.echo(f"  #{row['id']:<4} {row['day']}  {row['status']:<11} {dreams['written']:>3} written "
+                   f"{dreams['kept']:>3} kept {dreams['rewarded']:>3} rewarded  reward rate "
+                   f"{'n/a' if rate is None else f'{100 * rate:.0f}%':>4}  writer {learned}{detail}")
 
 
 def _export_all(store) -> None:

@@ -44,19 +44,21 @@ class RichPhases:
 @click.option("--day", help="consolidate only this day (YYYY-MM-DD); default: every waiting day")
 @click.option("--preset", help="a preset name in assets/presets, a .toml path, or auto  [default: sleep_preset in "
                                "config.toml, auto = gpu-qlora on CUDA, else cpu-tiny]")
+@click.option("--dreaming/--no-dreaming", default=None,
+              help="run Dreaming (stage 2) after stage 1, or not  [default: `dreaming` in config.toml, else the preset]")
 @click.option("--dry-run", is_flag=True, help="show what would be consolidated and the cost; train nothing")
-def sleep(now: bool, scheduled: bool, day: str | None, preset: str | None, dry_run: bool) -> None:
+def sleep(now: bool, scheduled: bool, day: str | None, preset: str | None, dreaming: bool | None, dry_run: bool) -> None:
     """Consolidate the day's conversations into a new LoRA expert."""
     from dreamer.sleep.outcome import SleepInterrupted
     from dreamer.sleep.night import sleep_now
-    from dreamer.sleep.config import load_preset
+    from dreamer.sleep.config import load_preset, with_dreaming
 
     if now == scheduled:
         raise DreamerError("say when: `dreamer sleep --now`, or `--scheduled` (what the nightly job runs)")
     if scheduled and (day or dry_run):
         raise DreamerError("--scheduled consolidates every waiting day; --day and --dry-run go with --now")
     config, store = _open()
-    cfg = load_preset(preset or config.sleep_preset)
+    cfg = with_dreaming(load_preset(preset or config.sleep_preset), config.dreaming if dreaming is None else dreaming)
     day = day_option(day)
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 

@@ -41,6 +41,7 @@ from dreamer.lm.chat_tokenizer import align_generation, load_chat_tokenizer
 from dreamer.sleep.config import DistillConfig, LoadConfig, SleepConfigError
 
 NEW = "new"
+WRITER = "writer"  # Dreaming's dream writer (dreamer.sleep.dreaming.writer): loaded by a night, never in the stack
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 TARGET_GROUPS = {"all": LLAMA_TARGETS, "mlp": ["gate_proj", "up_proj", "down_proj"],
                  "attention": ["q_proj", "k_proj", "v_proj", "o_proj"]}
@@ -225,23 +226,24 @@ def build_stack(base, experts: list[Path], distill: DistillConfig | None):
 
 
 def stack_names(model, include_new: bool = True) -> list[str]:
-    names = sorted((n for n in getattr(model, "peft_config", {}) if n != NEW), key=lambda n: int(n[5:]))
+    names = sorted((n for n in getattr(model, "peft_config", {}) if n.startswith("night")), key=lambda n: int(n[5:]))
     if include_new and NEW in getattr(model, "peft_config", {}):
         names.append(NEW)
     return names
 
 
-def use_adapters(model, names: list[str]) -> None:
-    """Activate exactly `names` (all at once); only `new` ever stays trainable."""
+def use_adapters(model, names: list[str], trainable: str = NEW) -> None:
+    """Activate exactly `names` (all at once); only `trainable` (`new`, or the dream writer while
+    it learns) has gradients."""
     if not hasattr(model, "peft_config"):
         return
     model.base_model.set_adapter(names if names else stack_names(model))
     for name, param in model.named_parameters():
-        param.requires_grad_(f".{NEW}." in name and "lora_" in name)
+        param.requires_grad_(f".{trainable}." in name and "lora_" in name)
 
 
 @contextmanager
-def adapters(model, names: list[str] | None):
+def adapters(model, names: list[str] | None, trainable: str = NEW):
     """Forward passes inside see only `names`; None or [] = the base alone."""
     if not hasattr(model, "peft_config"):
         yield model
@@ -249,7 +251,7 @@ def adapters(model, names: list[str] | None):
     previous = list(model.base_model.active_adapters)
     try:
         if names:
-            use_adapters(model, names)
+            use_adapters(model, names, trainable)
             yield model
         else:
             with model.disable_adapter():

@@ -3,7 +3,8 @@
     DREAMER_HOME/adapters/
         manifest.json              {"version": V, "night": N, "experts": [{"night", "path", "gguf_path", "scale"}]}
         run-0007/                  adapter_config.json, adapter_model.safetensors, metadata.json (night, run_id),
-                                   adapter.gguf (the same expert for llama.cpp, dreamer.morning.export_gguf)
+                                   adapter.gguf (the same expert for llama.cpp, dreamer.morning.export_gguf),
+                                   writer/ (the dream writer, when it learned that night: dreamer.sleep.dreaming)
         .candidate-run-0009/       tonight's expert while it is saved and exported
 
 A folder is named after the sleep run that trained it, never after its night: a run id is
@@ -69,7 +70,10 @@ def place_expert(candidate: Path, root: Path, run_id: int) -> Path:
     if final.exists():  # a run id is never reused, so only a hand-made folder can be here
         raise FileExistsError(f"{final} already exists: refusing to overwrite it")
     ensure_private_dir(candidate)
-    for item in candidate.iterdir():
+    for item in sorted(candidate.rglob("*")):  # the dream writer, if it learned tonight, is a sub-folder
+        if item.is_dir():
+            ensure_private_dir(item)
+            continue
         make_private(item)
         with open(item, "rb") as handle:  # a power cut after the commit must not leave an empty expert
             os.fsync(handle.fileno())

@@ -3,7 +3,7 @@
     dreamer sleep --now --preset cpu-tiny      # the CPU default
     dreamer sleep --now --preset gpu-qlora     # one consumer GPU, 4-bit base
 
-A preset file has one table per stage (`[load]`, `[memories]`, `[distill]`, `[gate]`); a key it
+A preset file has one table per stage (`[load]`, `[memories]`, `[distill]`, `[dreaming]`, `[gate]`); a key it
 does not set keeps the dataclass default. Unknown tables or keys, and values out of range, are
 errors that name the key (`distill.lmbda must be in [0, 1]`).
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import tomllib
 from importlib.resources import files
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 # assets/ in a checkout, dreamer/assets in an installed wheel: found the same way in both.
@@ -136,6 +136,57 @@ class DistillConfig:
 
 
 @dataclass
+class DreamingConfig:
+    """Stage 2 of the night (dreamer.sleep.dreaming): dream, score, learn to dream, rehearse."""
+
+    enabled: bool = field(default=False, metadata={"help": "run Dreaming after stage 1; false = stage 1 alone, bit for bit"})
+    dreams: int = field(default=24, metadata={"help": "m: candidate dreams the writer samples a night"})
+    keep: int = field(default=6, metadata={"help": "k: dreams kept by the first filter (largest teacher-student loss gap)"})
+    keep_random: int = field(default=2, metadata={"help": "b: further dreams kept at random, for exploration"})
+    rehearsal_fraction: float = field(
+        default=0.25, metadata={"help": "share of dreams that re-tell earlier nights, closed book by the stack"})
+    temperature: float = field(default=0.9, metadata={"help": "the writer's sampling temperature"})
+    novelty: float = field(
+        default=0.3, metadata={"help": "chance that a batch of dreams is written with one older expert dropped"})
+    max_new_tokens: int = field(default=40, metadata={"help": "longest dream request and reply, tokens"})
+    inner_steps: int = field(default=3, metadata={"help": "steps of each throwaway copy of tonight's expert on its dream"})
+    inner_learning_rate: float = field(default=1e-3, metadata={"help": "learning rate of the throwaway copies"})
+    tau_today: int = field(default=12, metadata={"help": "today's held-out self-probes the reward is measured on"})
+    tau_old: int = field(default=6, metadata={"help": "earlier nights' probes the reward is measured on"})
+    min_improvement: float = field(
+        default=0.0, metadata={"help": "a dream is rewarded when tau (mean probability of the right answer) rises by more"})
+    rehearse_steps: int = field(default=20, metadata={"help": "steps of tonight's expert on the rewarded dreams"})
+    rehearse_batch: int = field(default=4, metadata={"help": "rewarded dreams per rehearsal step"})
+    rehearse_learning_rate: float = field(default=5e-4, metadata={"help": "learning rate of the rehearsal"})
+    writer_rank: int = field(default=8, metadata={"help": "LoRA rank of the dream writer (never in the chat's stack)"})
+    writer_steps: int = field(default=8, metadata={"help": "ReST-EM steps of the writer on its rewarded dreams"})
+    writer_learning_rate: float = field(
+        default=1e-4, metadata={"help": "the writer's learning rate; 0 = an untrained writer (the ReST-EM baseline)"})
+
+    def __post_init__(self):
+        _check(isinstance(self.enabled, bool), f"dreaming.enabled must be true or false, got {self.enabled!r}")
+        for name in ("dreams", "keep", "max_new_tokens", "inner_steps", "rehearse_steps", "rehearse_batch",
+                     "writer_rank", "writer_steps"):
+            _check(_positive_int(getattr(self, name)), f"dreaming.{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("keep_random", "tau_today", "tau_old"):
+            _check(_at_least_zero(getattr(self, name), integer=True),
+                   f"dreaming.{name} must be an integer >= 0, got {getattr(self, name)!r}")
+        for name in ("rehearsal_fraction", "novelty", "min_improvement"):
+            _check(_unit(getattr(self, name)), f"dreaming.{name} must be in [0, 1], got {getattr(self, name)!r}")
+        _check(isinstance(self.temperature, (int, float)) and 0 < self.temperature <= 2,
+               f"dreaming.temperature must be in (0, 2], got {self.temperature!r}")
+        for name in ("inner_learning_rate", "rehearse_learning_rate"):
+            value = getattr(self, name)
+            _check(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0,
+                   f"dreaming.{name} must be > 0, got {value!r}")
+        _check(_at_least_zero(self.writer_learning_rate),
+               f"dreaming.writer_learning_rate must be a number >= 0, got {self.writer_learning_rate!r}")
+        _check(self.keep + self.keep_random <= self.dreams,
+               f"dreaming.keep + dreaming.keep_random ({self.keep + self.keep_random}) must be <= dreaming.dreams ({self.dreams})")
+        _check(self.tau_today + self.tau_old > 0, "dreaming.tau_today + dreaming.tau_old must be > 0: the reward needs probes")
+
+
+@dataclass
 class GateConfig:
     min_gain: float = field(default=0.01, metadata={"help": "today's probe accuracy must rise by at least this"})
     max_old_drop: float = field(default=0.05, metadata={"help": "earlier nights' probe accuracy may fall by at most this"})
@@ -147,7 +198,8 @@ class GateConfig:
         _check(self.max_drift > 0, f"gate.max_drift must be > 0, got {self.max_drift!r}")
 
 
-STAGES = {"load": LoadConfig, "memories": MemoriesConfig, "distill": DistillConfig, "gate": GateConfig}
+STAGES = {"load": LoadConfig, "memories": MemoriesConfig, "distill": DistillConfig, "dreaming": DreamingConfig,
+          "gate": GateConfig}
 
 
 @dataclass
@@ -156,6 +208,7 @@ class SleepConfig:
     load: LoadConfig = field(default_factory=LoadConfig)
     memories: MemoriesConfig = field(default_factory=MemoriesConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    dreaming: DreamingConfig = field(default_factory=DreamingConfig)
     gate: GateConfig = field(default_factory=GateConfig)
 
     def as_dict(self) -> dict:
@@ -196,3 +249,11 @@ def sleep_config_from_dict(data: dict, preset: str = "custom") -> SleepConfig:
                 raise SleepConfigError(f"unknown key {stage}.{key} (known: {', '.join(sorted(known))})")
         stages[stage] = cls(**values)
     return SleepConfig(preset=preset, **stages)
+
+
+def with_dreaming(cfg: SleepConfig, choice: str | bool | None) -> SleepConfig:
+    """`cfg` with Dreaming switched on or off (`on`/`off`/True/False), or as it is (`preset`/None)."""
+    if choice in (None, "preset"):
+        return cfg
+    enabled = choice in (True, "on")
+    return replace(cfg, dreaming=replace(cfg.dreaming, enabled=enabled))

@@ -1,6 +1,6 @@
 """One night of sleep: the lock, the repairs, the turns, the run, and how a night ends.
 
-    dreamer sleep --now [--day D] [--preset cpu-tiny|gpu-qlora] [--dry-run]
+    dreamer sleep --now [--day D] [--preset cpu-tiny|gpu-qlora] [--dreaming/--no-dreaming] [--dry-run]
 
 1. Take the sleep lock (one sleep at a time) and repair what a killed night left
    (storage.recovery): before the turns are collected, so a kill's turns are collected too.
@@ -51,8 +51,11 @@ def estimate(conversations: list[dict], cfg: SleepConfig) -> str:
     extra = f", plus {d.steps * d.cloze_batch * (1 + d.cloze_negatives)} short cloze passes" if d.cloze_weight > 0 else ""
     # Texts, not passes: drift_batch above dreamer.lm.scoring.KL_BATCH takes more than two passes a step.
     extra += f", plus {d.steps} x {d.drift_batch} general texts through both stacks (drift term)" if d.drift_weight > 0 else ""
+    m = cfg.dreaming
+    dreaming = (f"; Dreaming on: {m.dreams} dreams written, {m.keep + m.keep_random} scored on throwaway copies "
+                f"({m.inner_steps} steps each), up to {m.rehearse_steps} rehearsal steps" if m.enabled else "; Dreaming off")
     return (f"{len(conversations)} conversations, {turns} user turns; the teacher answers up to {questions} "
-            f"questions; {d.steps} steps x {d.batch_size} sequences ({passes} teacher+student passes{extra})")
+            f"questions; {d.steps} steps x {d.batch_size} sequences ({passes} teacher+student passes{extra}){dreaming}")
 
 
 def sleep_now(store: Store, config: Config, cfg: SleepConfig, *, day: str | None = None, dry_run: bool = False,

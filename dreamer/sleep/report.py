@@ -18,7 +18,8 @@ def _cell(text: str, width: int = 80) -> str:
 
 def morning_report(*, night: int | None, days: list[str], status: str, reasons: list[str], plan: str, preset: str,
                    counts: dict, gate: dict, probes: list[dict], training: dict, seconds: float,
-                   peak_memory_mb: float, phases: dict | None = None) -> str:
+                   peak_memory_mb: float, phases: dict | None = None, dreams: dict | None = None,
+                   earlier_dreams: list[dict] | None = None) -> str:
     phases = phases or {}
     title = f"night {night}" if night else "no new night"
     lines = [
@@ -67,7 +68,44 @@ def morning_report(*, night: int | None, days: list[str], status: str, reasons: 
             if training.get(f"{key}_first") is not None:
                 lines.append(f"- {label} {training[f'{key}_first']:.4f} (first steps) -> {training[f'{key}_last']:.4f} (last steps)")
         lines.append("")
+    if dreams is not None:
+        lines += dreams_section(dreams, earlier_dreams or [])
     return "\n".join(lines)
+
+
+def dreams_section(dreams: dict, earlier: list[dict]) -> list[str]:
+    """What Dreaming did tonight: counts, the reward rate against earlier nights, examples."""
+    kinds = ", ".join(f"{k} {v['written']}" for k, v in dreams["kinds"].items() if v["written"])
+    lines = ["## Dreams", "", f"- {dreams['written']} written ({kinds or 'none'}), {dreams['kept']} kept by the "
+             f"loss-gap filter, {dreams['rewarded']} rewarded"]
+    if dreams.get("error"):
+        lines.append(f"- **Dreaming did not finish: {dreams['error']}.** Tonight's expert is stage 1's alone.")
+    elif not dreams["rewarded"]:
+        lines.append("- No dream earned a reward: tonight's expert is stage 1's alone.")
+    if dreams.get("reward_rate") is not None:
+        history = ", ".join(f"{e['day']} {_pct(e['reward_rate'])}" for e in earlier[-5:])
+        probes = dreams["tau_probes"]
+        lines.append(f"- reward rate {_pct(dreams['reward_rate'])}" + (f" (earlier nights: {history})" if history else "")
+                     + f"; tau {dreams['tau_before']:.3f} before, on {probes['today']} of today's held-out probes "
+                     f"and {probes['old']} of earlier nights'")
+    writer = dreams.get("writer") or {}
+    if writer.get("trained"):
+        lines.append(f"- the writer learned from {writer['examples']} rewarded requests ({writer['steps']} steps, "
+                     f"loss {writer['loss_first']:.3f} -> {writer['loss_last']:.3f})")
+    elif writer:
+        lines.append(f"- the writer did not learn: {writer.get('why')}")
+    rehearsal = dreams.get("rehearsal") or {}
+    if rehearsal.get("steps"):
+        lines.append(f"- rehearsal: {rehearsal['steps']} steps, dream loss {rehearsal['loss_first']:.3f} -> "
+                     f"{rehearsal['loss_last']:.3f}")
+    for label in ("rewarded", "rejected"):
+        shown = dreams["examples"][label]
+        if shown:
+            lines += ["", f"| {label} dream | kind | reply | tau change |", "|---|---|---|---|"]
+            lines += [f"| {_cell(d['request'], 60)} | {d['kind']} | {_cell(d['reply'], 60)} | {d['tau_delta']:+.4f} |"
+                      for d in shown]
+    lines.append("")
+    return lines
 
 
 def process_memory_mb(field: str = "VmHWM") -> float:

@@ -1,6 +1,6 @@
 """A night of sleep as an ordered list of stages over one `Night`.
 
-    STAGES = [load, teach, distil, gate, report, promote]
+    STAGES = [load, teach, distil, dream, gate, report, promote]
 
 Each stage is a function of the `Night`: it reads what the stages before it left there and adds
 its own part. A stage that ends the night early (the gate said no) sets `night.outcome`.
@@ -11,11 +11,14 @@ its own part. A stage that ends the night early (the gate said no) sets `night.o
    earlier nights' probes become replay; the bare base answers the general prompts, which
    become the anchor and the drift term's texts.
 3. distil: generalized distillation into the new expert (dreamer.sleep.seeding.distill).
-4. gate: the candidate against the active stack (dreamer.sleep.gate); the probes are kept.
-5. report: the metrics and the morning report; a rejected night is recorded and ends here.
-6. promote: the expert saved and exported, renamed into place, promoted in one transaction
-   with the turns and the run, and the manifest rewritten; Ctrl-C and SIGTERM wait meanwhile.
-Stage 2 of the paper, Dreaming, adds its stages to this list.
+4. dream: with `[dreaming] enabled`, stage 2 (dreamer.sleep.dreaming): dreams written, scored
+   on throwaway copies, the writer trained on the rewarded ones, which are rehearsed into the
+   same expert; off, it does nothing at all.
+5. gate: the candidate against the active stack (dreamer.sleep.gate); the probes are kept.
+6. report: the metrics and the morning report; a rejected night is recorded and ends here.
+7. promote: the expert (and the dream writer, if it learned) saved and exported, renamed into
+   place, promoted in one transaction with the turns and the run, and the manifest rewritten;
+   Ctrl-C and SIGTERM wait meanwhile.
 """
 
 from __future__ import annotations
@@ -98,8 +101,10 @@ class Night:
     replay: list[Example] = field(default_factory=list)
     anchor: list[Example] = field(default_factory=list)
     general_texts: list[str] = field(default_factory=list)
-    # distil, gate, report
+    # distil, dream, gate, report
     log: object = None
+    dreams: object = None  # dreamer.sleep.dreaming.stage.DreamResult when Dreaming ran
+    gate_probes: list[dict] | None = None  # today's probes the gate uses (all, unless Dreaming held some out)
     figures: dict = field(default_factory=dict)
     decision: object = None
     number: int | None = None  # the night this one becomes if the gate passes
@@ -170,18 +175,40 @@ def distil(night: Night) -> None:
                         max_len=night.cfg.load.max_seq_len, judge=judge, rng=night.rng, on_step=step_hook)
 
 
+def dream(night: Night) -> None:
+    if not night.cfg.dreaming.enabled:
+        return
+    from dreamer.sleep.dreaming.stage import dream as dream_stage, split_probes
+
+    held, night.gate_probes = split_probes(night.memories.probes, night.cfg.dreaming.tau_today, night.rng)
+    night.dreams = dream_stage(night.model, night.tokenizer, conversations=night.conversations,
+                               base_system=night.base_system, stack=night.stack,
+                               experts=stack_files.active_paths(night.store), tau_today=held,
+                               old_probes=night.replay_rows, general_texts=night.general_texts, cfg=night.cfg,
+                               rng=night.rng, begin=night.clock.begin)
+
+
 def gate(night: Night) -> None:
     advance = night.clock.begin("gate", 1)
-    night.figures = gate_stage.measure(night.model, night.tokenizer, night.stack, night.memories.probes,
+    probes = night.memories.probes if night.gate_probes is None else night.gate_probes
+    night.figures = gate_stage.measure(night.model, night.tokenizer, night.stack, probes,
                                        night.replay_rows, night.cfg.load.max_seq_len, system=night.base_system)
     night.decision = gate_stage.decide(night.figures, night.cfg.gate)
     ledger.save_probes(night.store, night.run_id, night.memories.probes)
     advance()
 
 
+def earlier_reward_rates(store: Store) -> list[dict]:
+    """The dream reward rate of earlier runs that dreamed, oldest first."""
+    return [{"run": row["id"], "day": row["day"], "status": row["status"],
+             "reward_rate": row["metrics"]["dreaming"]["reward_rate"]} for row in ledger.finished_runs(store)
+            if (row["metrics"].get("dreaming") or {}).get("reward_rate") is not None]
+
+
 def report(night: Night) -> None:
     night.clock.begin("report", None)
     passed = night.decision.passed
+    probes = night.memories.probes if night.gate_probes is None else night.gate_probes
     night.number = ledger.next_night(night.store) if passed else None  # stable: the sleep lock is held
     night.metrics = {
         "phase_seconds": night.clock.seconds,
@@ -189,12 +216,15 @@ def report(night: Night) -> None:
         "training": night.log.summary(), "counts": night.memories.counts, "plan": night.plan.describe(),
         "peak_memory_mb": round(peak_memory_mb(), 1), "seconds": night.clock.elapsed(), "days": night.days,
     }
+    if night.dreams is not None:
+        night.metrics["dreaming"] = night.dreams.summary()
     status = "promoted" if passed else "rejected"
     night.report = morning_report(
         night=night.number, days=night.days, status=status, reasons=night.decision.reasons, plan=night.plan.describe(),
-        preset=night.cfg.preset, counts=night.memories.counts, gate=night.figures, probes=night.memories.probes,
+        preset=night.cfg.preset, counts=night.memories.counts, gate=night.figures, probes=probes,
         training=night.log.summary(), seconds=night.metrics["seconds"],
-        peak_memory_mb=night.metrics["peak_memory_mb"], phases=night.clock.seconds)
+        peak_memory_mb=night.metrics["peak_memory_mb"], phases=night.clock.seconds,
+        dreams=night.metrics.get("dreaming"), earlier_dreams=earlier_reward_rates(night.store) if night.dreams else None)
     if not passed:
         reason = "; ".join(night.decision.reasons)
         ledger.finish_run(night.store, night.run_id, status, reason=reason, report=night.report, metrics=night.metrics)
@@ -211,6 +241,10 @@ def promote(night: Night) -> None:
         "rank": cfg.distill.rank, "lora_alpha": cfg.distill.lora_alpha, "metrics": metrics,
         "config": cfg.as_dict(), "conversation_ids": [c["conversation_id"] for c in night.conversations],
     })
+    if night.dreams is not None and night.dreams.writer_learned:
+        from dreamer.sleep.dreaming.writer import save_writer
+
+        save_writer(night.model, candidate)  # renamed, promoted and rolled back with tonight's expert
     export_started = time.monotonic()
     exported = export_expert(candidate, base_config=night.base_config)  # a failure fails the night: nothing changes
     metrics["export_seconds"] = round(time.monotonic() - export_started, 2)
@@ -239,7 +273,7 @@ def promote(night: Night) -> None:
                                  night.run_id, night.report, metrics)
 
 
-STAGES = [load, teach, distil, gate, report, promote]
+STAGES = [load, teach, distil, dream, gate, report, promote]
 
 
 def run_stages(night: Night) -> SleepOutcome:

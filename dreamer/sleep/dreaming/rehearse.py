@@ -1,0 +1,54 @@
+"""Dreaming, step 4: rehearse the rewarded dreams into tonight's expert.
+
+The same expert stage 1 trained keeps training (a night stays one expert): `rehearse_steps`
+steps, each on `rehearse_batch` rewarded dreams (cross-entropy on the teacher's reply, closed
+book, the chat's system prompt), plus stage 1's drift term on general text with stage 1's weight
+(`distill.drift_weight`), so a rehearsal moves general text no more freely than the distillation
+did. The gate then measures the expert as rehearsal left it.
+
+    dreamer sleep --now      # with [dreaming] enabled = true
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from dreamer.lm.weights import NEW, trainable_parameters
+from dreamer.sleep.config import DreamingConfig
+from dreamer.sleep.dreaming.score import reply_loss, student_view
+from dreamer.sleep.dreaming.write import Dream
+from dreamer.sleep.seeding.distill import drift_loss
+
+
+def rehearse(model, tokenizer, dreams: list[Dream], *, stack: list[str], system: str, general_texts: list[str],
+             drift_weight: float, drift_batch: int, max_len: int, cfg: DreamingConfig, rng: random.Random,
+             progress=lambda n=1: None) -> dict:
+    """Train tonight's expert on `dreams`; its mean dream loss on the first and last steps."""
+    if not dreams:
+        return {"steps": 0}
+    params = trainable_parameters(model)
+    optimizer = torch.optim.AdamW(params, lr=cfg.rehearse_learning_rate, weight_decay=0.0)
+    losses, drifts = [], []
+    model.train()
+    for _ in range(cfg.rehearse_steps):
+        batch = [rng.choice(dreams) for _ in range(cfg.rehearse_batch)]
+        total = 0.0
+        for dream in batch:  # backward per dream: its graph is freed before the next
+            loss = reply_loss(model, tokenizer, student_view(dream, system), dream.reply, stack + [NEW]) / len(batch)
+            loss.backward()
+            total += loss.item()
+        losses.append(total)
+        if drift_weight > 0 and general_texts:
+            drift = drift_loss(model, tokenizer, rng.sample(general_texts, min(drift_batch, len(general_texts))),
+                               stack, max_len)
+            (drift_weight * drift).backward()
+            drifts.append(drift.item())
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        progress()
+    model.eval()
+    return {"steps": len(losses), "loss_first": losses[0], "loss_last": losses[-1],
+            "drift_last": drifts[-1] if drifts else None}

@@ -1,0 +1,120 @@
+"""Dreaming, step 2: keep the dreams that measurably help.
+
+1. **First filter**, cheap: for each dream, the loss gap on its reply, the student's (the stack
+   plus tonight's expert, closed book) minus the teacher's (the view it was written under: the
+   day in context, or the stack alone for a rehearsal). A large gap is what the student does not
+   yet know; a gap near zero is a dream it has already learned. The `keep` largest are kept,
+   plus `keep_random` of the rest at random (exploration: the filter is only a guess). The paper
+   ranks by the SFT-loss gradient; the gap needs no backward pass and ranks the same way on the
+   quantity that matters here, what the teacher knows and the student does not.
+2. **Reward**, measured: for each kept dream, a throwaway copy of tonight's expert trains
+   `inner_steps` steps on it (cross-entropy on the reply, closed book), then tau is measured:
+   the mean probability the model puts on the right answer among the alternatives, closed book,
+   over held-out self-probes: today's probes that the gate does not use, plus earlier nights'
+   probes (so a dream that protects old memories earns its reward too). The dream is rewarded
+   when tau rises by more than `min_improvement`. The copy is the live expert's parameters
+   saved before and written back after each dream, bit for bit, with a fresh optimizer each
+   time: nothing a throwaway copy did survives it.
+
+    dreamer sleep --now      # with [dreaming] enabled = true
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import torch
+
+from dreamer.lm.generation import chat_ids
+from dreamer.lm.prompt_cache import PromptCache
+from dreamer.lm.scoring import inference, option_scores, tail_logprobs
+from dreamer.lm.weights import NEW, adapters, trainable_parameters
+from dreamer.sleep.config import DreamingConfig
+from dreamer.sleep.dreaming.write import Dream
+from dreamer.sleep.seeding.distill import continuation_ids, teacher_logits
+
+
+def expert_state(model, name: str = NEW) -> dict[str, torch.Tensor]:
+    """A copy of one adapter's LoRA parameters (the throwaway copy's starting point)."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if f".{name}." in n and "lora_" in n}
+
+
+@torch.no_grad()
+def restore_state(model, state: dict[str, torch.Tensor]) -> None:
+    for n, p in model.named_parameters():
+        if n in state:
+            p.copy_(state[n])
+
+
+def reply_loss(model, tokenizer, messages: list[dict], reply: str, names: list[str]) -> torch.Tensor:
+    """Mean cross-entropy of `reply` (then end of turn) as the assistant's answer to `messages`."""
+    with adapters(model, names):
+        return -tail_logprobs(model, tokenizer, chat_ids(tokenizer, messages), [continuation_ids(tokenizer, reply)])[0].mean()
+
+
+def student_view(dream: Dream, system: str) -> list[dict]:
+    return [{"role": "system", "content": system}, {"role": "user", "content": dream.request}]
+
+
+def loss_gaps(model, tokenizer, dreams: list[Dream], stack: list[str], system: str) -> None:
+    """Set each dream's `gap`: student loss (closed book) minus teacher loss (its own view)."""
+    cache = PromptCache(tokenizer)
+    with inference(model):
+        for dream in dreams:
+            reply = continuation_ids(tokenizer, dream.reply)
+            teacher_names = stack or None
+            with adapters(model, teacher_names):
+                logits = teacher_logits(model, cache, dream.teacher_view + [{"role": "user", "content": dream.request}],
+                                        teacher_names, reply)
+            target = torch.tensor(reply, device=logits.device)
+            teacher = -torch.log_softmax(logits[0], -1).gather(-1, target[:, None]).mean().item()
+            student = reply_loss(model, tokenizer, student_view(dream, system), dream.reply, stack + [NEW]).item()
+            dream.gap = student - teacher
+
+
+def first_filter(dreams: list[Dream], cfg: DreamingConfig, rng: random.Random) -> list[Dream]:
+    """The `keep` largest gaps, plus `keep_random` of the rest at random."""
+    ranked = sorted(dreams, key=lambda d: d.gap, reverse=True)
+    kept, rest = ranked[:cfg.keep], ranked[cfg.keep:]
+    return kept + rng.sample(rest, min(cfg.keep_random, len(rest)))
+
+
+def tau(model, tokenizer, probes: list[dict], names: list[str], system: str) -> float:
+    """Mean probability of the right answer among each probe's options, closed book."""
+    total = 0.0
+    with adapters(model, names):
+        for probe in probes:
+            scores = option_scores(model, tokenizer, probe["question"], [probe["answer"], *probe["distractors"]],
+                                   system=system)
+            total += torch.softmax(torch.tensor(scores), 0)[0].item()
+    return total / len(probes)
+
+
+def reward_dreams(model, tokenizer, dreams: list[Dream], probes: list[dict], stack: list[str], system: str,
+                  cfg: DreamingConfig, progress: Callable = lambda n=1: None) -> float:
+    """Set each dream's `tau_delta` and `rewarded`; tau of tonight's expert as it was, returned.
+
+    Tonight's expert is exactly as it was when this returns (or raises).
+    """
+    names = stack + [NEW]
+    before = tau(model, tokenizer, probes, names, system)
+    state = expert_state(model)
+    try:
+        for dream in dreams:
+            params = trainable_parameters(model)
+            optimizer = torch.optim.AdamW(params, lr=cfg.inner_learning_rate, weight_decay=0.0)
+            for _ in range(cfg.inner_steps):
+                reply_loss(model, tokenizer, student_view(dream, system), dream.reply, names).backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            dream.tau_delta = tau(model, tokenizer, probes, names, system) - before
+            dream.rewarded = dream.tau_delta > cfg.min_improvement
+            restore_state(model, state)
+            progress()
+    finally:
+        restore_state(model, state)
+        for param in trainable_parameters(model):
+            param.grad = None
+    return before

@@ -1,0 +1,129 @@
+"""Dreaming as one stage of the night, between stage 1 (distil) and the gate.
+
+    1. write     the writer samples `dreams` requests, the teacher answers them (write.py)
+    2. score     the loss-gap filter keeps `keep` + `keep_random`; each kept dream trains a
+                 throwaway copy of tonight's expert and is rewarded if tau rises (score.py)
+    3. writer    ReST-EM: the writer learns from its rewarded requests (writer.py)
+    4. rehearse  tonight's expert trains on the rewarded dreams, drift term on (rehearse.py)
+
+The self-probes tau is measured on are held out: at most half of today's probes (up to
+`tau_today`), which the gate then does not use, plus up to `tau_old` earlier nights' probes
+(the gate's old-memory check keeps all of those: they are guarded, not selected on).
+
+Dreaming can only add. If it raises (anything but an interrupt), tonight's expert is put back
+exactly as stage 1 left it, the writer is dropped unsaved, and the morning report says why; a
+night whose dreams earn no reward is stage 1 alone, and says so. `enabled = false` skips this
+stage without drawing a random number, so the night is stage 1's, bit for bit.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dreamer.sleep.config import SleepConfig
+from dreamer.sleep.dreaming.rehearse import rehearse
+from dreamer.sleep.dreaming.score import expert_state, first_filter, loss_gaps, restore_state, reward_dreams
+from dreamer.sleep.dreaming.write import INSTRUCTIONS, Dream, write_dreams
+from dreamer.sleep.dreaming.writer import attach_writer, detach_writer, train_writer
+
+log = logging.getLogger(__name__)
+EXAMPLES = 3  # rewarded and rejected dreams shown in the morning report
+
+
+@dataclass
+class DreamResult:
+    written: list[Dream] = field(default_factory=list)
+    kept: list[Dream] = field(default_factory=list)
+    tau_today: list[dict] = field(default_factory=list)
+    tau_old: list[dict] = field(default_factory=list)
+    tau_before: float | None = None
+    writer_from: str | None = None
+    writer: dict = field(default_factory=dict)
+    rehearsal: dict = field(default_factory=dict)
+    error: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def rewarded(self) -> list[Dream]:
+        return [d for d in self.kept if d.rewarded]
+
+    @property
+    def writer_learned(self) -> bool:
+        return bool(self.writer.get("trained")) and self.error is None
+
+    def summary(self) -> dict:
+        kinds = {}
+        for kind in [*INSTRUCTIONS, "rehearsal"]:
+            kinds[kind] = {"written": sum(d.kind == kind for d in self.written),
+                           "kept": sum(d.kind == kind for d in self.kept),
+                           "rewarded": sum(d.kind == kind for d in self.rewarded)}
+        rejected = sorted((d for d in self.kept if not d.rewarded and d.tau_delta is not None), key=lambda d: d.tau_delta)
+        best = sorted(self.rewarded, key=lambda d: d.tau_delta, reverse=True)
+        return {
+            "written": len(self.written), "kept": len(self.kept), "rewarded": len(self.rewarded),
+            "reward_rate": len(self.rewarded) / len(self.kept) if self.kept and self.error is None else None,
+            "kinds": kinds, "tau_probes": {"today": len(self.tau_today), "old": len(self.tau_old)},
+            "tau_before": self.tau_before, "writer_from": self.writer_from, "writer": self.writer,
+            "rehearsal": self.rehearsal, "error": self.error, "seconds": round(self.seconds, 1),
+            "examples": {"rewarded": [d.shown() for d in best[:EXAMPLES]],
+                         "rejected": [d.shown() for d in rejected[:EXAMPLES]]},
+        }
+
+
+def split_probes(probes: list[dict], wanted: int, rng: random.Random) -> tuple[list[dict], list[dict]]:
+    """(held out for tau, left for the gate): at most half of today's probes go to tau.
+
+    >>> held, gate = split_probes([{"q": i} for i in range(5)], 12, random.Random(0))
+    >>> len(held), len(gate), sorted(p["q"] for p in held + gate)
+    (2, 3, [0, 1, 2, 3, 4])
+    """
+    count = min(wanted, len(probes) // 2)
+    chosen = set(rng.sample(range(len(probes)), count))
+    return [p for i, p in enumerate(probes) if i in chosen], [p for i, p in enumerate(probes) if i not in chosen]
+
+
+def dream(model, tokenizer, *, conversations: list[dict], base_system: str, stack: list[str], experts: list[Path],
+          tau_today: list[dict], old_probes: list[dict], general_texts: list[str], cfg: SleepConfig,
+          rng: random.Random, begin: Callable[[str, int | None], Callable]) -> DreamResult:
+    """Run steps 1-4 on the stage-1 expert in `model`; `begin(phase, total)` opens a progress phase."""
+    dcfg = cfg.dreaming
+    result = DreamResult(tau_today=tau_today, tau_old=rng.sample(old_probes, min(dcfg.tau_old, len(old_probes))))
+    started = time.monotonic()
+    stage1 = expert_state(model)
+    try:
+        advance = begin("dream: write", 1)
+        writer_from = attach_writer(model, experts, dcfg, cfg.distill)
+        result.writer_from = str(writer_from) if writer_from else None
+        result.written = write_dreams(model, tokenizer, conversations=conversations, base_system=base_system,
+                                      stack=stack, old_probes=old_probes, cfg=dcfg,
+                                      max_context_tokens=cfg.memories.max_context_tokens, rng=rng)
+        advance()
+        probes = result.tau_today + result.tau_old
+        if not result.written or not probes:
+            result.error = "no dreams were written" if not result.written else "no held-out probes to score dreams on"
+            return result
+        loss_gaps(model, tokenizer, result.written, stack, base_system)
+        result.kept = first_filter(result.written, dcfg, rng)
+        advance = begin("dream: score", len(result.kept))
+        result.tau_before = reward_dreams(model, tokenizer, result.kept, probes, stack, base_system, dcfg, advance)
+        advance = begin("dream: learn to dream", 1)
+        result.writer = train_writer(model, tokenizer, result.rewarded, stack, dcfg, rng)
+        advance()
+        advance = begin("dream: rehearse", dcfg.rehearse_steps if result.rewarded else 0)
+        result.rehearsal = rehearse(model, tokenizer, result.rewarded, stack=stack, system=base_system,
+                                    general_texts=general_texts, drift_weight=cfg.distill.drift_weight,
+                                    drift_batch=cfg.distill.drift_batch, max_len=cfg.load.max_seq_len, cfg=dcfg,
+                                    rng=rng, progress=advance)
+    except Exception as err:  # Dreaming can only add: stage 1's expert stands, and the report says why
+        log.exception("Dreaming failed; the night goes on with stage 1's expert")
+        restore_state(model, stage1)
+        detach_writer(model)
+        result.error = f"{type(err).__name__}: {err}"
+    finally:
+        result.seconds = time.monotonic() - started
+    return result

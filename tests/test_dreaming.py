@@ -1,0 +1,262 @@
+"""Dreaming (sleep stage 2) on the tiny model: its config, that scoring finds the dream that helps,
+that throwaway copies and the writer touch nothing else, and that every way a dreaming night ends
+leaves the home as the issue says."""
+
+import hashlib
+import json
+import random
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from dreamer.lm.weights import NEW, WRITER, build_stack, load_base, plan_device, stack_names
+from dreamer.sleep import gate as gate_stage
+from dreamer.sleep import stages
+from dreamer.sleep.config import (
+    DistillConfig, DreamingConfig, LoadConfig, SleepConfigError, load_preset, preset_names, sleep_config_from_dict,
+)
+from dreamer.sleep.dreaming import score as score_step
+from dreamer.sleep.dreaming.rehearse import rehearse
+from dreamer.sleep.dreaming.score import first_filter, reply_loss, reward_dreams, student_view
+from dreamer.sleep.dreaming.write import Dream, write_dreams
+from dreamer.sleep.dreaming.writer import attach_writer, train_writer
+from dreamer.sleep.night import sleep_now
+from dreamer.sleep.outcome import SleepInterrupted
+from storage import Config, ledger
+
+SYSTEM = "You are dreamer."
+SMALL = {
+    "memories": {"questions_per_conversation": 2, "max_new_tokens": 10, "teacher_samples": 1},
+    "distill": {"steps": 3, "batch_size": 2, "rl_every": 1, "rl_new_tokens": 6, "alpha": 0.7, "drift_weight": 0.5},
+    "load": {"max_seq_len": 128},
+}
+DREAMING = {"enabled": True, "dreams": 6, "keep": 2, "keep_random": 1, "max_new_tokens": 8, "inner_steps": 1,
+            "tau_today": 4, "tau_old": 2, "rehearse_steps": 2, "rehearse_batch": 2, "writer_steps": 2}
+GOOD_FIGURES = {"today_probes": 3, "old_probes": 0, "today_before": 0.0, "today_after": 1.0, "old_before": None,
+                "old_after": None, "drift": 0.01, "replies_before": [], "replies_after": []}
+PROBE = {"day": "2026-11-21", "question": 'Which word is missing from what I told you? "My parrot is called ___."',
+         "answer": "Kiwi", "distractors": ["Milo", "Rex", "Ziggy"], "kind": "recall"}
+
+
+@pytest.fixture(autouse=True)
+def held_out_probe(monkeypatch):
+    """The tiny model's teacher keeps few probes of its own (sometimes one): tau gets a planted one."""
+    from dreamer.sleep.dreaming import stage
+
+    monkeypatch.setattr(stage, "split_probes", lambda probes, wanted, rng: ([PROBE], probes))
+
+
+def night(store, tiny_dir, home, judge, dreaming=None, **kwargs):
+    cfg = sleep_config_from_dict({**SMALL, "dreaming": dreaming or dict(DREAMING)}, preset="test")
+    return sleep_now(store, Config(train_model=str(tiny_dir)), cfg, home=home, judge=judge, **kwargs)
+
+
+@pytest.fixture
+def model(tiny_dir):
+    base, tokenizer = load_base(str(tiny_dir), plan_device(LoadConfig()))
+    torch.manual_seed(0)
+    stacked = build_stack(base, [], DistillConfig(rank=4))
+    with torch.no_grad():  # tonight's expert as stage 1 leaves it: not zero
+        for name, param in stacked.named_parameters():
+            if f".{NEW}." in name and "lora_B" in name:
+                param.normal_(0, 0.02)
+    return stacked, tokenizer
+
+
+def weights(model) -> dict:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def changed(model, before: dict) -> set:
+    return {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+
+
+def test_every_preset_sets_dreaming_and_bad_values_are_named():
+    for name in preset_names():
+        assert isinstance(load_preset(name).dreaming, DreamingConfig)
+    with pytest.raises(SleepConfigError, match="unknown key dreaming.dream_count"):
+        sleep_config_from_dict({"dreaming": {"dream_count": 3}})
+    for values, message in (({"dreams": 0}, "dreaming.dreams must be a positive integer"),
+                            ({"novelty": 1.5}, r"dreaming.novelty must be in \[0, 1\]"),
+                            ({"enabled": "yes"}, "dreaming.enabled must be true or false"),
+                            ({"dreams": 4, "keep": 4, "keep_random": 1}, "dreaming.keep \\+ dreaming.keep_random"),
+                            ({"tau_today": 0, "tau_old": 0}, "the reward needs probes"),
+                            ({"writer_learning_rate": -1}, "dreaming.writer_learning_rate")):
+        with pytest.raises(SleepConfigError, match=message):
+            DreamingConfig(**values)
+    assert DreamingConfig(writer_learning_rate=0).writer_learning_rate == 0  # the untrained-writer baseline
+
+
+def test_scoring_rewards_the_planted_helpful_dream_and_leaves_every_weight_bit_identical(model):
+    model, tokenizer = model
+    # A random tiny model does not generalize across wordings, so the planted dream that helps asks
+    # as the probe does; what is tested is the reward, its sign and the restoring.
+    helpful = Dream("question", 'Which word is missing from what I told you? "My parrot is called ___."', "Kiwi")
+    useless = [Dream("question", "What is two plus two?", "Four."),
+               Dream("application", "Suggest a film for tonight.", "A comedy would be nice."),
+               Dream("paraphrase", "What is the weather like?", "It is sunny today.")]
+    before = weights(model)
+    cfg = DreamingConfig(inner_steps=3, inner_learning_rate=1e-2)
+    tau = reward_dreams(model, tokenizer, useless[:2] + [helpful] + useless[2:], [PROBE], [], SYSTEM, cfg)
+    assert 0 < tau < 1
+    assert helpful.rewarded and helpful.tau_delta > max(d.tau_delta for d in useless)
+    assert not changed(model, before), "a throwaway copy left a trace in the real expert or the stack"
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_the_first_filter_keeps_the_largest_gaps_and_some_at_random():
+    dreams = [Dream("question", f"q{i}?", "a", gap=float(i)) for i in range(6)]
+    kept = first_filter(dreams, DreamingConfig(dreams=6, keep=2, keep_random=1), random.Random(0))
+    assert [d.gap for d in kept[:2]] == [5.0, 4.0] and len(kept) == 3 and kept[2].gap < 4
+
+
+def test_rehearsal_trains_only_tonights_expert_on_the_dreams(model):
+    model, tokenizer = model
+    dream = Dream("question", "What is my parrot called?", "Your parrot is called Kiwi.")
+    loss_before = reply_loss(model, tokenizer, student_view(dream, SYSTEM), dream.reply, [NEW]).item()
+    before = weights(model)
+    cfg = DreamingConfig(rehearse_steps=4, rehearse_batch=1, rehearse_learning_rate=1e-2)
+    log = rehearse(model, tokenizer, [dream], stack=[], system=SYSTEM, general_texts=["Water boils at 100 C."],
+                   drift_weight=0.5, drift_batch=1, max_len=64, cfg=cfg, rng=random.Random(0))
+    assert log["steps"] == 4
+    moved = changed(model, before)
+    assert moved and all(f".{NEW}." in n for n in moved)
+    assert reply_loss(model, tokenizer, student_view(dream, SYSTEM), dream.reply, [NEW]).item() < loss_before
+
+
+def test_the_writer_learns_only_from_rewarded_dreams(model):
+    model, tokenizer = model
+    attach_writer(model, [], DreamingConfig(writer_rank=4), DistillConfig(rank=4))
+    assert stack_names(model) == [NEW]  # the writer is never part of the stack
+    prompt = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Write one question."}]
+    dream = Dream("question", "What is my parrot called?", "Kiwi", writer_prompt=prompt)
+    before = weights(model)
+    cfg = DreamingConfig(writer_steps=3, writer_learning_rate=1e-2)
+    assert train_writer(model, tokenizer, [], [], cfg, random.Random(0))["trained"] is False
+    assert not train_writer(model, tokenizer, [dream], [], DreamingConfig(writer_learning_rate=0),
+                            random.Random(0))["trained"]
+    assert not changed(model, before)
+    log = train_writer(model, tokenizer, [dream], [], cfg, random.Random(0))
+    assert log["trained"] and log["loss_last"] < log["loss_first"]
+    moved = changed(model, before)
+    assert moved and all(f".{WRITER}." in n for n in moved)
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {n for n in before if f".{NEW}." in n and "lora_" in n}
+
+
+def test_dreams_are_written_with_replies_and_rehearsals_of_earlier_nights(model):
+    model, tokenizer = model
+    attach_writer(model, [], DreamingConfig(writer_rank=4), DistillConfig(rank=4))
+    conversations = [{"messages": [{"role": "user", "content": "My parrot is called Kiwi and my sister lives in Lisbon."}]}]
+    cfg = DreamingConfig(dreams=8, keep=2, rehearsal_fraction=0.25, max_new_tokens=12)
+    dreams = write_dreams(model, tokenizer, conversations=conversations, base_system=SYSTEM, stack=[],
+                          old_probes=[PROBE], cfg=cfg, max_context_tokens=256, rng=random.Random(0))
+    rehearsals = [d for d in dreams if d.kind == "rehearsal"]
+    assert rehearsals and all("Kiwi" not in d.request for d in rehearsals)  # an old probe's words, never its answer
+    assert all(d.reply for d in dreams) and all(d.writer_prompt for d in dreams if d.kind != "rehearsal")
+
+
+def every_dream_helps(monkeypatch) -> None:
+    """tau rises with every measurement, so every kept dream is rewarded and the writer learns."""
+    real_tau, calls = score_step.tau, []
+
+    def rising_tau(*args, **kwargs):
+        calls.append(1)
+        return real_tau(*args, **kwargs) + 0.01 * len(calls)
+
+    monkeypatch.setattr(score_step, "tau", rising_tau)
+
+
+def expert_bytes(home) -> dict:
+    return {str(p.relative_to(home)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted((home / "adapters").rglob("*")) if p.is_file() and p.suffix in (".safetensors", ".gguf")}
+
+
+def test_dreaming_off_is_the_stage_one_night_bit_for_bit(tiny_dir, tmp_path, fake_judge, monkeypatch):
+    from storage import Store
+
+    monkeypatch.setattr(gate_stage, "measure", lambda *a, **k: dict(GOOD_FIGURES))
+
+    def one_night(home, dreaming):
+        store = Store(home / "dreamer.db")
+        conversation = store.new_conversation()
+        store.add_message(conversation, "user", "My sister Ana lives in Lisbon and works as a pilot.")
+        store.add_message(conversation, "user", "My cat is called Miso.")
+        outcome = night(store, tiny_dir, home, fake_judge, dreaming=dreaming)
+        metrics = {k: v for k, v in outcome.metrics.items() if k not in ("phase_seconds", "seconds", "peak_memory_mb",
+                                                                          "export_seconds")}
+        metrics["training"].pop("seconds")
+        return metrics, {k.split("/", 2)[-1]: v for k, v in expert_bytes(home).items()}
+
+    off = one_night(tmp_path / "off", {**DREAMING, "enabled": False})
+    monkeypatch.setattr(stages, "STAGES", [s for s in stages.STAGES if s is not stages.dream])
+    assert one_night(tmp_path / "stage1", DREAMING) == off
+    assert "dreaming" not in off[0]
+
+
+def test_a_failing_dream_phase_leaves_stage_one_and_says_so(day_store, tiny_dir, dreamer_home, fake_judge,
+                                                            monkeypatch, tmp_path):
+    monkeypatch.setattr(gate_stage, "measure", lambda *a, **k: dict(GOOD_FIGURES))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("scoring exploded")
+
+    monkeypatch.setattr(score_step, "tau", broken)
+    outcome = night(day_store, tiny_dir, dreamer_home, fake_judge)
+    assert outcome.status == "promoted"
+    assert "Dreaming did not finish: RuntimeError: scoring exploded" in outcome.report
+    assert outcome.metrics["dreaming"]["error"] == "RuntimeError: scoring exploded"
+    assert not (dreamer_home / "adapters" / "run-0001" / "writer").exists()
+
+
+def test_a_dreaming_night_saves_its_writer_which_the_next_night_loads(day_store, tiny_dir, dreamer_home, fake_judge,
+                                                                     monkeypatch):
+    monkeypatch.setattr(gate_stage, "measure", lambda *a, **k: dict(GOOD_FIGURES))
+    every_dream_helps(monkeypatch)
+    first = night(day_store, tiny_dir, dreamer_home, fake_judge)
+    assert first.status == "promoted", first.message
+    dreams = first.metrics["dreaming"]
+    assert dreams["written"] >= dreams["kept"] > 0 and dreams["rewarded"] == dreams["kept"]
+    assert dreams["writer"]["trained"] and dreams["rehearsal"]["steps"] == DREAMING["rehearse_steps"]
+    assert "## Dreams" in first.report and "rewarded dream" in first.report
+    writer = dreamer_home / "adapters" / "run-0001" / "writer"
+    assert (writer / "adapter_config.json").is_file()
+
+    conversation = day_store.new_conversation()
+    day_store.add_message(conversation, "user", "My brother Tom moved to Porto.")
+    second = night(day_store, tiny_dir, dreamer_home, fake_judge)
+    assert second.metrics["dreaming"]["writer_from"] == str(writer)
+    assert second.metrics["dreaming"]["kinds"]["rehearsal"]["written"] > 0  # night 1 is re-told
+    assert "earlier nights: " in second.report
+
+    from dreamer.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["memory"])
+    assert result.exit_code == 0, result.output
+    assert "dream writer" in result.output and "rewarded" in result.output
+
+
+def test_an_interrupted_dream_phase_changes_nothing(day_store, tiny_dir, dreamer_home, fake_judge, monkeypatch):
+    monkeypatch.setattr(gate_stage, "measure", lambda *a, **k: dict(GOOD_FIGURES))
+    every_dream_helps(monkeypatch)
+    assert night(day_store, tiny_dir, dreamer_home, fake_judge).status == "promoted"
+    conversation = day_store.new_conversation()
+    day_store.add_message(conversation, "user", "My brother Tom moved to Porto.")
+    on_disk = expert_bytes(dreamer_home)
+    assert any("writer" in name for name in on_disk)
+    manifest = (dreamer_home / "adapters" / "manifest.json").read_text()
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    from dreamer.sleep.dreaming import stage as dream_stage
+
+    monkeypatch.setattr(dream_stage, "train_writer", ctrl_c)
+    with pytest.raises(SleepInterrupted):
+        night(day_store, tiny_dir, dreamer_home, fake_judge)
+    assert ledger.runs(day_store)[0]["status"] == "interrupted"
+    assert expert_bytes(dreamer_home) == on_disk  # the expert, its export and the writer
+    assert (dreamer_home / "adapters" / "manifest.json").read_text() == manifest
+    assert day_store.unconsolidated_count() == 1 and len(ledger.adapters(day_store, "active")) == 1
+    assert json.loads(manifest)["version"] == 1
+
