@@ -150,3 +150,22 @@ def test_distill_doctests():
 
     result = doctest.testmod(distill)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_tail_logprobs_share_the_prompt_and_match_a_full_pass_per_tail(lora_model):
+    """The tails after one cached prompt: what prompt + tail encoded whole gives, gradients included."""
+    from dreamer.lm.scoring import tail_logprobs
+
+    model, tokenizer = lora_model
+    rng = random.Random(1)
+    prompt = [rng.randrange(3, 300) for _ in range(23)]
+    tails = [[rng.randrange(3, 300) for _ in range(n)] for n in (4, 1, 6)]
+    got = tail_logprobs(model, tokenizer, prompt, tails)
+    for tail, mine in zip(tails, got):
+        logits = model(input_ids=torch.tensor([prompt + tail])).logits[0, len(prompt) - 1 : -1].float()
+        want = torch.log_softmax(logits, -1).gather(-1, torch.tensor(tail)[:, None]).squeeze(-1)
+        torch.testing.assert_close(mine, want, rtol=1e-4, atol=1e-4)
+        grads = [torch.autograd.grad(x.sum(), [p for n, p in model.named_parameters() if "lora_B" in n][0],
+                                     retain_graph=True)[0]
+                 for x in (mine, want)]
+        torch.testing.assert_close(grads[0], grads[1], rtol=1e-3, atol=1e-5)

@@ -76,15 +76,28 @@ def option_scores(model, tokenizer, question: str, options: list[str], system: s
 def tail_logprobs(model, tokenizer, prompt: list[int], tails: list[list[int]]) -> list[torch.Tensor]:
     """Per-token log-probabilities of each tail after the same `prompt` ids, one per tail.
 
-    One right-padded batch. Gradients flow when the caller allows them (the sleep's cloze
-    recall term trains on these; `option_scores` wraps them in `inference`).
+    The prompt is encoded once and its KV cache shared by every tail: the tails (a few tokens
+    each: answer options, a blanked word) then cost only their own tokens, where encoding
+    prompt + tail per row cost the prompt (the chat's system prompt and the question, a hundred
+    tokens and more) once per option, and the vocabulary projection of every prompt position.
+    Identical in exact arithmetic to one right-padded pass over prompt + tail per row; with a
+    causal mask a tail never sees another's tokens or the padding. Gradients flow when the
+    caller allows them (the sleep's cloze recall term trains on these; `option_scores` wraps
+    them in `inference`).
     """
-    ids, mask = right_padded([prompt + tail for tail in tails], pad_id(tokenizer), model_device(model))
-    logprobs = F.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
-    # The logits at position t predict token t + 1: a tail's tokens are predicted from
-    # positions len(prompt) - 1 .. len(prompt) + len(tail) - 2.
-    start = len(prompt) - 1
-    return [logprobs[row, start : start + len(tail)].gather(-1, torch.tensor(tail, device=logprobs.device)[:, None]).squeeze(-1)
+    device = model_device(model)
+    if len(prompt) < 2:
+        raise ValueError("tail_logprobs needs a prompt of at least two tokens")
+    # The prompt's last token is encoded with the tails: its logits predict each tail's first token.
+    past = model(input_ids=torch.tensor([prompt[:-1]], device=device), use_cache=True, logits_to_keep=1).past_key_values
+    if len(tails) > 1:
+        past.batch_repeat_interleave(len(tails))
+    ids, mask = right_padded([[prompt[-1]] + tail for tail in tails], pad_id(tokenizer), device)
+    mask = torch.cat([torch.ones(len(tails), len(prompt) - 1, dtype=mask.dtype, device=device), mask], dim=1)
+    width = max(len(tail) for tail in tails)
+    logits = model(input_ids=ids, attention_mask=mask, past_key_values=past, use_cache=True).logits[:, :width]
+    logprobs = F.log_softmax(logits.float(), dim=-1)
+    return [logprobs[row, :len(tail)].gather(-1, torch.tensor(tail, device=logprobs.device)[:, None]).squeeze(-1)
             for row, tail in enumerate(tails)]
 
 
