@@ -208,6 +208,8 @@ def machine_line(result: dict) -> str:
     load = result.get("loadavg") or [0]
     jobs = sorted({s["jobs"] for s in result.get("sessions", [])})
     lanes = f", {'/'.join(map(str, jobs))} lane(s) side by side (--jobs)" if jobs else ""
+    resumed = sorted({s["cpu"] for s in result.get("sessions", []) if s.get("cpu") and s["cpu"] != m["cpu"]})
+    lanes += f"; resumed on {', '.join(resumed)}" if resumed else ""
     return (f"{source}; preset {b['preset']}, night seed {b['night_seed'] if b['night_seed'] is not None else b['seed']}"
             f"{', quick (tiny model)' if b.get('quick') else ''}. Machine: {m['cpu']}, {m['cores']} cores, Python "
             f"{m['python']}, torch {m['torch']}, transformers {m['transformers']}, peft {m['peft']}, dreamer "

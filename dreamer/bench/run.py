@@ -278,7 +278,7 @@ def run_bench(run: Run, progress=None, jobs: int = 1) -> dict:
     cfg = sleep_config_from_dict(raw, preset=raw.pop("preset"))
     todo = [(k, arm) for k, arm in units(run) if "score" not in run.result["units"].get(f"{arm}/{k}", {})]
     run.result.setdefault("sessions", []).append({"started": time.strftime("%Y-%m-%d %H:%M:%S"), "jobs": jobs,
-                                                  "units": len(todo)})
+                                                  "units": len(todo), "cpu": machine()["cpu"]})
     run.save()
     if progress:
         progress.start(run, todo)
