@@ -5,7 +5,7 @@ writes requests (dreamer.sleep.dreaming.write) and never part of what the chat s
 rewards are in, the writer trains `writer_steps` steps of cross-entropy on the requests of its
 *rewarded* dreams, under the very prompt it wrote them from (the day in context, the kind's
 instruction): the E-step keeps the samples that earned a reward, the M-step raises their
-likelihood. No rewarded dream, or `writer_learning_rate = 0` (the untrained baseline), and the
+likelihood. The day's part of that prompt is encoded once (a KV cache, no gradient through it). No rewarded dream, or `writer_learning_rate = 0` (the untrained baseline), and the
 writer is left exactly as it was.
 
 Where it lives: a promoted night whose writer learned saves it inside its own expert folder
@@ -24,12 +24,11 @@ from pathlib import Path
 
 import torch
 
-from dreamer.lm.generation import chat_ids
-from dreamer.lm.scoring import tail_logprobs
+from dreamer.lm.prompt_cache import PromptCache
 from dreamer.lm.weights import WRITER, adapters, lora_config, stack_names, trainable_parameters, use_adapters
 from dreamer.sleep.config import DistillConfig, DreamingConfig
 from dreamer.sleep.dreaming.write import Dream
-from dreamer.sleep.seeding.distill import continuation_ids
+from dreamer.sleep.seeding.distill import continuation_ids, teacher_logits
 
 FOLDER = "writer"  # inside an expert's folder
 
@@ -70,7 +69,12 @@ def train_writer(model, tokenizer, rewarded: list[Dream], stack: list[str], cfg:
         why = "no rewarded dream to learn from" if not items else "writer_learning_rate = 0 (untrained writer)"
         return {"trained": False, "why": why, "steps": 0}
     losses = []
-    with adapters(model, stack + [WRITER], trainable=WRITER):
+    names = stack + [WRITER]
+    # The day in the writer's prompt (a thousand tokens and more) is encoded once, as the writer
+    # was before this training, and not differentiated through: the gradient reaches the writer
+    # through the instruction and the request, at a fraction of a full pass per step.
+    cache = PromptCache(tokenizer)
+    with adapters(model, names, trainable=WRITER):
         params = trainable_parameters(model)
         optimizer = torch.optim.AdamW(params, lr=cfg.writer_learning_rate, weight_decay=0.0)
         order = []
@@ -78,8 +82,9 @@ def train_writer(model, tokenizer, rewarded: list[Dream], stack: list[str], cfg:
             if not order:
                 order = rng.sample(items, len(items))
             dream = order.pop()
-            prompt = chat_ids(tokenizer, dream.writer_prompt)
-            loss = -tail_logprobs(model, tokenizer, prompt, [continuation_ids(tokenizer, dream.request)])[0].mean()
+            target = continuation_ids(tokenizer, dream.request)
+            logits = teacher_logits(model, cache, dream.writer_prompt, names, target)
+            loss = torch.nn.functional.cross_entropy(logits[0], torch.tensor(target, device=logits.device))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
