@@ -33,3 +33,24 @@ def test_other_quantization_entries_are_kept(tmp_path):
     (target / "config.json").write_text(json.dumps({**config, "quantization_config": bnb}))
     embedded_training_dir(tmp_path)
     assert json.loads((target / "config.json").read_text())["quantization_config"] == bnb
+
+
+def test_two_processes_making_the_cache_at_once_both_get_it(tmp_path, monkeypatch):
+    """A bench's two lanes on a fresh home made the cache at once; the second rename failed and took
+    its lane down. Now the process that finds the folder in place drops its own copy and uses it."""
+    import os
+
+    from dreamer.lm import weights
+
+    target = tmp_path / EMBEDDED_CACHE
+    stale = tmp_path / f"{EMBEDDED_CACHE}.partial-999999999"  # a killed process's leftover
+    stale.mkdir()
+
+    def write_while_another_finishes(folder):
+        make_tiny_model_dir(folder)
+        make_tiny_model_dir(target)  # the other lane renamed its copy into place meanwhile
+
+    monkeypatch.setattr(weights, "write_embedded", write_while_another_finishes)
+    assert embedded_training_dir(tmp_path) == target
+    assert sorted(p.name for p in tmp_path.iterdir()) == [EMBEDDED_CACHE]  # no partial folder is left
+    assert not (tmp_path / f"{EMBEDDED_CACHE}.partial-{os.getpid()}").exists()

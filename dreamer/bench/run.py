@@ -309,6 +309,8 @@ def lane(run: Run, schedule: Schedule, cfg, progress) -> None:
                     raise
                 schedule.finish(unit)
     except BaseException as err:
+        if not isinstance(err, KeyboardInterrupt):  # said now: the other lanes finish their units first
+            run.log(f"a lane stopped: {type(err).__name__}: {err}; the run ends after the units under way")
         with schedule.cond:
             schedule.failed = schedule.failed or err
             schedule.cond.notify_all()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -85,11 +86,35 @@ def plan_device(load: LoadConfig) -> DevicePlan:
 
 # --- base weights -----------------------------------------------------------------
 def embedded_training_dir(cache_root: Path) -> Path:
-    """The embedded GGUF as a regular HF folder (config, tokenizer, safetensors), made once."""
+    """The embedded GGUF as a regular HF folder (config, tokenizer, safetensors), made once.
+
+    Safe when several processes make it at once (a bench's lanes, a sleep beside `dreamer eval`
+    on a fresh home): each writes its own `.partial-PID` folder and renames it into place; the
+    one that finds the folder already there drops its copy (the same weights) and uses it.
+    """
     target = cache_root / EMBEDDED_CACHE
-    if (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file():
+    if _complete(target):
         drop_gguf_quantization(target / "config.json")  # caches written before this fix
         return target
+    for stale in cache_root.glob(f"{EMBEDDED_CACHE}.partial*"):  # left by a killed process
+        pid = stale.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    write_embedded(partial)
+    drop_gguf_quantization(partial / "config.json")
+    try:
+        partial.rename(target)  # a crash mid-way leaves only the .partial folder, removed next time
+    except OSError:
+        if not _complete(target):
+            raise
+        shutil.rmtree(partial, ignore_errors=True)  # another process was first
+    return target
+
+
+def write_embedded(folder: Path) -> None:
+    """Dequantize the embedded GGUF into `folder` as float32 safetensors with its tokenizer."""
     gguf = embedded_gguf_path()
     # The GGUF-loaded model refuses save_pretrained: copy its dequantized weights into a model
     # built from the same config, and save that.
@@ -97,13 +122,23 @@ def embedded_training_dir(cache_root: Path) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=EMBEDDED_FILE)
     fresh = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
     fresh.load_state_dict(loaded.state_dict())
-    partial = target.with_name(target.name + ".partial")
-    fresh.save_pretrained(partial, safe_serialization=True)
-    tokenizer.save_pretrained(partial)
-    drop_gguf_quantization(partial / "config.json")
-    (partial / "dreamer-source.json").write_text(json.dumps({"gguf": str(gguf)}))
-    partial.rename(target)  # a crash mid-way leaves only the .partial folder, redone next time
-    return target
+    fresh.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    (folder / "dreamer-source.json").write_text(json.dumps({"gguf": str(gguf)}))
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def drop_gguf_quantization(config_path: Path) -> None:
