@@ -85,18 +85,28 @@ def render_bench(record: dict) -> str:
     """A `dreamer bench` run (its bench.json, committed as is): the headline, then every table of its report."""
     from dreamer.bench import report
 
+    from dreamer.bench.arms import ARMS
+
     b = record["bench"]
     if b.get("data"):
         command = f"dreamer bench --data {b['data']} --probes {b['probes']} --preset {b['preset']}"
     else:
         command = f"dreamer bench --days {b['days']} --facts {b['facts']} --seed {b['seed']} --preset {b['preset']}"
-    lines = [f"`{command}` ({report.machine_line(record)}) {report.completeness(record)}".replace(f"{ROOT}/", ""), "", *report.headline(record), "",
+    if b["arms"] != list(ARMS):
+        command += f" --arms {','.join(b['arms'])}"
+    dreaming = report.dreaming_lines(record)
+    lines = [f"`{command}` ({report.machine_line(record)}) {report.completeness(record)}".replace(f"{ROOT}/", ""), "",
+             *report.headline(record), "", *dreaming, *([""] if dreaming else []),
              "Generation (does the reply name the fact), after each arm's last night:", "",
              *report.kinds_table(record, "gen"), "", "Multiple choice, the same probes:", "",
              *report.kinds_table(record, "mc"), "", "Night by night:", "", *report.nights_table(record), "",
              "Forgetting curves (each day's recall probes, generation):", "", *report.forgetting_table(record), "",
              "Day by day after the last night (generation; general probes count on day 1):", "",
              *report.days_table(record)]
+    if report.dreams_table(record):
+        night = report.last_scored(record, "dream")
+        lines += ["", "Dreaming, night by night:", "", *report.dreams_table(record), "",
+                  f"Dreams of night {night} (the morning report's examples):", "", *report.dream_examples(record, night)]
     return "\n".join(lines) + "\n"
 
 

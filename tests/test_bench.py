@@ -216,7 +216,9 @@ def test_quick_runs_every_arm_and_writes_the_report_and_plots(quick_run):
     for name in ("kinds", "forgetting", "cost"):
         assert (folder / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "sleep ahead" in output
-    assert "Dreaming: `dream` against `sleep` (stage 1 alone) on 2 paired night(s)" in (folder / "report.md").read_text()
+    report = (folder / "report.md").read_text()
+    assert "Dreaming: `dream` against `sleep` (stage 1 alone) on 2 paired night(s)" in report
+    assert "## Dreaming, night by night" in report and "| 2 | " in report.split("## Dreaming, night by night")[1]
 
 
 def test_a_killed_run_resumes_where_it_stopped(tmp_path):

@@ -141,6 +141,37 @@ def dreaming_lines(result: dict) -> list[str]:
     return lines
 
 
+def dreams_table(result: dict) -> list[str]:
+    """Each `dream` night: what Dreaming wrote, kept and rewarded, and where the night's time went."""
+    rows = []
+    for k in range(1, nights(result) + 1):
+        train = result["units"].get(f"dream/{k}", {}).get("train") or {}
+        dreams, phases = train.get("dreaming"), train.get("phases") or {}
+        if not dreams:
+            continue
+        writer = dreams.get("writer") or {}
+        dream_s = sum(v for name, v in phases.items() if name.startswith("dream:"))
+        rows.append([str(k), train["status"], str(dreams["written"]), str(dreams["kept"]), str(dreams["rewarded"]),
+                     pct(dreams.get("reward_rate")), "yes" if writer.get("trained") else "no",
+                     dreams.get("error") or "-", f"{dream_s / 60:.1f}",
+                     ", ".join(f"{name} {v / 60:.1f}" for name, v in phases.items()),
+                     "-" if train.get("wall_s") is None else f"{train['wall_s'] / 60:.1f}"])
+    if not rows:
+        return []
+    return _table(["night", "outcome", "written", "kept", "rewarded", "reward rate", "writer learned", "error",
+                   "Dreaming min", "phases (min; the last one runs until the report)", "night min"], rows)
+
+
+def dream_examples(result: dict, night: int) -> list[str]:
+    """The rewarded and rejected dreams a `dream` night's morning report shows."""
+    dreams = (result["units"].get(f"dream/{night}", {}).get("train") or {}).get("dreaming")
+    if not dreams:
+        return []
+    rows = [[label, d["kind"], d["request"].replace("|", "/")[:90], d["reply"].replace("|", "/").replace("\n", " ")[:90],
+             f"{d['tau_delta']:+.4f}"] for label in ("rewarded", "rejected") for d in dreams["examples"][label]]
+    return _table(["", "kind", "request (the writer)", "reply (the teacher)", "tau change"], rows) if rows else []
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
@@ -232,6 +263,10 @@ def markdown(result: dict) -> str:
              *nights_table(result), "", "## Forgetting: each day's recall probes after each night (generation)", "",
              *forgetting_table(result), "", "## Day by day after the last night (generation)", "",
              *days_table(result), ""]
+    if dreams_table(result):
+        lines += ["## Dreaming, night by night", "", *dreams_table(result), "",
+                  f"Dreams of night {last_scored(result, 'dream')}:", "",
+                  *dream_examples(result, last_scored(result, "dream")), ""]
     return "\n".join(lines)
 
 
