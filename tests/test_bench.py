@@ -313,3 +313,22 @@ def test_lanes_never_run_two_nights_of_one_arm_and_keep_each_arms_order():
     for arm in ("base", "naive", "sleep"):
         assert [k for k, a in seen if a == arm] == [1, 2, 3]
     assert Schedule([(1, "base"), (1, "sleep")]).take() == (1, "sleep")  # within a night, the longest arm first
+
+
+def test_runs_of_one_arm_each_merge_into_one_paired_run_and_others_are_refused():
+    from benchmarks.merge_bench import merge
+
+    sleep = fake_result([True], [False])
+    sleep["units"].pop("recall/1")
+    sleep["bench"]["arms"] = ["sleep"]
+    dream = json.loads(json.dumps(sleep))
+    dream["bench"]["arms"] = ["dream"]
+    dream["units"] = {"dream/1": dream["units"].pop("sleep/1")}
+    for run in (sleep, dream):
+        run.update(format=1, config={"distill": {}}, sessions=[{"jobs": 1}])
+    merged = merge([("sleep1", sleep), ("dream1", dream)])
+    assert merged["bench"]["arms"] == ["sleep", "dream"] and sorted(merged["units"]) == ["dream/1", "sleep/1"]
+    assert [s["run"] for s in merged["sessions"]] == ["sleep1", "dream1"]
+    dream["config"] = {"distill": {"steps": 1}}
+    with pytest.raises(SystemExit, match="dream1: its config differ"):
+        merge([("sleep1", sleep), ("dream1", dream)])
