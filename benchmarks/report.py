@@ -112,7 +112,7 @@ def render_bench(record: dict) -> str:
 
 RENDERERS = {"kill_nights": render_kill_nights, "chat_threads": render_chat_threads,
              "parity_gap_avx512": render_parity_gap, "parity_gap_avx2": render_parity_gap,
-             "bench_synthetic": render_bench, "bench_heldout": render_bench}  # heldout: once it is run
+             "bench_synthetic": render_bench, "bench_heldout": render_bench, "bench_dreaming": render_bench}
 PLOTS = ROOT / "docs" / "bench"  # each bench block's plots, drawn again by every run of this command
 
 
