@@ -92,6 +92,8 @@ def render_bench(record: dict) -> str:
         command = f"dreamer bench --data {b['data']} --probes {b['probes']} --preset {b['preset']}"
     else:
         command = f"dreamer bench --days {b['days']} --facts {b['facts']} --seed {b['seed']} --preset {b['preset']}"
+    if b.get("night_seed") is not None:
+        command += f" --night-seed {b['night_seed']}"
     if b["arms"] != list(ARMS):
         command += f" --arms {','.join(b['arms'])}"
     dreaming = report.dreaming_lines(record)
@@ -112,7 +114,8 @@ def render_bench(record: dict) -> str:
 
 RENDERERS = {"kill_nights": render_kill_nights, "chat_threads": render_chat_threads,
              "parity_gap_avx512": render_parity_gap, "parity_gap_avx2": render_parity_gap,
-             "bench_synthetic": render_bench, "bench_heldout": render_bench, "bench_dreaming": render_bench}
+             "bench_synthetic": render_bench, "bench_heldout": render_bench, "bench_dreaming": render_bench,
+             "bench_dreaming_seed1": render_bench}
 PLOTS = ROOT / "docs" / "bench"  # each bench block's plots, drawn again by every run of this command
 
 
