@@ -105,9 +105,9 @@ def render_bench(record: dict) -> str:
              "Forgetting curves (each day's recall probes, generation):", "", *report.forgetting_table(record), "",
              "Day by day after the last night (generation; general probes count on day 1):", "",
              *report.days_table(record)]
-    if report.dreams_table(record):
+    if table := report.dreams_table(record):
         night = report.last_scored(record, "dream")
-        lines += ["", "Dreaming, night by night:", "", *report.dreams_table(record), "",
+        lines += ["", "Dreaming, night by night:", "", *table, "",
                   f"Dreams of night {night} (the morning report's examples):", "", *report.dream_examples(record, night)]
     return "\n".join(lines) + "\n"
 

@@ -100,7 +100,8 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _pid_alive(pid: int | None) -> bool:
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process with this id exists (0 or None: no)."""
     if not pid:
         return False
     try:
@@ -248,7 +249,7 @@ class Store:
 
     def recover_dead_replies(self) -> None:
         rows = list(self.db["messages"].rows_where("status = 'generating'", select="id, writer_pid"))
-        dead = [r["id"] for r in rows if not _pid_alive(r["writer_pid"])]
+        dead = [r["id"] for r in rows if not pid_alive(r["writer_pid"])]
         if dead:
             with self.write():
                 for pk in dead:

@@ -263,8 +263,8 @@ def markdown(result: dict) -> str:
              *nights_table(result), "", "## Forgetting: each day's recall probes after each night (generation)", "",
              *forgetting_table(result), "", "## Day by day after the last night (generation)", "",
              *days_table(result), ""]
-    if dreams_table(result):
-        lines += ["## Dreaming, night by night", "", *dreams_table(result), "",
+    if table := dreams_table(result):
+        lines += ["## Dreaming, night by night", "", *table, "",
                   f"Dreams of night {last_scored(result, 'dream')}:", "",
                   *dream_examples(result, last_scored(result, "dream")), ""]
     return "\n".join(lines)

@@ -38,6 +38,7 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 from agent.models import EMBEDDED_FILE, embedded_gguf_path
+from storage.store import pid_alive
 from dreamer.lm.chat_tokenizer import align_generation, load_chat_tokenizer
 from dreamer.sleep.config import DistillConfig, LoadConfig, SleepConfigError
 
@@ -98,7 +99,7 @@ def embedded_training_dir(cache_root: Path) -> Path:
         return target
     for stale in cache_root.glob(f"{EMBEDDED_CACHE}.partial*"):  # left by a killed process
         pid = stale.name.rsplit("-", 1)[-1]
-        if not pid.isdigit() or not _alive(int(pid)):
+        if not pid.isdigit() or not pid_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
     partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
@@ -129,16 +130,6 @@ def write_embedded(folder: Path) -> None:
 
 def _complete(folder: Path) -> bool:
     return (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def drop_gguf_quantization(config_path: Path) -> None:

@@ -104,7 +104,7 @@ class Night:
     # distil, dream, gate, report
     log: object = None
     dreams: object = None  # dreamer.sleep.dreaming.stage.DreamResult when Dreaming ran
-    gate_probes: list[dict] | None = None  # today's probes the gate uses (all, unless Dreaming held some out)
+    gate_probes: list[dict] = field(default_factory=list)  # today's probes the gate uses
     figures: dict = field(default_factory=dict)
     decision: object = None
     number: int | None = None  # the night this one becomes if the gate passes
@@ -139,6 +139,7 @@ def teach(night: Night) -> None:
     night.memories = write_memories(night.model, night.tokenizer, night.conversations, day=night.days[-1],
                                     base_system=night.base_system, stack=night.stack, cfg=night.cfg.memories,
                                     rng=night.rng, progress=advance)
+    night.gate_probes = night.memories.probes  # Dreaming may hold some out for its reward
     closed = [{"role": "system", "content": night.base_system}]
     night.replay_rows = ledger.replay_probes(night.store)
     night.replay = [Example("replay", closed + [{"role": "user", "content": p["question"]}],
@@ -190,8 +191,7 @@ def dream(night: Night) -> None:
 
 def gate(night: Night) -> None:
     advance = night.clock.begin("gate", 1)
-    probes = night.memories.probes if night.gate_probes is None else night.gate_probes
-    night.figures = gate_stage.measure(night.model, night.tokenizer, night.stack, probes,
+    night.figures = gate_stage.measure(night.model, night.tokenizer, night.stack, night.gate_probes,
                                        night.replay_rows, night.cfg.load.max_seq_len, system=night.base_system)
     night.decision = gate_stage.decide(night.figures, night.cfg.gate)
     ledger.save_probes(night.store, night.run_id, night.memories.probes)
@@ -208,7 +208,6 @@ def earlier_reward_rates(store: Store) -> list[dict]:
 def report(night: Night) -> None:
     night.clock.begin("report", None)
     passed = night.decision.passed
-    probes = night.memories.probes if night.gate_probes is None else night.gate_probes
     night.number = ledger.next_night(night.store) if passed else None  # stable: the sleep lock is held
     night.metrics = {
         "phase_seconds": night.clock.seconds,
@@ -221,7 +220,7 @@ def report(night: Night) -> None:
     status = "promoted" if passed else "rejected"
     night.report = morning_report(
         night=night.number, days=night.days, status=status, reasons=night.decision.reasons, plan=night.plan.describe(),
-        preset=night.cfg.preset, counts=night.memories.counts, gate=night.figures, probes=probes,
+        preset=night.cfg.preset, counts=night.memories.counts, gate=night.figures, probes=night.gate_probes,
         training=night.log.summary(), seconds=night.metrics["seconds"],
         peak_memory_mb=night.metrics["peak_memory_mb"], phases=night.clock.seconds,
         dreams=night.metrics.get("dreaming"), earlier_dreams=earlier_reward_rates(night.store) if night.dreams else None)
