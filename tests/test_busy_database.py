@@ -27,6 +27,7 @@ def _sleep_like_writer(path: str, stop, started) -> None:
             time.sleep(0.002)  # hold the write lock a little, like a real commit
         run = ledger.start_run(store, "2026-11-21", "test")
         ledger.finish_run(store, run, "rejected")
+        time.sleep(0.005)  # a night commits now and then, never back to back (SQLite locks are not fair)
 
 
 def test_chat_writes_and_imports_succeed_while_another_process_commits(dreamer_home):
