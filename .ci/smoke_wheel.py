@@ -50,7 +50,8 @@ def main() -> None:
         model = make_tiny_model_dir(tmp / "model")
         home = tmp / "home"
         home.mkdir()
-        (home / "config.toml").write_text(f'train_model = "{model}"\n')
+        twin = model / "model.gguf"  # the tiny model's chat twin: deep sleep folds the night into it
+        (home / "config.toml").write_text(f'train_model = "{model}"\nmodel = "{twin}"\n')
         day = tmp / "day.jsonl"
         day.write_text(json.dumps({"day": "2026-11-20", "messages": [
             {"role": "user", "content": "My sister Ana lives in Lisbon and works as a pilot."},

@@ -1,14 +1,17 @@
 """`LlamaRuntime`: chat on a GGUF model through llama-cpp-python, the default runtime.
 
-The base model is loaded once. The adapter stack (one GGUF LoRA per night) is applied with
-llama.cpp's low-level API, so a new stack swaps in without reloading the base:
+What the chat serves is the manifest's `served` entry (storage.manifest): after a deep sleep,
+one GGUF with the night's experts folded in (`load_model` swaps the whole model), else the
+configured model with one GGUF LoRA per night, applied with llama.cpp's low-level API so a new
+stack swaps in without reloading the base:
 
     llama_adapter_lora_init(model, path)            # load each expert once
     llama_set_adapters_lora(ctx, adapters, n, scales)  # make exactly these active
     llama_memory_clear(...)                         # the KV cache was computed without them
 
 Generation and swaps share one lock, so a swap always happens between replies, never in the
-middle of one. An expert that fails to load leaves the running stack untouched.
+middle of one. A model or an expert that fails to load leaves the running one untouched: the
+new model is loaded before the old one is freed (for a moment both are in memory).
 
 Threads (`n_threads = 0`, the default, in config.toml): chosen before each reply by
 `chat_threads`, from the cores and whether a sleep runs now (it holds `sleep.lock`), because a
@@ -81,29 +84,49 @@ def chat_threads(configured: int, cores: int, sleeping: bool) -> int:
 
 class LlamaRuntime:
     def __init__(self, model_path: Path, name: str = "", n_ctx: int = 4096, n_threads: int = 0,
-                 sleeping: Callable[[], bool] | None = None) -> None:
+                 sleeping: Callable[[], bool] | None = None, **llama_options) -> None:
         self.model_path = Path(model_path)
+        self.base_path = self.model_path  # the configured model; model_path is what is loaded now
         self.name = name or self.model_path.name
+        self.n_ctx = n_ctx
+        self.llama_options = llama_options
         self.configured_threads = n_threads
         self.sleeping = sleeping or (lambda: False)
         self.threads = chat_threads(n_threads, usable_cores(), self.sleeping())
-        try:
-            with _plain_weight_buffers():
-                self.llm = llama_cpp.Llama(
-                    model_path=str(self.model_path),
-                    n_ctx=n_ctx,
-                    n_threads=self.threads,
-                    n_threads_batch=self.threads,
-                    verbose=False,  # llama.cpp's logs would draw over the terminal UI
-                )
-        except (ValueError, RuntimeError) as err:
-            raise ModelError(
-                f"llama.cpp could not load {self.model_path}: {err}; the file may be corrupt or of an "
-                "unsupported architecture: point `model` in config.toml at another GGUF"
-            ) from None
+        self.llm = self._open(self.model_path)
         self._lock = threading.Lock()
         self._loaded: dict[Path, ctypes.c_void_p] = {}  # path -> llama_adapter_lora*
         self.adapters: list[Adapter] = []
+
+    def _open(self, path: Path):
+        try:
+            with _plain_weight_buffers():
+                return llama_cpp.Llama(
+                    model_path=str(path),
+                    n_ctx=self.n_ctx,
+                    n_threads=self.threads,
+                    n_threads_batch=self.threads,
+                    verbose=False,  # llama.cpp's logs would draw over the terminal UI
+                    **self.llama_options,  # e.g. logits_all for a benchmark that compares logits
+                )
+        except (ValueError, RuntimeError) as err:
+            raise ModelError(
+                f"llama.cpp could not load {path}: {err}; the file may be corrupt or of an "
+                "unsupported architecture: point `model` in config.toml at another GGUF"
+            ) from None
+
+    def load_model(self, path: Path | None) -> None:
+        """Serve `path` (a folded memory) or, with None, the configured model; no adapter after."""
+        path = Path(path) if path else self.base_path
+        with self._lock:
+            if path == self.model_path:
+                return
+            fresh = self._open(path)  # raises ModelError; the running model stays
+            for handle in self._loaded.values():  # adapters belong to the model they were loaded on
+                llama_cpp.llama_adapter_lora_free(handle)
+            self._loaded, self.adapters = {}, []
+            self.llm.close()
+            self.llm, self.model_path = fresh, path
 
     @classmethod
     def from_config(cls, config: Config) -> "LlamaRuntime":

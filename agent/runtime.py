@@ -43,6 +43,9 @@ class ChatRuntime(Protocol):
     def load_adapters(self, adapters: Sequence[Adapter]) -> None:
         """Replace the whole adapter stack (an empty list = the base alone)."""
 
+    def load_model(self, path: Path | None) -> None:
+        """Serve another GGUF (a folded memory), or the configured model with None; drops the adapters."""
+
 
 class FakeRuntime:
     """A runtime that replies from a script, word by word; tokens are words.
@@ -60,6 +63,9 @@ class FakeRuntime:
         self.fail_with: str | None = None
         self.prompts: list[list[dict]] = []
         self.adapters: list[Adapter] = []
+        self.base_path = Path("fake.gguf")  # "the configured model"
+        self.model_path = self.base_path  # what is served now: the configured model or a folded one
+        self.fail_model_with: str | None = None  # the next load_model raises ModelError with this
 
     def enqueue(self, *replies: str) -> None:
         self.replies.extend(replies)
@@ -83,3 +89,11 @@ class FakeRuntime:
 
     def load_adapters(self, adapters):
         self.adapters = list(adapters)
+
+    def load_model(self, path):
+        if self.fail_model_with:
+            message, self.fail_model_with = self.fail_model_with, None
+            raise ModelError(message)
+        path = Path(path) if path else self.base_path
+        if path != self.model_path:
+            self.model_path, self.adapters = path, []

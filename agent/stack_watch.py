@@ -1,9 +1,11 @@
-"""`StackWatcher`: keep the chat runtime's LoRA stack equal to the manifest the sleep writes.
+"""`StackWatcher`: keep what the chat runtime serves equal to the manifest the sleep writes.
 
 The sleep (after a promotion) and `dreamer rollback` rewrite `adapters/manifest.json`
 atomically. The chat polls it (a `stat` first, so polling costs nothing while it is
-unchanged) and, between replies, hands the whole new stack to `runtime.load_adapters`, which
-either swaps it in completely or raises and keeps the old one. A manifest that failed to load
+unchanged) and, between replies, hands the runtime what the manifest's `served` entry names: the
+folded model (`runtime.load_model`, deep sleep) with no adapter, or the configured model with
+the whole stack as adapters (`runtime.load_adapters`). Either it is swapped in completely or the
+runtime keeps the old memory (a model swapped before adapters failed is swapped back). A manifest that failed to load
 is not retried until it changes again, so the user is told once, not every two seconds.
 """
 
@@ -24,6 +26,17 @@ class Swap:
 
     label: str  # "night 3", or "none yet" for the base alone
     message: str | None  # "memory updated: night 3", "memory rolled back: night 1"; None: nothing to say
+
+
+def served_model(manifest: dict, runtime) -> Path | None:
+    """The folded GGUF to serve, or None for adapters on the configured model: a runtime that
+    reads PEFT folders, or one on another model than the fold was made from, applies adapters."""
+    served = manifest.get("served") or {}
+    if not served.get("model") or getattr(runtime, "adapter_format", "gguf") != "gguf":
+        return None
+    if served.get("source") != str(getattr(runtime, "base_path", "")):
+        return None
+    return Path(served["model"])
 
 
 def label_of(manifest: dict) -> str:
@@ -69,7 +82,19 @@ class StackWatcher:
 
     def apply(self, manifest: dict) -> Swap:
         """Load `manifest`'s whole stack; on failure the runtime keeps the old one (ModelError)."""
-        self.runtime.load_adapters(adapters_for(manifest, getattr(self.runtime, "adapter_format", "gguf")))
+        model = served_model(manifest, self.runtime)
+        adapters = [] if model else adapters_for(manifest, getattr(self.runtime, "adapter_format", "gguf"))
+        swaps_models = hasattr(self.runtime, "load_model")
+        previous = (getattr(self.runtime, "model_path", None), list(getattr(self.runtime, "adapters", [])))
+        if swaps_models:
+            self.runtime.load_model(model)
+        try:
+            self.runtime.load_adapters(adapters)
+        except ModelError:
+            if swaps_models and previous[0] is not None:
+                self.runtime.load_model(previous[0])
+                self.runtime.load_adapters(previous[1])
+            raise
         before, self.loaded = self.loaded, manifest
         label = label_of(manifest)
         if before is None:  # the stack the chat starts with; the base alone needs no notification

@@ -13,7 +13,8 @@ one promoted night and a day of waiting turns:
    every turn present and unchanged; a turn consolidated only by a promoted run, and all of
    them if the run was promoted; no run left `running`; every folder in adapters/ named by the
    database, every expert the database names whole on disk; the manifest equal to the database's
-   stack; nights numbered 1..n.
+   stack; nights numbered 1..n; deep sleep (the night folds into the tiny model's chat twin): the
+   model the manifest serves whole, and no partial fold left in adapters/served/.
 3. one more day is told, and a second forked child runs the next night, undisturbed: it must be
    promoted as the next night, consolidate every waiting turn (the killed night's too, unless
    it was promoted), and the checks of step 2 must hold again.
@@ -56,6 +57,8 @@ POINTS = {
     "gated": ("dreamer.sleep.gate", "decide", "after"),
     "candidate-saved": ("dreamer.morning.stack", "save_candidate", "after"),
     "exported": ("dreamer.sleep.stages", "export_expert", "after"),
+    "mid-fold": ("dreamer.morning.fold", "merged", "after"),  # the fold's partial file open, half written
+    "folded": ("dreamer.sleep.stages", "fold_stack", "after"),  # tonight's fold whole, nothing promoted yet
     "renamed": ("dreamer.morning.stack", "place_expert", "after"),  # before the commit: the window that wedged homes
     "committed": ("storage.ledger", "promote", "after"),  # after the commit, before the manifest
     "manifest-replace": ("os", "replace", "before"),  # the manifest's temporary file written, not yet renamed
@@ -114,8 +117,8 @@ def _night(home: Path, model_dir: Path, point: str, signum: int, seed: int) -> N
         cfg = sleep_config_from_dict({**SMALL, "load": {**SMALL["load"], "seed": seed}}, preset="kill-test")
         judge = SemanticJudge(embed_fn=lambda texts: torch.ones(len(texts), 4))
         try:
-            sleep_now(Store(home / "dreamer.db"), Config(train_model=str(model_dir)), cfg, home=home, judge=judge,
-                      **extra)
+            config = Config(train_model=str(model_dir), model=str(model_dir / "model.gguf"))  # the fold's twin
+            sleep_now(Store(home / "dreamer.db"), config, cfg, home=home, judge=judge, **extra)
             code = 0
         except SleepInterrupted:
             code = 130
@@ -215,14 +218,21 @@ def check(home: Path, expected_turns: dict[int, tuple]) -> tuple[list[str], list
             break
     root = home / "adapters"
     named = {Path(a["path"]).name for a in adapters}
-    on_disk = {p.name for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
+    on_disk = {p.name for p in root.iterdir() if p.is_dir() and p.name != "served"} if root.is_dir() else set()
     if on_disk != named:
         problems.append(f"adapters/ holds {sorted(on_disk - named)} unnamed, lacks {sorted(named - on_disk)}")
     for a in adapters:
         if peft_problem(Path(a["path"])) or gguf_problem(a["gguf_path"]):
             problems.append(f"night {a['night']}'s expert is damaged")
-    if read_manifest(home) != ledger.stack_manifest(store):
+    if read_manifest(home) != ledger.stack_manifest(store, home):
         problems.append("the manifest disagrees with the database")
+    served = read_manifest(home)["served"]
+    if adapters and not served["model"]:
+        problems.append("the active experts are not folded: the chat would apply them as adapters")
+    if served["model"] and gguf_problem(served["model"]):
+        problems.append(f"the served model is damaged: {gguf_problem(served['model'])}")
+    if list((root / "served").glob("*.partial-*")):
+        problems.append("a partial fold left in adapters/served/")
     if (root / "manifest.json.tmp").exists():
         problems.append("manifest.json.tmp left behind")
     nights = sorted(a["night"] for a in adapters)

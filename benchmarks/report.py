@@ -105,6 +105,8 @@ def render_bench(record: dict) -> str:
              "Forgetting curves (each day's recall probes, generation):", "", *report.forgetting_table(record), "",
              "Day by day after the last night (generation; general probes count on day 1):", "",
              *report.days_table(record)]
+    if table := report.served_table(record):
+        lines += ["", "What the chat serves after each night (deep sleep):", "", *table]
     if table := report.dreams_table(record):
         night = report.last_scored(record, "dream")
         lines += ["", "Dreaming, night by night:", "", *table, "",
@@ -112,10 +114,38 @@ def render_bench(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_fold_quality(record: dict) -> str:
+    """benchmarks/fold_quality.py: fidelity (KL to what the nights trained) and decode speed per way of serving."""
+    kl, speed, fold = record["kl_to_trained"], record["decode_tok_s"], record["fold"]
+    bare = speed["bare base"]["median"]
+    rows = []
+    for name, figures in kl.items():
+        qtype = name.removeprefix("folded ") if name.startswith("folded ") else None
+        decode = speed.get(name, {}).get("median")
+        if name == "llama.cpp base (no memory)":
+            decode = bare
+        elif name == "llama.cpp base + experts as adapters":
+            decode = speed.get(f"base + {record['experts']} adapters", {}).get("median")
+        rows.append([name, f"{figures['general']:.4f}", f"{figures['probes']:.4f}",
+                     "-" if decode is None else f"{decode:.1f}", "-" if decode is None else f"{decode / bare:.2f}x",
+                     f"{fold[qtype]['mib']}" if qtype else "-", f"{fold[qtype]['seconds']}" if qtype else "-"])
+    many = next((n for n in speed if n.startswith("base + ") and n != f"base + {record['experts']} adapters"), None)
+    lines = [f"`{record['command']}` ({_machine(record)}; {record['experts']} experts of the home, "
+             f"{record['texts']['general']} general texts and {record['texts']['probes']} probe sentences, "
+             f"decode: median of {len(speed['bare base']['rounds'])} alternated rounds, one thread)", "",
+             *_table(["served as", "#KL general", "#KL probes", "#decode tok/s", "#vs bare", "#MiB", "#fold s"], rows)]
+    if many:
+        lines += ["", f"The same memory spread over {many.split()[2]} adapters (a stack of that many nights) decodes at "
+                      f"{speed[many]['median']:.1f} tok/s ({speed[many]['median'] / bare:.2f}x). The chat's swap to a "
+                      f"folded model (`LlamaRuntime.load_model`, n_ctx {record['swap_s']['n_ctx']}): median "
+                      f"{record['swap_s']['median']} s, at most {record['swap_s']['max']} s over {record['swap_s']['n']}."]
+    return "\n".join(lines) + "\n"
+
+
 RENDERERS = {"kill_nights": render_kill_nights, "chat_threads": render_chat_threads,
              "parity_gap_avx512": render_parity_gap, "parity_gap_avx2": render_parity_gap,
              "bench_synthetic": render_bench, "bench_heldout": render_bench, "bench_dreaming": render_bench,
-             "bench_dreaming_seed1": render_bench}
+             "bench_dreaming_seed1": render_bench, "fold_quality": render_fold_quality}
 PLOTS = ROOT / "docs" / "bench"  # each bench block's plots, drawn again by every run of this command
 
 

@@ -22,6 +22,7 @@ from storage.days import parse_boundary
 from storage.paths import config_path, make_private
 
 MIN_MESSAGE_TOKENS = 16  # below this a cut message is only the cut mark
+FOLD_TYPES = ("Q8_0", "Q5_1", "F16", "Q4_1")
 KINDS = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -70,6 +71,11 @@ class Config:
     sleep_max_wait_minutes: int = field(
         default=360, metadata={"help": "a scheduled sleep that waited this long for quiet gives up until the next night"}
     )
+    fold: bool = field(default=True, metadata={
+        "help": "deep sleep: each promotion folds the active experts into one chat GGUF (false: the chat applies "
+                "them as LoRA adapters, slower with every night)"})
+    fold_type: str = field(default="Q8_0", metadata={
+        "help": "how the folded weights are stored: Q8_0, F16 or Q4_1 (docs/BENCHMARKS.md, \"Deep sleep\")"})
     scheduler_in_chat: bool = field(
         default=False, metadata={"help": "`dreamer chat` runs the nightly scheduler itself (no daemon needed)"}
     )
@@ -100,6 +106,8 @@ class Config:
                 raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
         if self.dreaming not in ("preset", "on", "off"):
             raise ConfigError(f"dreaming must be preset, on or off, got {self.dreaming!r}")
+        if self.fold_type not in FOLD_TYPES:
+            raise ConfigError(f"fold_type must be one of {', '.join(FOLD_TYPES)}, got {self.fold_type!r}")
         if self.chat_runtime not in ("llama", "transformers"):
             raise ConfigError(f"chat_runtime must be llama or transformers, got {self.chat_runtime!r}")
         if self.n_threads < 0:

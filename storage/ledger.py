@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
+from storage import manifest
 from storage.store import WAITING, Store, dumps
 
 
@@ -181,15 +183,14 @@ def previous_version(store: Store) -> int:
     return next(v["parent"] for v in versions(store) if v["id"] == current) or 0
 
 
-def stack_manifest(store: Store) -> dict:
-    """The manifest the chat should load (storage.manifest), as the database says."""
+def stack_manifest(store: Store, home: Path | None = None) -> dict:
+    """The manifest the chat should load (storage.manifest), as the database and the folded
+    models on disk say."""
     rows = adapters(store, "active")
-    return {
-        "version": active_version(store),
-        "night": rows[-1]["night"] if rows else 0,
-        "experts": [{"night": r["night"], "day": r["day"], "path": r["path"], "gguf_path": r["gguf_path"], "scale": 1.0}
-                    for r in rows],
-    }
+    experts = [{"night": r["night"], "day": r["day"], "path": r["path"], "gguf_path": r["gguf_path"], "scale": 1.0}
+               for r in rows]
+    return {"version": active_version(store), "night": rows[-1]["night"] if rows else 0, "experts": experts,
+            "served": manifest.served_entry(home, experts)}
 
 
 # --- the scheduler's log ------------------------------------------------------------------------

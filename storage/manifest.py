@@ -1,7 +1,17 @@
 """The stack manifest, `DREAMER_HOME/adapters/manifest.json`: what the chat should have loaded.
 
     {"version": 3, "night": 2, "experts": [{"night": 1, "day": "...", "path": "...",
-                                             "gguf_path": ".../adapter.gguf", "scale": 1.0}, ...]}
+                                             "gguf_path": ".../adapter.gguf", "scale": 1.0}, ...],
+     "served": {"model": ".../served/stack-<key>.gguf", "source": "<the chat GGUF it was folded from>",
+                "adapters": []}}
+
+`served` is what the chat runs: the active experts folded into one GGUF (deep sleep,
+dreamer.morning.fold) when that file exists for exactly these experts, and no adapter; else
+(fold off, the base alone, or a fold not made yet) `"model": null` and every expert's GGUF as
+an adapter on the configured chat model. A folded file is named after its experts' folders
+(`served_key`), so a version rolled back to finds its file if it was kept, and a sidecar
+`stack-<key>.json` records the chat model it was folded from: a chat on another model applies
+the adapters instead.
 
 The sleep (after a promotion) and `dreamer rollback` rewrite it from the database; the chat
 polls it and swaps its LoRA stack when `version` changes. It is written atomically (temporary
@@ -10,6 +20,7 @@ file, fsync, rename), so a reader sees the old stack or the new one, never half 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -17,11 +28,42 @@ from pathlib import Path
 from storage.paths import adapters_dir, ensure_private_dir
 
 MANIFEST = "manifest.json"
-EMPTY = {"version": 0, "night": 0, "experts": []}
+EMPTY = {"version": 0, "night": 0, "experts": [], "served": {"model": None, "source": None, "adapters": []}}
 
 
 class ManifestError(ValueError):
     """The manifest is unreadable or malformed; the message names the file and the problem."""
+
+
+SERVED = "served"
+
+
+def served_key(expert_paths: list[str]) -> str:
+    """A folded model's name: its experts' folder names (a run id is never reused), hashed."""
+    names = "\n".join(Path(p).name for p in expert_paths)
+    return hashlib.sha256(names.encode("utf-8")).hexdigest()[:16]
+
+
+def served_files(home: Path | None, expert_paths: list[str]) -> tuple[Path, Path]:
+    """(folded GGUF, its sidecar JSON) for these experts, oldest first."""
+    folder = adapters_dir(home) / SERVED
+    key = served_key(expert_paths)
+    return folder / f"stack-{key}.gguf", folder / f"stack-{key}.json"
+
+
+def served_entry(home: Path | None, experts: list[dict]) -> dict:
+    """What the chat should run for these experts: their folded GGUF if it was made, else adapters."""
+    adapters = [e["gguf_path"] for e in experts]
+    if not experts:
+        return {"model": None, "source": None, "adapters": []}
+    model, sidecar = served_files(home, [e["path"] for e in experts])
+    try:
+        source = json.loads(sidecar.read_text(encoding="utf-8"))["source"] if model.is_file() else None
+    except (OSError, ValueError, KeyError, TypeError):
+        source = None  # an unreadable sidecar: the adapters are the safe way to serve the same memory
+    if source is None:
+        return {"model": None, "source": None, "adapters": adapters}
+    return {"model": str(model), "source": source, "adapters": []}
 
 
 def manifest_path(home: Path | None = None) -> Path:
@@ -40,7 +82,8 @@ def read_manifest(home: Path | None = None) -> dict:
                 raise ValueError(f"bad expert entry {expert!r}")
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ManifestError(f"{path}: unreadable stack manifest ({err})") from None
-    return {"version": version, "night": int(data.get("night", 0)), "experts": experts}
+    served = data.get("served") or {"model": None, "source": None, "adapters": [e.get("gguf_path") for e in experts]}
+    return {"version": version, "night": int(data.get("night", 0)), "experts": experts, "served": served}
 
 
 def write_manifest(data: dict, home: Path | None = None) -> Path:

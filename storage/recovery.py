@@ -6,7 +6,10 @@
 SIGKILL cannot be caught, so every state a kill can leave must be one the next start can
 repair. The sleep writes in this order, and the pass knows what each step leaves:
 
-1. `adapters/.candidate-run-N/` (the expert being saved and exported): removed.
+1. `adapters/.candidate-run-N/` (the expert being saved and exported), and with deep sleep
+   `adapters/served/stack-<key>.{gguf,json}.partial-PID` (a fold killed mid-write): removed. A
+   whole fold of a stack that was never promoted is not served (the manifest names the active
+   stack's) and goes with the next promotion's clean-up.
 2. rename to `adapters/run-N/` (N is the sleep run's id, so a name is never reused): a folder
    that no adapter row names, written by a run of this database that was not promoted, was
    killed before its commit; removed. Its turns never left the waiting list (step 3 marks
@@ -31,7 +34,7 @@ from pathlib import Path
 
 from storage import ledger
 from storage.locks import pid_lock
-from storage.manifest import ManifestError, manifest_path, read_manifest, write_manifest
+from storage.manifest import SERVED, ManifestError, manifest_path, read_manifest, write_manifest
 from storage.paths import adapters_dir
 from storage.store import Store
 
@@ -65,6 +68,7 @@ def _reconcile(store: Store, home: Path) -> list[str]:
     root = adapters_dir(home)
     if root.is_dir():
         repairs += _remove_orphans(store, root)
+        repairs += _remove_partial_folds(root)
     repairs += _sync_manifest(store, home)
     return repairs
 
@@ -117,8 +121,17 @@ def _remove_orphans(store: Store, root: Path) -> list[str]:
     return repairs
 
 
+def _remove_partial_folds(root: Path) -> list[str]:
+    """No fold runs now (it holds sleep.lock, as this pass does): every partial file was killed."""
+    folder = root / SERVED
+    partials = sorted(folder.glob("stack-*.partial-*")) if folder.is_dir() else []
+    for partial in partials:
+        partial.unlink(missing_ok=True)
+    return [f"removed {SERVED}/{p.name}, left by a fold killed mid-write" for p in partials]
+
+
 def _sync_manifest(store: Store, home: Path) -> list[str]:
-    wanted = ledger.stack_manifest(store)
+    wanted = ledger.stack_manifest(store, home)
     leftover = manifest_path(home).with_suffix(".json.tmp")
     repairs = []
     if leftover.exists():

@@ -207,6 +207,9 @@ def test_quick_runs_every_arm_and_writes_the_report_and_plots(quick_run):
             assert unit["train"]["status"] in ("promoted", "rejected")
             assert (unit["train"]["dreaming"] is None) == (arm == "sleep"), name  # only Dreaming differs
             assert unit["train"]["phases"]["distil into a new expert"] > 0
+        if arm in ("sleep", "dream") and unit["train"]["status"] == "promoted":  # folded into the tiny twin,
+            assert unit["served"]["folded"] and unit["served"]["adapters"] == 0  # which llama.cpp cannot chat with
+            assert "could not load" in unit["served"]["error"]
         if arm == "dream":
             assert unit["train"]["dreaming"]["written"] > 0 and "dream: write" in unit["train"]["phases"]
     context = result["units"]["context/2"]["score"]["probes"]
@@ -218,6 +221,7 @@ def test_quick_runs_every_arm_and_writes_the_report_and_plots(quick_run):
     assert "sleep ahead" in output
     report = (folder / "report.md").read_text()
     assert "Dreaming: `dream` against `sleep` (stage 1 alone) on 2 paired night(s)" in report
+    assert "## What the chat serves after each night (deep sleep)" in report
     assert "## Dreaming, night by night" in report and "| 2 | " in report.split("## Dreaming, night by night")[1]
 
 

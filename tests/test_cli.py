@@ -164,6 +164,7 @@ def test_rollback_rewrites_the_manifest_and_requeues_turns(dreamer_home):
     result = run("rollback")
     assert result.exit_code == 0, result.output
     assert "stack v1 (nights: 1)" in result.output and "1 turns wait" in result.output
+    assert "could not be folded" in result.output  # its files are missing: said, and the rollback goes on
     manifest = read_manifest(dreamer_home)
     assert manifest["version"] == 1 and [e["night"] for e in manifest["experts"]] == [1]
     assert run("rollback", "0").exit_code == 0 and read_manifest(dreamer_home)["experts"] == []

@@ -49,7 +49,8 @@ def held_out_probe(monkeypatch):
 
 def night(store, tiny_dir, home, judge, dreaming=None, **kwargs):
     cfg = sleep_config_from_dict({**SMALL, "dreaming": dreaming or dict(DREAMING)}, preset="test")
-    return sleep_now(store, Config(train_model=str(tiny_dir)), cfg, home=home, judge=judge, **kwargs)
+    config = Config(train_model=str(tiny_dir), model=str(tiny_dir / "model.gguf"))  # its chat twin, for the fold
+    return sleep_now(store, config, cfg, home=home, judge=judge, **kwargs)
 
 
 @pytest.fixture

@@ -34,7 +34,8 @@ GOOD_FIGURES = {"today_probes": 3, "old_probes": 0, "today_before": 0.0, "today_
 
 def night(store, tiny_dir, home, judge, **kwargs):
     cfg = sleep_config_from_dict(SMALL, preset="test")
-    return sleep_now(store, Config(train_model=str(tiny_dir)), cfg, home=home, judge=judge, **kwargs)
+    config = Config(train_model=str(tiny_dir), model=str(tiny_dir / "model.gguf"))  # its chat twin, for the fold
+    return sleep_now(store, config, cfg, home=home, judge=judge, **kwargs)
 
 
 def test_every_preset_loads():

@@ -103,6 +103,41 @@ async def test_rollback_swaps_back(db, tmp_path):
         assert "memory: none yet" in status_text(pilot)
 
 
+async def test_a_folded_memory_swaps_the_model_between_replies_and_back(db, tmp_path):
+    """Deep sleep: the manifest serves one folded GGUF; the chat swaps models, not adapters, never
+    mid-reply; a fold that will not load keeps the old memory and says so; a fold made from another
+    chat model is not used (its adapters are applied instead)."""
+    manifest(tmp_path, 1, [1])
+    runtime = CountingRuntime(["one two three four five six seven eight"], delay=0.05)
+    app = make_app(make_session(db, runtime))
+    seen = record_notifications(app)
+
+    def folded(version, nights, source="fake.gguf", name="stack-a.gguf"):
+        data = manifest(tmp_path, version, nights)
+        data["served"] = {"model": str(tmp_path / name), "source": source, "adapters": []}
+        write_manifest(data, tmp_path)
+
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: len(runtime.adapters) == 1)
+        await say(pilot, "hello")
+        await until(pilot, lambda: chat(pilot).generating)
+        folded(2, [1, 2])
+        await pilot.pause(0.2)
+        assert chat(pilot).generating and runtime.model_path == runtime.base_path  # not mid-reply
+        await settle(pilot)
+        await until(pilot, lambda: runtime.model_path == tmp_path / "stack-a.gguf" and runtime.adapters == [])
+        await until(pilot, lambda: ("memory updated: night 2", "information") in seen)
+        runtime.fail_model_with = "llama.cpp could not load stack-b.gguf"
+        folded(3, [1, 2, 3], name="stack-b.gguf")
+        await until(pilot, lambda: any("could not be loaded" in m for m, _ in seen))
+        assert runtime.model_path == tmp_path / "stack-a.gguf"  # the old memory serves on
+        folded(4, [1, 2, 3], source="another.gguf", name="stack-c.gguf")
+        await until(pilot, lambda: len(runtime.adapters) == 3)
+        assert runtime.model_path == runtime.base_path
+        manifest(tmp_path, 0, [])  # rolled back to the base alone
+        await until(pilot, lambda: runtime.adapters == [] and "memory: none yet" in status_text(pilot))
+
+
 async def test_an_expert_without_gguf_is_named(db, tmp_path):
     data = manifest(tmp_path, 1, [1])
     data["experts"][0]["gguf_path"] = None

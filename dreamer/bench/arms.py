@@ -62,7 +62,7 @@ def sleep_night(home: str, source: str, records: list[dict], cfg, label: str, lo
     from dreamer.morning.stack import active_paths
     from dreamer.sleep.night import sleep_now
     from dreamer.sleep.report import process_memory_mb
-    from storage import Config, Store
+    from storage import Store
 
     os.environ["DREAMER_HOME"] = home
     Path(home).mkdir(parents=True, exist_ok=True)
@@ -72,7 +72,7 @@ def sleep_night(home: str, source: str, records: list[dict], cfg, label: str, lo
         if not any(row["day"] == day for row in store.day_counts()):  # a resumed night: imported already
             store.import_conversations(records)
         start = time.perf_counter()
-        outcome = sleep_now(store, Config(train_model=source), cfg, home=Path(home),
+        outcome = sleep_now(store, night_config(source), cfg, home=Path(home),
                             progress=LogPhases(label, _logger(log_path)))
         metrics = outcome.metrics or {}
         return {"status": outcome.status, "message": outcome.message, "wall_s": round(time.perf_counter() - start, 1),
@@ -81,6 +81,18 @@ def sleep_night(home: str, source: str, records: list[dict], cfg, label: str, lo
                 "dreaming": metrics.get("dreaming"), "report": outcome.report}
     finally:
         store.close()
+
+
+def night_config(source: str):
+    """The sleep arms' config: deep sleep folds into the training model's chat twin, the embedded
+    GGUF for the embedded model, the tiny model's own for --quick; a --model folder has no known
+    GGUF twin, so its nights are not folded (the scores come from transformers either way)."""
+    from dreamer.bench.tiny import chat_twin
+    from dreamer.lm.weights import EMBEDDED_CACHE
+    from storage import Config
+
+    twin = chat_twin(source)
+    return Config(train_model=source, model=str(twin or ""), fold=twin is not None or Path(source).name == EMBEDDED_CACHE)
 
 
 def baseline_night(arm: str, out_dir: str, prior: list[str], source: str, day: dict, cfg, seed: int) -> dict:

@@ -209,6 +209,21 @@ def nights_table(result: dict) -> list[str]:
                    "drift KL", "perplexity", "memory tokens", "night min", "peak MiB"], rows)
 
 
+def served_table(result: dict) -> list[str]:
+    """The sleep arms' served model night by night: folded or adapters, size, decode against bare."""
+    rows = []
+    for arm in result["bench"]["arms"]:
+        for k in range(1, nights(result) + 1):
+            served = result["units"].get(f"{arm}/{k}", {}).get("served")
+            if not served:
+                continue
+            how = "folded" if served["folded"] else f"{served['adapters']} adapters"
+            speed = (f"{served['decode_tok_s']}", f"{served['bare_tok_s']}", f"{served['ratio']:.2f}x") \
+                if served.get("ratio") is not None else ("not measured", "-", served.get("error", "-")[:60])
+            rows.append([arm, str(k), how, f"{served['mib']}", *speed])
+    return _table(["arm", "night", "served as", "MiB", "decode tok/s", "bare tok/s", "ratio"], rows) if rows else []
+
+
 def forgetting_table(result: dict) -> list[str]:
     """Recall (gen) of each day's facts after each night: the forgetting curves."""
     days = [d["day"] for d in result["days"]]
@@ -263,6 +278,8 @@ def markdown(result: dict) -> str:
              *nights_table(result), "", "## Forgetting: each day's recall probes after each night (generation)", "",
              *forgetting_table(result), "", "## Day by day after the last night (generation)", "",
              *days_table(result), ""]
+    if table := served_table(result):
+        lines += ["## What the chat serves after each night (deep sleep)", "", *table, ""]
     if table := dreams_table(result):
         lines += ["## Dreaming, night by night", "", *table, "",
                   f"Dreams of night {last_scored(result, 'dream')}:", "",
@@ -271,7 +288,8 @@ def markdown(result: dict) -> str:
 
 
 def plots(result: dict, folder: Path) -> list[Path]:
-    """kinds.png (generation per kind per arm), forgetting.png (each day after each night), cost.png."""
+    """kinds.png (generation per kind per arm), forgetting.png (each day after each night), cost.png;
+    served.png (the chat's decode speed per night) when the run measured it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -326,6 +344,19 @@ def plots(result: dict, folder: Path) -> list[Path]:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     written.append(_save(fig, folder / "cost.png"))
+    served = [(arm, k, s) for arm in arms for k in range(1, nights(result) + 1)
+              if (s := result["units"].get(f"{arm}/{k}", {}).get("served")) and s.get("ratio") is not None]
+    if served:  # deep sleep: does the chat slow down as the nights pile up
+        fig, ax = plt.subplots(figsize=(5, 3))
+        for arm in sorted({a for a, _, _ in served}):
+            points = [(k, s["decode_tok_s"], s["bare_tok_s"]) for a, k, s in served if a == arm]
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"{arm}: served")
+            ax.plot([p[0] for p in points], [p[2] for p in points], marker="x", linestyle=":", label=f"{arm}: bare")
+        ax.set_title("chat decode, tok/s (one thread)")
+        ax.set_xlabel("night")
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=7)
+        written.append(_save(fig, folder / "served.png"))
     return written
 
 

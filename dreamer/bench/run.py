@@ -331,6 +331,16 @@ def run_unit(run: Run, unit_key: tuple[int, str], scorer, source: str, cfg, prog
             unit["train"] = row
             run.save()
         run.log(f"{arm} night {k}: {row['status']}: {row.get('message', '')}")
+    if arm in NIGHTS and "served" not in unit:  # what the chat would run the morning after: size, speed
+        from dreamer.bench.served import served_speed
+
+        served = scorer.submit(served_speed, str(run.folder / "homes" / arm)).result()
+        with run.lock:
+            unit["served"] = served
+            run.save()
+        run.log(f"{arm} night {k}: the chat serves {served['mib']} MiB"
+                + (f", {served['decode_tok_s']} tok/s (bare {served['bare_tok_s']})" if "ratio" in served
+                   else f"; decode not measured: {served.get('error')}"))
     if progress:
         progress.working(arm, k, "scoring")
     ask_day = str(date.fromisoformat(day["day"]) + timedelta(days=1))

@@ -2,13 +2,16 @@
 
 `make_tiny_model_dir(path)` writes a regular Hugging Face folder (config, safetensors,
 tokenizer with a ChatML template like SmolLM2's), so the code under test loads it exactly as it
-loads a real model.
+loads a real model, and its chat twin `model.gguf`: the same weights in llama.cpp's layout and
+names (float32, q/k rows permuted as llama.cpp's converter does), which deep sleep folds the
+nights into (dreamer.morning.fold). The twin has no tokenizer: llama.cpp cannot chat with it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -61,4 +64,43 @@ def make_tiny_model_dir(path: Path, seed: int = 0) -> Path:
     model.config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
+    write_chat_twin(model, Path(path) / TWIN)
     return Path(path)
+
+
+TWIN = "model.gguf"
+
+
+def chat_twin(model_dir: str | Path) -> Path | None:
+    """The tiny model's GGUF twin, if `model_dir` is a tiny model folder."""
+    path = Path(model_dir) / TWIN
+    return path if path.is_file() else None
+
+
+def write_chat_twin(model: LlamaForCausalLM, path: Path) -> Path:
+    import gguf
+
+    from dreamer.morning.export_gguf import permute_rows
+
+    cfg = model.config
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.num_hidden_layers)
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(cfg.num_hidden_layers)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(cfg.num_attention_heads)
+    writer.add_head_count_kv(cfg.num_key_value_heads)
+    for hf_name, tensor in model.state_dict().items():
+        weight = tensor.detach().float().numpy()
+        if hf_name.endswith(("q_proj.weight", "k_proj.weight")):
+            heads = cfg.num_attention_heads if "q_proj" in hf_name else cfg.num_key_value_heads
+            weight = permute_rows(weight, heads)
+        name = names.get_name(hf_name, try_suffixes=(".weight",))
+        if name is None or (hf_name == "lm_head.weight" and cfg.tie_word_embeddings):
+            continue
+        writer.add_tensor(name, np.ascontiguousarray(weight, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file(progress=False)
+    writer.close()
+    return path

@@ -2,15 +2,19 @@
 
     dreamer memory                  # experts, stack versions (the active one marked), sleep runs, dream writer
     dreamer memory --export         # (re-)write every active expert's llama.cpp GGUF
+    dreamer memory --fold           # (re-)fold the active experts into the chat's model (deep sleep)
+    dreamer memory --json           # the memory's state for machines, with what the chat serves
     dreamer rollback [VERSION]      # re-activate an earlier stack; a running chat swaps to it
 
 A rollback is one transaction (the experts' status and the active version) followed by an
-atomic rewrite of the manifest the chat watches. The turns of the nights rolled back wait for
+atomic rewrite of the manifest the chat watches; with deep sleep on, the target's folded model
+is made first if it was not kept (dreamer.morning.fold). The turns of the nights rolled back wait for
 the next sleep again, so nothing the user said is lost with them.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -37,16 +41,21 @@ def _nights(nights: list[int]) -> str:
 
 @click.command()
 @click.option("--export", "export", is_flag=True, help="(re-)export every active expert to llama.cpp GGUF")
-def memory(export: bool) -> None:
+@click.option("--fold", "fold", is_flag=True, help="(re-)fold the active experts into the chat's model")
+@click.option("--json", "as_json", is_flag=True, help="the memory's state as JSON, with what the chat serves")
+def memory(export: bool, fold: bool, as_json: bool) -> None:
     """The adapter stack (experts, versions, metrics) and the sleep runs."""
     from dreamer.morning.stack import gguf_problem, peft_problem
 
-    store = _store(write=export)
-    if export:
+    store = _store(write=export or fold)
+    if export or fold:
         from dreamer.sleep.lock import sleep_lock
 
         with sleep_lock(dreamer_home(), wait=LOCK_WAIT_SECONDS):  # a sleep rewrites the same files
-            _export_all(store)
+            _export_all(store) if export else _fold_active(store)
+        return
+    if as_json:
+        click.echo(json.dumps(memory_state(store, dreamer_home()), indent=1))
         return
     rows = ledger.adapters(store)
     click.secho("experts", bold=True)
@@ -78,6 +87,75 @@ def memory(export: bool) -> None:
         reason = f"  ({run['reason']})" if run["reason"] else ""
         click.echo(f"  #{run['id']:<4} {run['started_at'][:16]}  {run['day']}  {run['status']:<11} {run['preset']}{reason}")
     _writer_history(store)
+
+
+def memory_state(store, home: Path) -> dict:
+    """`dreamer memory --json`: versions, experts, and what the chat serves (the manifest's view)."""
+    from storage.manifest import read_manifest
+
+    wanted = ledger.stack_manifest(store, home)
+    try:
+        written = read_manifest(home)
+    except ValueError as err:
+        written = {"error": str(err)}
+    served = wanted["served"]
+    return {
+        "home": str(home),
+        "active_version": wanted["version"],
+        "night": wanted["night"],
+        "served": {"model": served["model"] or served_default(), "folded": served["model"] is not None,
+                   "adapters": served["adapters"]},
+        "manifest_current": written == wanted,
+        "experts": [{"night": r["night"], "day": r["day"], "status": r["status"], "path": r["path"],
+                     "gguf_path": r["gguf_path"]} for r in ledger.adapters(store)],
+        "versions": [{"id": v["id"], "nights": v["nights"], "reason": v["reason"]} for v in ledger.versions(store)],
+        "waiting_turns": store.unconsolidated_count(),
+    }
+
+
+def served_default() -> str | None:
+    """The configured chat model (what serves when nothing is folded)."""
+    from agent.models import ModelError, resolve_chat_model
+    from storage import load_config
+
+    try:
+        return str(resolve_chat_model(load_config().model_path())[0])
+    except ModelError:
+        return None
+
+
+def _fold_active(store) -> None:
+    from dreamer.morning.fold import chat_model_to_fold, fold_stack, remove_stale
+    from dreamer.morning.stack import active_paths, check_active_peft, write_manifest
+    from storage import load_config
+
+    home = dreamer_home()
+    paths = [str(p) for p in active_paths(store)]
+    if not paths:
+        raise DreamerError("no active experts to fold: the chat serves the base model as it is")
+    chat_model = chat_model_to_fold(load_config())
+    if chat_model is None:
+        raise DreamerError("deep sleep is off (fold = false, or chat_runtime = transformers in config.toml): "
+                           "nothing to fold")
+    check_active_peft(store)
+    folded = fold_stack(home, chat_model, [Path(p) for p in paths], qtype=load_config().fold_type)
+    write_manifest(store, adapters_dir(home))
+    remove_stale(home, keep=[paths, _previous_paths(store)])
+    click.echo(f"folded {len(paths)} experts into {folded.path} ({folded.bytes / 2**20:.0f} MiB, "
+               f"{folded.seconds:.0f} s); a running chat swaps to it between replies")
+
+
+def _version_paths(store, version: int) -> list[str]:
+    nights = next((v["nights"] for v in ledger.versions(store) if v["id"] == version), [])  # unknown: activate says so
+    rows = sorted((r for r in ledger.adapters(store) if r["night"] in nights), key=lambda r: r["night"])
+    return [r["path"] for r in rows]
+
+
+def _previous_paths(store) -> list[str]:
+    try:
+        return _version_paths(store, ledger.previous_version(store))
+    except ValueError:
+        return []
 
 
 def _writer_history(store) -> None:
@@ -121,15 +199,26 @@ def _export_all(store) -> None:
 def rollback(version: int | None) -> None:
     """Re-activate an earlier stack version (default: the one the active stack was built on)."""
     from dreamer.sleep.lock import signals_deferred, sleep_lock
-    from dreamer.morning.stack import write_manifest
+    from dreamer.morning.stack import active_paths, write_manifest
 
     store = _store()
     home = dreamer_home()
     with sleep_lock(home, wait=LOCK_WAIT_SECONDS):  # never while a sleep is about to promote on the old stack
         target = ledger.previous_version(store) if version is None else version
+        from dreamer.morning.export_gguf import ExportError
+        from dreamer.morning.fold import FoldError, ensure_folded, remove_stale
+        from storage import load_config
+
+        before = [str(p) for p in active_paths(store)]
+        try:  # before the switch, so the old memory serves meanwhile
+            ensure_folded(home, load_config(), _version_paths(store, target))
+        except (FoldError, ExportError, OSError, ValueError) as err:  # rollback is the way out: never blocked
+            click.secho(f"the stack v{target} could not be folded ({err}): the chat applies its experts as "
+                        "adapters (slower); `dreamer memory --fold` tries again", fg="yellow")
         with signals_deferred():  # the database and the manifest the chat reads change together
             chosen = ledger.activate(store, target)
             write_manifest(store, adapters_dir(home))
+        remove_stale(home, keep=[_version_paths(store, target), before])
     waiting = store.unconsolidated_count()
     click.echo(f"memory is now stack v{target} (nights: {_nights(chosen['nights'])}); a running chat swaps to it "
                f"between replies; {waiting} turns wait for the next sleep")

@@ -88,7 +88,7 @@ def place_expert(candidate: Path, root: Path, run_id: int) -> Path:
 
 def write_manifest(store: Store, root: Path) -> Path:
     """Rewrite the manifest from the database: the active version and its experts, in order."""
-    return manifest.write_manifest(stack_manifest(store), root.parent)
+    return manifest.write_manifest(stack_manifest(store, root.parent), root.parent)
 
 
 def discard(path: Path | None) -> None:

@@ -80,6 +80,7 @@ def sleep_now(store: Store, config: Config, cfg: SleepConfig, *, day: str | None
 
         check_active_peft(store)  # a damaged expert is named, with the fix, before any training
         rebuilt = reexport_damaged_ggufs(store)  # the chat's copies, rebuilt from the PEFT files
+        rebuilt += refold_if_missing(store, config, home)
         if rebuilt:
             write_manifest(store, adapters_dir(home))
         repairs += rebuilt
@@ -107,6 +108,18 @@ def sleep_now(store: Store, config: Config, cfg: SleepConfig, *, day: str | None
         finally:
             if run_id is not None:
                 discard(candidate_dir(adapters_dir(home), run_id))  # promoted ones were moved away already
+
+
+def refold_if_missing(store: Store, config: Config, home: Path) -> list[str]:
+    """The active stack's folded model, made again if it is missing or damaged (a killed fold, an
+    upgrade from before deep sleep, a file lost): one line, or none."""
+    from dreamer.morning.fold import ensure_folded
+    from dreamer.morning.stack import active_paths
+
+    folded = ensure_folded(home, config, [str(p) for p in active_paths(store)])
+    if folded is None:
+        return []
+    return [f"folded the active experts into {folded.path.name} for the chat ({folded.seconds:.0f} s)"]
 
 
 def _nothing(day: str | None) -> SleepOutcome:

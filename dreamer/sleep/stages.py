@@ -16,9 +16,11 @@ its own part. A stage that ends the night early (the gate said no) sets `night.o
    same expert; off, it does nothing at all.
 5. gate: the candidate against the active stack (dreamer.sleep.gate); the probes are kept.
 6. report: the metrics and the morning report; a rejected night is recorded and ends here.
-7. promote: the expert (and the dream writer, if it learned) saved and exported, renamed into
-   place, promoted in one transaction with the turns and the run, and the manifest rewritten;
-   Ctrl-C and SIGTERM wait meanwhile.
+7. promote: the expert (and the dream writer, if it learned) saved and exported; with deep sleep
+   on (config.toml `fold`), the active experts and tonight's folded into the chat's GGUF
+   (dreamer.morning.fold), all before anything changes; then renamed into place, promoted in one
+   transaction with the turns and the run, and the manifest rewritten (Ctrl-C and SIGTERM wait
+   meanwhile); folded models of older stacks are removed.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from dreamer.lm.generation import sample_many
 from dreamer.lm.weights import base_fingerprint, build_stack, load_base, plan_device, stack_names, training_source
 from dreamer.morning import stack as stack_files
 from dreamer.morning.export_gguf import base_config_summary, check_exportable, export_expert
+from dreamer.morning.fold import chat_model_to_fold, fold_stack, remove_stale
 from dreamer.sleep import gate as gate_stage
 from dreamer.sleep.config import ASSETS, SleepConfig
 from dreamer.sleep.lock import signals_deferred
@@ -247,6 +250,8 @@ def promote(night: Night) -> None:
     export_started = time.monotonic()
     exported = export_expert(candidate, base_config=night.base_config)  # a failure fails the night: nothing changes
     metrics["export_seconds"] = round(time.monotonic() - export_started, 2)
+    earlier = [str(p) for p in stack_files.active_paths(night.store)]
+    folded = fold_tonight(night, candidate, earlier)  # a failure fails the night: the old memory serves
     with signals_deferred():  # rename, commit and manifest: whole, or (SIGKILL) repaired at the next start
         final = stack_files.place_expert(candidate, night.root, night.run_id)
         adapter = {"night": number, "day": night.days[-1], "path": str(final), "gguf_path": str(final / exported.name),
@@ -267,9 +272,25 @@ def promote(night: Night) -> None:
                 ledger.set_report(night.store, night.run_id, night.report)
             except StoreError:  # the same full disk: the night is promoted all the same, and says so below
                 pass
+        # The chat moves to tonight's fold: keep it and the one before (a quick rollback); none if off.
+        remove_stale(night.home, keep=[earlier + [str(final)], earlier] if folded is not None else [])
     advance()
     night.outcome = SleepOutcome("promoted", f"night {number} promoted: {len(night.message_ids)} turns consolidated",
                                  night.run_id, night.report, metrics)
+
+
+def fold_tonight(night: Night, candidate: Path, earlier: list[str]):
+    """Deep sleep: the active experts and tonight's folded into the chat's model, before the
+    promotion (dreamer.morning.fold); None when folding is off."""
+    chat_model = chat_model_to_fold(night.config)
+    if chat_model is None:
+        return None
+    final = stack_files.expert_dir(night.root, night.run_id)
+    folded = fold_stack(night.home, chat_model, [Path(p) for p in earlier] + [candidate],
+                        [Path(p) for p in earlier] + [final], qtype=night.config.fold_type)
+    night.metrics["fold"] = {"seconds": round(folded.seconds, 2), "mib": round(folded.bytes / 2**20, 1),
+                             "type": night.config.fold_type, "experts": len(earlier) + 1}
+    return folded
 
 
 STAGES = [load, teach, distil, dream, gate, report, promote]

@@ -1,0 +1,183 @@
+"""Deep sleep's cost and fidelity: the active stack folded into the chat's GGUF, per quantization type.
+
+    python -m benchmarks.fold_quality --home HOME [--out benchmarks/results/fold_quality.json]
+
+HOME is a dreamer home with promoted experts (e.g. a `dreamer bench` arm's home). What is measured:
+1. Fidelity. The reference is what the night trained: transformers, float32, the base plus the
+   active experts. On plain text (assets/general_heldout.jsonl) and on the home's probes written
+   as "question answer" (the nights' facts), the mean per-token KL(reference || served) for
+   each way llama.cpp can serve the memory: the base GGUF with the experts as LoRA adapters
+   (today's chat), and the base with the experts folded in at Q4_1, Q5_1, Q8_0 and F16. Beside them
+   the llama.cpp base with no memory (how far the nights moved the model, as llama.cpp sees it)
+   and transformers' float32 base (the same, without llama.cpp's quantization).
+2. Decode speed. `LlamaRuntime` with one thread, greedy, 64 tokens on 3 prompts, in rounds that
+   alternate the conditions: the bare base, the base with the experts as adapters, the same
+   function spread over 14 adapters (each expert's GGUF applied 7 times at scale 1/7, as a stack
+   of 14 nights costs), and each folded model.
+3. Folding: seconds and bytes per type; the chat's swap (`LlamaRuntime.load_model`, base to
+   the Q8_0 fold and back, n_ctx 4096 as the chat opens it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.machine import command_line, git_commit, machine, write_record
+
+PROMPTS = ["What is the capital of France, and what is it famous for?",
+           "Give me three tips to sleep better.", "Explain in simple words how a bicycle stays upright."]
+TYPES = ("Q4_1", "Q5_1", "Q8_0", "F16")
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def kl(reference: np.ndarray, served: np.ndarray) -> tuple[float, int]:
+    """(summed per-token KL(reference || served), positions) of one text's logits."""
+    p, q = log_softmax(reference), log_softmax(served)
+    return float((np.exp(p) * (p - q)).sum()), p.shape[0]
+
+
+def llama_logits(runtime, tokens: list[int]) -> np.ndarray:
+    runtime.llm.reset()
+    runtime._reset_cache()
+    runtime.llm.eval(tokens)
+    return np.array(runtime.llm.scores[: len(tokens)], dtype=np.float64)
+
+
+def hf_logits(model, tokens: list[int]) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([tokens])).logits[0].double().numpy()
+
+
+def decode_speed(runtime, reps: int = 1) -> float:
+    speeds = []
+    for prompt in PROMPTS * reps:
+        runtime.llm.reset()
+        times = []
+        start = time.perf_counter()
+        for _ in runtime.stream([{"role": "user", "content": prompt}], max_tokens=64, temperature=0.0):
+            times.append(time.perf_counter() - start)
+        if len(times) > 1:
+            speeds.append((len(times) - 1) / (times[-1] - times[0]))
+    return statistics.median(speeds)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--home", type=Path, required=True)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "fold_quality.json")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from agent.llama_runtime import LlamaRuntime
+    from agent.models import embedded_gguf_path
+    from agent.runtime import Adapter
+    from dreamer.sleep.gate import general_texts
+    from dreamer.lm.weights import adapters as adapters_off
+    from dreamer.lm.weights import build_stack, load_base, plan_device, training_source
+    from dreamer.morning.fold import fold
+    from dreamer.sleep.config import LoadConfig
+    from storage import Store
+    from storage.manifest import read_manifest
+    from storage.paths import cache_dir
+
+    record = {"command": command_line("benchmarks.fold_quality", argv), "machine": machine(load=True),
+              "commit": git_commit()}
+    torch.set_num_threads(1)
+    experts = read_manifest(args.home)["experts"]
+    if not experts:
+        raise SystemExit(f"{args.home} has no active experts to fold")
+    base_gguf = embedded_gguf_path()
+    work = Path(tempfile.mkdtemp(prefix="fold-"))
+    folded, record["fold"] = {}, {}
+    for qtype in TYPES:
+        result = fold(base_gguf, [(Path(e["path"]), float(e["scale"])) for e in experts], work / f"{qtype}.gguf", qtype)
+        folded[qtype] = result.path
+        record["fold"][qtype] = {"seconds": round(result.seconds, 2), "mib": round(result.bytes / 2**20, 1),
+                                 "tensors": result.tensors}
+    record["fold"]["base_mib"] = round(base_gguf.stat().st_size / 2**20, 1)
+
+    store = Store(args.home / "dreamer.db")
+    probes = [f"{r['question']} {r['answer']}" for r in store.db.query("select question, answer from probes")]
+    texts = {"general": general_texts()[:24], "probes": probes[:48]}
+    adapters = [Adapter(Path(e["gguf_path"]), float(e["scale"])) for e in experts]
+    runtime = LlamaRuntime(base_gguf, n_ctx=1024, n_threads=1, logits_all=True)
+    tokens = {kind: [runtime.llm.tokenize(t.encode(), add_bos=False, special=False)[:256] for t in items]
+              for kind, items in texts.items()}
+
+    plan = plan_device(LoadConfig(device="cpu", threads=1))
+    base, _ = load_base(training_source("", cache_dir(args.home)), plan)
+    stack = build_stack(base, [Path(e["path"]) for e in experts], None)
+    with_adapters = LlamaRuntime(base_gguf, n_ctx=1024, n_threads=1, logits_all=True)
+    with_adapters.load_adapters(adapters)
+    runtimes = {"llama.cpp base (no memory)": runtime, "llama.cpp base + experts as adapters": with_adapters,
+                **{f"folded {q}": LlamaRuntime(p, n_ctx=1024, n_threads=1, logits_all=True) for q, p in folded.items()}}
+    sums = {name: {kind: [0.0, 0] for kind in tokens} for name in ["transformers base (no memory)", *runtimes]}
+    for kind, token_lists in tokens.items():  # one text at a time: a text's logits are 49152 x tokens
+        for ids in token_lists:
+            reference = hf_logits(stack, ids)
+            with adapters_off(stack, None):
+                outputs = {"transformers base (no memory)": hf_logits(stack, ids)}
+            outputs.update({name: llama_logits(r, ids) for name, r in runtimes.items()})
+            for name, logits in outputs.items():
+                total, count = kl(reference, logits)
+                sums[name][kind][0] += total
+                sums[name][kind][1] += count
+    for r in runtimes.values():
+        r.llm.close()
+    record["kl_to_trained"] = {name: {kind: round(t / max(n, 1), 5) for kind, (t, n) in per.items()}
+                               for name, per in sums.items()}
+    record["texts"] = {kind: len(t) for kind, t in tokens.items()}
+    record["experts"] = len(experts)
+
+    # Decode speed: one runtime per condition, alternated round by round.
+    copies = []
+    for index, adapter in enumerate(adapters):
+        for copy in range(7):
+            path = work / f"expert{index}-{copy}.gguf"
+            shutil.copy(adapter.path, path)
+            copies.append(Adapter(path, adapter.scale / 7))
+    conditions = {"bare base": (base_gguf, []), f"base + {len(adapters)} adapters": (base_gguf, adapters),
+                  f"base + {len(copies)} adapters": (base_gguf, copies),
+                  **{f"folded {q}": (p, []) for q, p in folded.items()}}
+    speeds: dict[str, list[float]] = {name: [] for name in conditions}
+    for _ in range(args.rounds):
+        for name, (path, stack_adapters) in conditions.items():
+            runtime = LlamaRuntime(path, n_ctx=1024, n_threads=1)
+            runtime.load_adapters(stack_adapters)
+            decode_speed(runtime)  # warm-up
+            speeds[name].append(round(decode_speed(runtime), 1))
+            runtime.llm.close()
+    record["decode_tok_s"] = {name: {"median": statistics.median(v), "rounds": v} for name, v in speeds.items()}
+    # The chat's swap after a deep sleep: LlamaRuntime.load_model, from the base to the fold and back.
+    runtime, swaps = LlamaRuntime(base_gguf, n_ctx=4096, n_threads=1), []
+    for _ in range(args.rounds):
+        for target in (folded["Q8_0"], None):
+            start = time.perf_counter()
+            runtime.load_model(target)
+            swaps.append(time.perf_counter() - start)
+    runtime.llm.close()
+    record["swap_s"] = {"median": round(statistics.median(swaps), 3), "max": round(max(swaps), 3), "n": len(swaps),
+                        "n_ctx": 4096}
+    shutil.rmtree(work, ignore_errors=True)
+    write_record(args.out, record)
+    print(json.dumps(record, indent=1))
+
+
+if __name__ == "__main__":
+    main()
