@@ -92,6 +92,8 @@ def render_bench(record: dict) -> str:
         command = f"dreamer bench --data {b['data']} --probes {b['probes']} --preset {b['preset']}"
     else:
         command = f"dreamer bench --days {b['days']} --facts {b['facts']} --seed {b['seed']} --preset {b['preset']}"
+        if b.get("updates", 2) != 2:
+            command += f" --updates {b['updates']}"
     if b.get("night_seed") is not None:
         command += f" --night-seed {b['night_seed']}"
     if b["arms"] != list(ARMS):

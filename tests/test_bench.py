@@ -95,8 +95,8 @@ def test_controls_use_the_days_own_answers_and_a_generic_question():
 
 
 def test_too_many_facts_is_one_clear_error():
-    with pytest.raises(ValueError, match="kinds of facts"):
-        make_days(0, 3, 20)
+    with pytest.raises(ValueError, match="needs 92 kinds of facts; there are 78"):
+        make_days(0, 3, 32)
 
 
 # --- scoring ------------------------------------------------------------------------------
@@ -336,3 +336,24 @@ def test_runs_of_one_arm_each_merge_into_one_paired_run_and_others_are_refused()
     dream["config"] = {"distill": {"steps": 1}}
     with pytest.raises(SystemExit, match="dream1: its config differ"):
         merge([("sleep1", sleep), ("dream1", dream)])
+
+
+def test_a_long_run_goes_on_with_acquaintances_and_shorter_runs_keep_their_days():
+    committed = json.loads((Path(__file__).parent.parent / "benchmarks/results/bench_synthetic.json").read_text())
+    again = make_days(committed["bench"]["seed"], len(committed["days"]), committed["bench"]["facts"])
+    for day, kept in zip(again, committed["days"]):  # the committed run's days, drawn again the same
+        assert day["records"] == kept["records"]
+        assert day["probes"] == [{k: v for k, v in p.items() if k != "id"} for p in kept["probes"]
+                                 if p["kind"] != "general"]  # the run adds those to day 1
+    days = make_days(0, 14, 5)
+    told = [m["content"] for d in days for r in d["records"] for m in r["messages"] if m["role"] == "user"]
+    assert any(text.startswith(("My colleague", "My neighbour", "My cousin")) for text in told)
+    facts = [p for d in days for p in d["probes"] if p["kind"] in ("recall", "update")]
+    recall = [p["question"] for p in facts if p["kind"] == "recall"]
+    assert len({p["answer"] for p in facts}) == len(facts) and len(set(recall)) == len(recall)
+    assert all(p["answer"] not in p["distractors"] and len(set(p["distractors"])) == 3 for p in facts)
+    abstain = [sum(p["kind"] == "abstain" for p in d["probes"]) for d in days]
+    assert abstain == [3] * 5 + [0] * 9
+    retention = make_days(0, 14, 5, updates=0)  # every day's facts asked after every later night
+    assert [sum(p["kind"] == "recall" for p in d["probes"]) for d in retention] == [5] * 14
+    assert not any(p["kind"] == "update" for d in retention for p in d["probes"])

@@ -16,6 +16,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from dreamer.bench.tiny import make_tiny_model_dir, write_chat_twin
+from dreamer.lm.weights import base_fingerprint
 from dreamer.morning.export_gguf import base_config_summary
 from dreamer.morning.fold import FoldError, fold, remove_stale
 from dreamer.sleep import gate as gate_stage
@@ -40,7 +41,8 @@ def save_expert(base_dir, folder, seed: int, scale: float = 1.0):
             if "lora_B" in name:
                 param.mul_(scale)
     model.save_pretrained(folder)
-    (folder / "metadata.json").write_text(json.dumps({"base_config": base_config_summary(base)}))
+    (folder / "metadata.json").write_text(json.dumps({"base_config": base_config_summary(base),
+                                                      "base": base_fingerprint(base)}))
     return folder
 
 
@@ -265,3 +267,31 @@ def test_the_bench_measures_what_the_chat_serves(embedded_fold, dreamer_home, mo
     record = served_module.served_speed(str(dreamer_home))
     assert record["folded"] and record["model"] == str(folded) and record["mib"] > 90
     assert record["decode_tok_s"] > 0 and record["bare_tok_s"] > 0 and record["ratio"] > 0
+
+
+# --- the training side: the earlier nights merged into the weights a night trains on ---------------------------
+def test_a_merged_stack_is_the_same_model_as_the_stack_of_adapters(tiny_pair):
+    from dreamer.lm.weights import build_stack, load_base, plan_device
+    from dreamer.sleep.config import LoadConfig
+
+    model_dir, experts = tiny_pair
+    ids = torch.tensor([[5, 17, 42, 99, 7, 3, 250, 11]])
+    stacked = build_stack(load_base(str(model_dir), plan_device(LoadConfig()))[0], experts, None)
+    merged = build_stack(load_base(str(model_dir), plan_device(LoadConfig()))[0], experts, None).merge_and_unload()
+    bare = load_base(str(model_dir), plan_device(LoadConfig()))[0]
+    with torch.no_grad():
+        want, got, base = (m(input_ids=ids).logits for m in (stacked, merged, bare))
+    assert not torch.allclose(want, base, atol=1e-2)  # the experts matter
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)  # fp32 rounding, nothing more
+
+
+def test_a_night_trains_on_the_merged_stack_unless_told_not_to(store, tiny_dir, dreamer_home, fake_judge, monkeypatch):
+    import tests.test_sleep as sleep_tests
+
+    first = _promote(store, tiny_dir, dreamer_home, fake_judge, monkeypatch, "My sister Ana lives in Lisbon.")
+    assert first.metrics["merged_experts"] == 0  # nothing to merge on the first night
+    second = _promote(store, tiny_dir, dreamer_home, fake_judge, monkeypatch, "My cat is called Miso.")
+    assert second.metrics["merged_experts"] == 1
+    monkeypatch.setitem(sleep_tests.SMALL, "load", {**sleep_tests.SMALL["load"], "merge_stack": False})
+    third = _promote(store, tiny_dir, dreamer_home, fake_judge, monkeypatch, "I play water polo on Tuesdays.")
+    assert third.metrics["merged_experts"] == 0 and len(ledger.adapters(store, "active")) == 3

@@ -20,7 +20,11 @@ has probes, each a question with its answer and three distractors of the same ki
   must not break.
 
 Everything is drawn from `random.Random(seed)`: the same seed gives the same days, and day 1 does
-not depend on how many days are asked for. No two facts share an answer or a person.
+not depend on how many days are asked for. No two facts share an answer or a person. A run that
+needs more facts than the 30 kinds of personal facts give (e.g. 14 days x 5 facts) goes on with
+facts about acquaintances ("My colleague Greta always drinks mint tea."), drawn from a stream of
+their own so the days of shorter runs stay as they were; abstain probes last 5 days (15 never-told
+questions), later days have none.
 """
 
 from __future__ import annotations
@@ -146,6 +150,50 @@ SLOTS = [
      "A job form asks for my university degree subject. What do I write?", None),
 ]
 
+# Facts about the people around the user, for runs longer than the kinds above allow (the
+# 14-night retention run): a relation, a name and one attribute each, never updated. They come
+# after the kinds above, in an order and with names and values drawn from a stream of their own,
+# so every run the kinds above suffice for keeps its days.
+ACQUAINTANCE_POOLS = {k: v.split("|") for k, v in {
+    "acquaintance": "Bruno|Greta|Omar|Svetlana|Idris|Margit|Paulo|Hanne|Ravi|Zofia|Emeka|Astrid|Julien|Mirela|Tariq|"
+                    "Signe|Vikram|Ottilie|Jonas|Farah|Anselm|Kaori|Lucian|Wanjiru|Per|Adaeze|Emil|Rosalind|Teo|Malak|"
+                    "Gideon|Ilse|Nikolai|Sunniva|Bastian|Ayla|Cyril|Dagny|Esteban|Freya|Haruto|Imogen|Kasimir|Liv|"
+                    "Marek|Nadia|Osric|Petra",
+    "hometown": "Aarhus|Brno|Cluj|Debrecen|Eindhoven|Faro|Graz|Heraklion|Innsbruck|Jyvaskyla|Kaunas|Ljubljana",
+    "beverage": "ginger beer|rooibos tea|macchiato|lemonade|mint tea|iced coffee|tomato juice|elderflower cordial|"
+                "sparkling water|cold brew",
+    "pastime": "chess|fly fishing|quilting|karaoke|geocaching|woodcarving|stargazing|kayaking|calligraphy|juggling",
+    "music": "jazz|opera|reggae|bluegrass|techno|flamenco|k-pop|blues|baroque|salsa",
+    "dish": "lasagne|moussaka|ceviche|dumplings|curry|tagine|borscht|enchiladas|gnocchi|laksa",
+    "vehicle": "scooter|camper van|tandem bicycle|motorbike|pickup truck|electric bike|sailboat|vintage Beetle",
+    "profession": "librarian|electrician|midwife|architect|beekeeper|bus driver|florist|pharmacist|surveyor|"
+                  "translator",
+    "pet_kind": "chinchilla|greyhound|axolotl|budgie|gecko|guinea pig|cockatiel|corn snake",
+}.items()}
+RELATIONS = ["colleague", "neighbour", "cousin", "school friend", "landlord", "yoga teacher"]
+ATTRIBUTES = [  # pool, tell, question, implication; {r} the relation, {a} their name, {v} the value
+    ("hometown", "My {r} {a} grew up in {v}.", "Where did my {r} {a} grow up?",
+     "I'm making a quiz about my {r} {a}. In which town did {a} grow up?"),
+    ("beverage", "My {r} {a} always drinks {v}.", "What does my {r} {a} always drink?",
+     "I'm getting a round of drinks and my {r} {a} is with us. What should I order for {a}?"),
+    ("pastime", "My {r} {a} spends every weekend on {v}.", "What does my {r} {a} do every weekend?",
+     "I want to give my {r} {a} a book about their weekend passion. What should the book be about?"),
+    ("music", "My {r} {a} only listens to {v}.", "What music does my {r} {a} listen to?",
+     "I'm making a playlist for my {r} {a}. Which genre should it be?"),
+    ("dish", "My {r} {a} makes the best {v} I've ever had.", "Which dish does my {r} {a} make best?",
+     "My {r} {a} is cooking for us on Saturday. Which dish should I ask {a} for?"),
+    ("vehicle", "My {r} {a} gets around on a {v}.", "How does my {r} {a} get around?",
+     "I'm lending my {r} {a} a garage spot. What will {a} park in it?"),
+    ("profession", "My {r} {a} works as a {v}.", "What is my {r} {a}'s job?",
+     "My {r} {a} could help with something related to their job. What is {a}'s profession?"),
+    ("pet_kind", "My {r} {a} keeps a {v} as a pet.", "What pet does my {r} {a} keep?",
+     "I'm pet-sitting for my {r} {a}. What kind of animal will I look after?"),
+]
+ACQUAINTANCE_SLOTS = [(pool, tell.replace("{r}", r), question.replace("{r}", r), implication.replace("{r}", r), None)
+                      for r in RELATIONS for pool, tell, question, implication in ATTRIBUTES]
+ALL_SLOTS = SLOTS + ACQUAINTANCE_SLOTS
+VALUES = {**POOLS, **ACQUAINTANCE_POOLS}
+
 # Questions about things the user never tells in any synthetic day (pool of the values a
 # confabulating model might claim).
 NEVER_TOLD = [
@@ -172,31 +220,34 @@ def general_probes() -> list[dict]:
 
 
 def max_facts(days: int) -> int:
-    return len(SLOTS) // days + (UPDATES_PER_DAY if days > 1 else 0)
+    return len(ALL_SLOTS) // days + (UPDATES_PER_DAY if days > 1 else 0)
 
 
-def make_days(seed: int, days: int, facts: int) -> list[dict]:
-    """Per day: its conversations (Store.import_conversations records) and its probes (dicts)."""
+def make_days(seed: int, days: int, facts: int, updates: int = UPDATES_PER_DAY) -> list[dict]:
+    """Per day: its conversations (Store.import_conversations records) and its probes (dicts);
+    from day 2, up to `updates` of its facts are updates of earlier ones (0: only new facts, so
+    every day's facts are asked after every later night: a retention run)."""
     if days < 1 or facts < 1:
         raise ValueError("days and facts must be at least 1")
-    new_needed = facts * days - UPDATES_PER_DAY * (days - 1) if facts > UPDATES_PER_DAY else facts * days
-    if new_needed > len(SLOTS):
-        raise ValueError(f"{days} days x {facts} facts needs {new_needed} kinds of facts; there are {len(SLOTS)}")
-    if ABSTAIN_PER_DAY * days > len(NEVER_TOLD):
-        raise ValueError(f"at most {len(NEVER_TOLD) // ABSTAIN_PER_DAY} days (questions about untold things)")
+    new_needed = facts * days - updates * (days - 1) if facts > updates else facts * days
+    if new_needed > len(ALL_SLOTS):
+        raise ValueError(f"{days} days x {facts} facts needs {new_needed} kinds of facts; there are {len(ALL_SLOTS)}")
     rng = random.Random(seed)
     slots = rng.sample(range(len(SLOTS)), len(SLOTS))  # all of them: day 1 does not depend on --days
-    never = rng.sample(NEVER_TOLD, len(NEVER_TOLD))
+    never = rng.sample(NEVER_TOLD, len(NEVER_TOLD))  # 3 a day while they last (5 days), then none
     unused = {k: rng.sample(v, len(v)) for k, v in POOLS.items()}  # no two facts share an answer or a person
+    more = random.Random(f"{seed}-acquaintances")  # its own stream: the draws above never change
+    slots += [len(SLOTS) + i for i in more.sample(range(len(ACQUAINTANCE_SLOTS)), len(ACQUAINTANCE_SLOTS))]
+    unused.update({k: more.sample(v, len(v)) for k, v in ACQUAINTANCE_POOLS.items()})
     known: list[dict] = []  # facts told so far, each {slot, value, person, day, probes}
     out = []
     for k in range(days):
         day = str(FIRST_DAY + timedelta(days=k))
-        changeable = [f for f in known if SLOTS[f["slot"]][4] and not f.get("updated")]
-        n_updates = min(UPDATES_PER_DAY, len(changeable), facts - 1) if k else 0
+        changeable = [f for f in known if ALL_SLOTS[f["slot"]][4] and not f.get("updated")]
+        n_updates = min(updates, len(changeable), facts - 1) if k else 0
         told, probes = [], []
         for fact in rng.sample(changeable, n_updates):
-            pool, _, question, implication, update = SLOTS[fact["slot"]]
+            pool, _, question, implication, update = ALL_SLOTS[fact["slot"]]
             old, new = fact["value"], unused[pool].pop()
             fact["updated"] = True
             for probe in fact["probes"]:
@@ -208,11 +259,12 @@ def make_days(seed: int, days: int, facts: int) -> list[dict]:
         if len(slots) < facts - n_updates:
             raise ValueError(f"{days} days x {facts} facts needs more kinds of facts than the {len(SLOTS)} there are")
         for slot in slots[:facts - n_updates]:
-            pool, tell, question, implication, _ = SLOTS[slot]
-            value, person = unused[pool].pop(), unused["name"].pop() if "{p}" in tell else ""
-            wrong = rng.sample([v for v in POOLS[pool] if v != value], DISTRACTORS)
-            told.append(tell.format(v=value, p=person))
-            fact_probes = [{"day": day, "kind": kind, "question": text.format(p=person), "answer": value,
+            pool, tell, question, implication, _ = ALL_SLOTS[slot]
+            people = "name" if "{p}" in tell else "acquaintance" if "{a}" in tell else None
+            value, person = unused[pool].pop(), unused[people].pop() if people else ""
+            wrong = rng.sample([v for v in VALUES[pool] if v != value], DISTRACTORS)
+            told.append(tell.format(v=value, p=person, a=person))
+            fact_probes = [{"day": day, "kind": kind, "question": text.format(p=person, a=person), "answer": value,
                             "distractors": wrong} for kind, text in (("recall", question), ("implication", implication))]
             probes += fact_probes
             known.append({"slot": slot, "value": value, "person": person, "probes": fact_probes})

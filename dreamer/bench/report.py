@@ -249,8 +249,9 @@ def days_table(result: dict) -> list[str]:
 
 def machine_line(result: dict) -> str:
     m, b = result["machine"], result["bench"]
+    updates = "" if b.get("updates", 2) == 2 else f" ({b['updates']} updates a day)"
     source = f"--data {b['data']} --probes {b['probes']}" if b.get("data") else \
-        f"synthetic, {b['days']} days x {b['facts']} facts, seed {b['seed']}"
+        f"synthetic, {b['days']} days x {b['facts']} facts{updates}, seed {b['seed']}"
     load = result.get("loadavg") or [0]
     jobs = sorted({s["jobs"] for s in result.get("sessions", [])})
     lanes = f", {'/'.join(map(str, jobs))} lane(s) side by side (--jobs)" if jobs else ""

@@ -46,6 +46,7 @@ class BenchError(ValueError):
 class BenchConfig:
     days: int = 3
     facts: int = 10
+    updates: int = 2  # facts a synthetic day updates from an earlier day (0: a retention run)
     arms: list[str] = field(default_factory=lambda: list(ARMS))
     preset: str = "cpu-tiny"
     seed: int = 0
@@ -61,6 +62,8 @@ class BenchConfig:
             raise BenchError(f"unknown arm {unknown[0]!r} (arms: {', '.join(ARMS)})" if unknown else "no arms given")
         if self.days < 1 or self.facts < 1:
             raise BenchError("--days and --facts must be at least 1")
+        if self.updates < 0:
+            raise BenchError("--updates must be 0 or more")
         if (self.data is None) != (self.probes is None):
             raise BenchError("--data and --probes go together: conversations and the probes that check them")
 
@@ -88,7 +91,7 @@ def make_run_days(bench: BenchConfig) -> list[dict]:
     from dreamer.bench.days import general_probes, make_days
 
     days = (load_user_days(Path(bench.data), Path(bench.probes)) if bench.data
-            else make_days(bench.seed, bench.days, bench.facts))
+            else make_days(bench.seed, bench.days, bench.facts, bench.updates))
     days[0]["probes"] += [{**row, "day": days[0]["day"]} for row in general_probes()]  # asked every night
     for k, day in enumerate(days):
         for i, probe in enumerate(day["probes"]):

@@ -37,6 +37,7 @@ class BenchProgress:
 @click.command()
 @click.option("--days", type=int, help="synthetic days, one night each  [default: 3]")
 @click.option("--facts", type=int, help="facts told a day  [default: 10]")
+@click.option("--updates", type=int, help="facts a day updates from an earlier day (0: a retention run)  [default: 2]")
 @click.option("--arms", help="comma-separated: base,context,recall,naive,distill,sleep,dream  [default: all]")
 @click.option("--preset", help="the sleep preset every training arm uses  [default: cpu-tiny]")
 @click.option("--seed", type=int, help="draws the synthetic days (and the nights, unless --night-seed)  [default: 0]")
@@ -50,7 +51,7 @@ class BenchProgress:
 @click.option("--resume", type=click.Path(path_type=Path), help="continue the run in this folder")
 @click.option("--jobs", type=int, default=1, show_default=True,
               help="arms run side by side (one process each; on a CPU, one core each)")
-def bench(days, facts, arms, preset, seed, night_seed, data, probes, model, quick, out, resume, jobs) -> None:
+def bench(days, facts, updates, arms, preset, seed, night_seed, data, probes, model, quick, out, resume, jobs) -> None:
     """Give the same days to every kind of memory and score each the way the chat asks.
 
     Writes DIR/bench.json (every result), DIR/report.md and DIR/plots/*.png. A night is ~30 min
@@ -62,7 +63,7 @@ def bench(days, facts, arms, preset, seed, night_seed, data, probes, model, quic
     from dreamer.bench.report import markdown, plots
     from dreamer.bench.run import BenchConfig, Run, run_bench
 
-    given = {k: v for k, v in dict(days=days, facts=facts, arms=arms, preset=preset, seed=seed, night_seed=night_seed,
+    given = {k: v for k, v in dict(days=days, facts=facts, updates=updates, arms=arms, preset=preset, seed=seed, night_seed=night_seed,
                                    data=data, probes=probes, model=model, out=out).items() if v is not None}
     if resume:
         if given or quick:
@@ -74,7 +75,7 @@ def bench(days, facts, arms, preset, seed, night_seed, data, probes, model, quic
             if path is not None and not path.is_file():
                 raise DreamerError(f"{name} {path}: no such file")
         config = BenchConfig(**{k: v for k, v in dict(
-            days=days, facts=facts, preset=preset, seed=seed, night_seed=night_seed, quick=quick, model=model,
+            days=days, facts=facts, updates=updates, preset=preset, seed=seed, night_seed=night_seed, quick=quick, model=model,
             arms=[a.strip() for a in arms.split(",") if a.strip()] if arms is not None else None,
             data=str(data) if data else None, probes=str(probes) if probes else None).items() if v is not None})
         if quick:

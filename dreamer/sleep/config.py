@@ -53,8 +53,12 @@ class LoadConfig:
         default=0, metadata={"help": "CPU threads for torch; 0 = half the cores (an oversubscribed CPU is many times slower)"}
     )
     seed: int = field(default=0, metadata={"help": "random seed for sampling and data order"})
+    merge_stack: bool = field(default=True, metadata={
+        "help": "train on the base with the earlier nights' experts merged into its weights instead of applying "
+                "them as adapters (the same model, faster; unquantized bases only, and not with Dreaming's novelty)"})
 
     def __post_init__(self):
+        _check(isinstance(self.merge_stack, bool), f"load.merge_stack must be true or false, got {self.merge_stack!r}")
         _check(self.device in ("auto", "cpu", "cuda"), f"load.device must be auto, cpu or cuda, got {self.device!r}")
         _check(self.quantization in ("auto", "none", "nf4"), f"load.quantization must be auto, none or nf4, got {self.quantization!r}")
         _check(_positive_int(self.max_seq_len), f"load.max_seq_len must be a positive integer, got {self.max_seq_len!r}")

@@ -4,8 +4,10 @@
 
 Each stage is a function of the `Night`: it reads what the stages before it left there and adds
 its own part. A stage that ends the night early (the gate said no) sets `night.outcome`.
-1. load: the device plan, the base (NF4 on CUDA, fp32 on CPU), every promoted expert frozen,
-   and tonight's new expert, the only trainable parameters.
+1. load: the device plan, the base (NF4 on CUDA, fp32 on CPU), every promoted expert frozen
+   (on an unquantized base merged into its weights, `[load] merge_stack`: the same model, and a
+   training step that does not grow with the nights; the bare base answers the general prompts
+   first), and tonight's new expert, the only trainable parameters.
 2. teach: the teacher (the active stack with the day in its prompt) writes training prompts,
    answers, memories, cloze prompts and held-out probes (dreamer.sleep.seeding.memories);
    earlier nights' probes become replay; the bare base answers the general prompts, which
@@ -96,7 +98,9 @@ class Night:
     tokenizer: object = None
     base_config: dict = field(default_factory=dict)
     model: object = None
-    stack: list[str] = field(default_factory=list)
+    stack: list[str] = field(default_factory=list)  # the earlier experts as adapters ([] once merged)
+    general_answers: list | None = None  # the bare base's answers, kept when load merged the stack in
+    merged_experts: int = 0
     # teach
     base_system: str = ""
     memories: object = None
@@ -131,9 +135,35 @@ def load(night: Night) -> None:
     night.base, night.tokenizer = load_base(night.source, night.plan)
     night.base_config = base_config_summary(night.base)
     check_exportable(night.base_config)  # before hours of training, not after: the chat needs the GGUF
-    night.model = build_stack(night.base, stack_files.active_paths(night.store), night.cfg.distill)
+    experts = stack_files.active_paths(night.store)
+    if experts and merges_stack(night):
+        # The bare base answers the general prompts (the anchor) before its weights take the stack in.
+        night.general_answers = general_answers(night.base, night.tokenizer, night.cfg.memories.max_new_tokens)
+        night.base = build_stack(night.base, experts, None).merge_and_unload()
+        night.merged_experts = len(experts)
+        experts = []
+    night.model = build_stack(night.base, experts, night.cfg.distill)
     night.stack = stack_names(night.model, include_new=False)
     advance()
+
+
+def merges_stack(night: Night) -> bool:
+    """Whether the earlier experts are merged into the training weights (LoadConfig.merge_stack):
+    exact up to float rounding on an unquantized base; an NF4 base would be quantized again, and
+    Dreaming's novelty drops one expert at a time, which a merged stack cannot."""
+    dreaming = night.cfg.dreaming
+    return (night.cfg.load.merge_stack and night.plan.quantization == "none"
+            and not (dreaming.enabled and dreaming.novelty > 0))
+
+
+def general_prompts() -> list[list[dict]]:
+    return [[{"role": "user", "content": json.loads(line)["prompt"]}]
+            for line in (ASSETS / "general_prompts.jsonl").read_text().splitlines() if line.strip()]
+
+
+def general_answers(model, tokenizer, max_new_tokens: int) -> list[list[str]]:
+    """The bare base's greedy answers to assets/general_prompts.jsonl: the anchor and the drift texts."""
+    return sample_many(model, tokenizer, general_prompts(), None, n=1, max_new_tokens=max_new_tokens, temperature=None)
 
 
 def teach(night: Night) -> None:
@@ -148,10 +178,9 @@ def teach(night: Night) -> None:
     night.replay = [Example("replay", closed + [{"role": "user", "content": p["question"]}],
                             closed + [{"role": "user", "content": p["question"]}], night.stack or None, [p["answer"]])
                     for p in night.replay_rows]
-    general = [[{"role": "user", "content": json.loads(line)["prompt"]}]
-               for line in (ASSETS / "general_prompts.jsonl").read_text().splitlines() if line.strip()]
-    answers = sample_many(night.model, night.tokenizer, general, None, n=1,
-                          max_new_tokens=night.cfg.memories.max_new_tokens, temperature=None)  # the bare base
+    general = general_prompts()
+    answers = night.general_answers or general_answers(night.model, night.tokenizer,
+                                                       night.cfg.memories.max_new_tokens)  # the bare base
     night.anchor = [Example("anchor", user, user, None, answer) for user, answer in zip(general, answers) if answer[0]]
     # The drift term's plain texts: general questions with the base's own answers.
     night.general_texts = [f"{user[0]['content']}\n\n{answer[0]}" for user, answer in zip(general, answers)
@@ -217,6 +246,7 @@ def report(night: Night) -> None:
         "gate": {k: v for k, v in night.figures.items() if not k.startswith("replies")},
         "training": night.log.summary(), "counts": night.memories.counts, "plan": night.plan.describe(),
         "peak_memory_mb": round(peak_memory_mb(), 1), "seconds": night.clock.elapsed(), "days": night.days,
+        "merged_experts": night.merged_experts,
     }
     if night.dreams is not None:
         night.metrics["dreaming"] = night.dreams.summary()
