@@ -60,6 +60,43 @@ class ChatSession:
         self.conversation_id = latest[0]["id"]
         return self.conversation_id
 
+    # --- forgetting (storage.forget; the nights' files and the fold are the sleep side's) -----
+    def plan_forget(self):
+        """What forgetting the open conversation takes away (StoreError if there is none)."""
+        from storage.forget import plan_forget
+        from storage.store import StoreError
+
+        if self.conversation_id is None:
+            raise StoreError("no conversation is open")
+        return plan_forget(self.store, conversations=[self.conversation_id])
+
+    def forget(self, plan) -> str:
+        """Forget under the sleep lock (never beside a sleep); then start `dreamer memory --fold` in
+        the background when nights went, so the chat serves a folded model again. One line for the user."""
+        import subprocess
+        import sys
+
+        from storage.forget import apply_forget, complete_forget, nights_of
+        from storage.locks import pid_lock
+        from storage.paths import ensure_private_dir
+        from storage.recovery import sleep_lock_path
+        from storage.store import StoreError
+
+        home = self.store.path.parent
+        busy = lambda pid: StoreError(f"a sleep is running (pid {pid}): forget this conversation after it")  # noqa: E731
+        with pid_lock(sleep_lock_path(home), busy):
+            apply_forget(self.store, plan)
+            complete_forget(self.store, home, plan)
+        self.conversation_id = None
+        if plan.nights and self.store.active_adapters():  # folding needs torch's files: another process
+            ensure_private_dir(home / "logs")
+            with open(home / "logs" / "fold.log", "a") as log:
+                subprocess.Popen([sys.executable, "-m", "dreamer", "memory", "--fold"], stdout=log, stderr=log,
+                                 stdin=subprocess.DEVNULL, start_new_session=True)
+        nights = f"; nights {nights_of(plan)} left the memory, their other turns wait for the next sleep" \
+            if plan.nights else ""
+        return f"forgotten: {len(plan.messages)} turns{nights}"
+
     def conversations(self) -> list[dict]:
         return self.store.conversations()
 

@@ -166,6 +166,10 @@ def activate(store: Store, version: int) -> dict:
     if version not in known:
         raise ValueError(f"no stack version {version}; known versions: {', '.join(map(str, known))}")
     nights = known[version]["nights"]
+    gone = sorted(set(nights) & forgotten_nights(store))
+    if gone:
+        raise ValueError(f"stack version {version} holds night {gone[0]}, which was forgotten (`dreamer forget`): "
+                         "it cannot come back")
     with store.write():
         store.db.execute("update adapters set status = 'retired' where status = 'active'")
         if nights:
@@ -173,6 +177,20 @@ def activate(store: Store, version: int) -> dict:
                              nights)
         _set_active_version(store, version)
     return known[version]
+
+
+def forgotten_nights(store: Store) -> set[int]:
+    return {row["night"] for row in store.db["adapters"].rows_where("status = 'forgotten'")}
+
+
+def add_version(store: Store, nights: list[int], reason: str) -> int:
+    """A new stack version of these nights, made the active one (inside the caller's transaction)."""
+    with store.write():
+        version = store.db["stack_versions"].insert(
+            {"nights": json.dumps(nights), "parent": active_version(store), "created_at": store.now().isoformat(),
+             "reason": reason}).last_pk
+        _set_active_version(store, version)
+    return version
 
 
 def previous_version(store: Store) -> int:

@@ -66,6 +66,22 @@ def served_entry(home: Path | None, experts: list[dict]) -> dict:
     return {"model": str(model), "source": source, "adapters": []}
 
 
+def remove_folds_holding(home: Path | None, names: set[str]) -> list[str]:
+    """Delete every folded model (and sidecar) made with one of the expert folders `names` (an
+    unreadable sidecar counts as made with them); the GGUF names removed."""
+    removed = []
+    for sidecar in sorted((adapters_dir(home) / SERVED).glob("stack-*.json")) if names else []:
+        try:
+            folded = set(json.loads(sidecar.read_text(encoding="utf-8")).get("experts") or [])
+        except (OSError, ValueError):
+            folded = set(names)
+        if folded & names:
+            sidecar.with_suffix(".gguf").unlink(missing_ok=True)
+            sidecar.unlink(missing_ok=True)
+            removed.append(sidecar.with_suffix(".gguf").name)
+    return removed
+
+
 def manifest_path(home: Path | None = None) -> Path:
     return adapters_dir(home) / MANIFEST
 

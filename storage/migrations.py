@@ -66,7 +66,7 @@ def m002_sleep_runs_and_adapters(db: Database) -> None:
             "run_id": int,
             "path": str,  # PEFT adapter folder
             "gguf_path": str,  # llama.cpp LoRA adapter, once exported
-            "status": str,  # candidate | active | retired
+            "status": str,  # candidate | active | retired | forgotten (storage.forget)
             "created_at": str,
             "metrics": str,  # JSON
             "config": str,  # JSON

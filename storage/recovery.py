@@ -18,7 +18,9 @@ repair. The sleep writes in this order, and the pass knows what each step leaves
 3. one transaction: the expert active, a new stack version, the turns consolidated, the run
    `promoted` (storage.ledger.promote). A run whose process died before it stays `running`:
    marked `interrupted`.
-4. `adapters/manifest.json` rewritten from the database (what a running chat loads): a manifest
+4. (`dreamer forget`) the folders of experts the database marks `forgotten`, and folded models
+   that hold one: removed (the forget committed, and was killed before it deleted them).
+5. `adapters/manifest.json` rewritten from the database (what a running chat loads): a manifest
    that disagrees with the database, or a `manifest.json.tmp` left by a kill, is rewritten.
 
 The pass runs only while no sleep holds `sleep.lock` (a live sleep's candidate is no orphan)
@@ -34,7 +36,7 @@ from pathlib import Path
 
 from storage import ledger
 from storage.locks import pid_lock
-from storage.manifest import SERVED, ManifestError, manifest_path, read_manifest, write_manifest
+from storage.manifest import SERVED, ManifestError, manifest_path, read_manifest, remove_folds_holding, write_manifest
 from storage.paths import adapters_dir
 from storage.store import Store
 
@@ -107,6 +109,7 @@ def _remove_orphans(store: Store, root: Path) -> list[str]:
     never committed. A folder no row names and no known run wrote (a home restored from an older
     backup, a database moved away) is left alone: it may be the only copy of a night."""
     named = {Path(row["path"]).name for row in store.db["adapters"].rows}
+    forgotten = {Path(row["path"]).name for row in store.db["adapters"].rows_where("status = 'forgotten'")}
     unpromoted = {row["id"] for row in store.db["sleep_runs"].rows_where("status != 'promoted'")}
     repairs = []
     for entry in sorted(root.iterdir()):
@@ -114,10 +117,15 @@ def _remove_orphans(store: Store, root: Path) -> list[str]:
         if entry.is_dir() and (CANDIDATE.match(entry.name) or orphan):
             shutil.rmtree(entry)
             repairs.append(f"removed {entry.name}/, left by a sleep killed before its promotion")
+        elif entry.is_dir() and entry.name in forgotten:
+            shutil.rmtree(entry)
+            repairs.append(f"removed {entry.name}/, a forgotten night's expert (`dreamer forget` was stopped before)")
         elif entry.is_dir() and entry.name in named:
             for leftover in entry.glob("*.tmp"):  # a GGUF export killed mid-write
                 leftover.unlink()
                 repairs.append(f"removed {entry.name}/{leftover.name}, left by a killed export")
+    for name in remove_folds_holding(root.parent, forgotten):
+        repairs.append(f"removed {SERVED}/{name}, a folded model with a forgotten night in it")
     return repairs
 
 

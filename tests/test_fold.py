@@ -155,6 +155,12 @@ def test_a_night_folds_and_rollback_serves_each_version(store, tiny_dir, dreamer
     result = CliRunner().invoke(cli, ["rollback", "2"])
     assert result.exit_code == 0, result.output
     assert read_manifest(dreamer_home)["served"]["model"] == two and Path(two).read_bytes() == two_bytes  # made again
+    assert "2 nights folded in" in CliRunner().invoke(cli, ["memory"]).output
+    Path(two).unlink()  # lost: the chat would apply adapters, and says so; --fold makes it again
+    assert "as adapters (not folded" in CliRunner().invoke(cli, ["memory"]).output
+    result = CliRunner().invoke(cli, ["memory", "--fold"])
+    assert result.exit_code == 0 and "folded 2 experts" in result.output, result.output
+    assert read_manifest(dreamer_home)["served"]["model"] == two and Path(two).read_bytes() == two_bytes
 
 
 def test_with_fold_off_the_chat_gets_adapters_and_no_fold_is_kept(store, tiny_dir, dreamer_home, fake_judge,

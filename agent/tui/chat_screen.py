@@ -24,6 +24,7 @@ from textual.widgets import Footer, Input
 from agent.models import ModelError
 from agent.session import ChatSession, EmptyMessage, Reply
 from agent.stack_watch import Swap
+from agent.tui.forget_screen import ForgetScreen
 from agent.tui.report_screen import ReportScreen
 from agent.tui.widgets import ConversationList, MessageView, StatusBar
 from storage import StoreError
@@ -52,6 +53,7 @@ class ChatScreen(Screen):
         Binding("ctrl+n", "new_conversation", "New chat"),
         Binding("escape", "stop", "Stop reply"),
         Binding("ctrl+o", "focus_conversations", "Conversations"),
+        Binding("ctrl+f", "forget_conversation", "Forget chat"),
     ]
 
     # bindings=True: the footer greys out "Stop reply" unless a reply is being written.
@@ -156,6 +158,36 @@ class ChatScreen(Screen):
             return
         await self.show_conversation()
         self.action_focus_input()
+
+    def action_forget_conversation(self) -> None:
+        """Ask (ForgetScreen), then forget the open conversation and the nights that learned it."""
+        if self.refuse_while_generating():
+            return
+        try:
+            plan = self.session.plan_forget()
+        except EXPECTED_FAILURES as err:
+            self.error(err)
+            return
+
+        async def answered(yes: bool | None) -> None:
+            if not yes:
+                return
+            try:
+                line = self.session.forget(plan)
+            except EXPECTED_FAILURES as err:
+                self.error(err)
+                return
+            try:
+                self.session.resume_latest()
+            except EXPECTED_FAILURES as err:
+                self.error(err)
+            await self.show_conversation()
+            self.notify(line, title="dreamer", timeout=10, markup=False)
+            self.check_memory()
+
+        from storage.forget import describe as describe_plan
+
+        self.app.push_screen(ForgetScreen(describe_plan(plan)), answered)
 
     async def on_conversation_list_picked(self, message: ConversationList.Picked) -> None:
         if message.conversation_id is None:

@@ -17,6 +17,7 @@ HELP_TEXT = """\
 | `Esc` | stop the reply being written (the partial reply is kept, marked interrupted) |
 | `Ctrl+N` | new conversation |
 | `Ctrl+O` | go to the conversation list (`Enter` opens one) |
+| `Ctrl+F` | forget this conversation: it is deleted, and every night that learned it leaves the memory (asks first) |
 | `Tab` / `Shift+Tab` | move between the list and the message box |
 | `F1` / `?` | this help (`?` only outside the message box, where it types a `?`) |
 | `Ctrl+Q` | quit |

@@ -7,8 +7,9 @@
     dreamer export FILE.jsonl [--day D]
     dreamer sleep --now [--day D] [--preset P] [--dry-run]   # consolidate into a new LoRA expert
     dreamer eval --probes FILE.jsonl [--stack VERSION|none] [--json]
-    dreamer memory [--export]          # the adapter stack, its versions and the sleep runs
+    dreamer memory [--export] [--fold] [--json]   # the adapter stack, its versions and the sleep runs
     dreamer rollback [VERSION]         # re-activate an earlier stack (the chat swaps to it)
+    dreamer forget ID... | --day D | --search TEXT [--yes]   # delete turns and the nights that learned them
     dreamer daemon                     # the nightly scheduler (or scheduler_in_chat = true)
     dreamer schedule [--install-systemd]
     dreamer bench [--days N] [--facts F] [--arms ...] [--quick] [--resume DIR] [--data F --probes F]
@@ -29,6 +30,7 @@ import click
 from dreamer.cli.bench import bench
 from dreamer.cli.conversations import chat, export, import_, log, status
 from dreamer.cli.errors import DreamerGroup
+from dreamer.cli.forget import forget
 from dreamer.cli.memory import memory, rollback
 from dreamer.cli.schedule import daemon, schedule
 from dreamer.cli.sleep import eval_, sleep
@@ -43,7 +45,7 @@ def cli() -> None:
     """
 
 
-for command in (chat, status, log, import_, export, sleep, eval_, memory, rollback, daemon, schedule, bench):
+for command in (chat, status, log, import_, export, sleep, eval_, memory, rollback, forget, daemon, schedule, bench):
     cli.add_command(command)
 
 

@@ -73,10 +73,12 @@ def memory(export: bool, fold: bool, as_json: bool) -> None:
                         f"`dreamer rollback {rollback_past(store, row['night'])}`", fg="red")
         elif gguf:  # the chat's copy: rebuilt from the PEFT files
             click.secho(f"      DAMAGED llama.cpp export: {gguf}: rebuild it with `dreamer memory --export`", fg="red")
+    _served_line(store)
     active = ledger.active_version(store)
     click.secho("\nstack versions (dreamer rollback VERSION)", bold=True)
+    forgotten = ledger.forgotten_nights(store)
     for version in ledger.versions(store):
-        mark = "*" if version["id"] == active else " "
+        mark = "*" if version["id"] == active else "x" if set(version["nights"]) & forgotten else " "
         click.echo(f"{mark} v{version['id']:<4} nights {_nights(version['nights']):<16} {version['created_at'][:16]}"
                    f"  {version['reason']}")
     click.secho("\nsleep runs", bold=True)
@@ -111,6 +113,20 @@ def memory_state(store, home: Path) -> dict:
         "versions": [{"id": v["id"], "nights": v["nights"], "reason": v["reason"]} for v in ledger.versions(store)],
         "waiting_turns": store.unconsolidated_count(),
     }
+
+
+def _served_line(store) -> None:
+    """What the chat runs for the active stack: the folded model, or the experts as adapters."""
+    experts = ledger.adapters(store, "active")
+    if not experts:
+        return
+    served = ledger.stack_manifest(store, dreamer_home())["served"]
+    if served["model"]:
+        size = Path(served["model"]).stat().st_size / 2**20
+        click.echo(f"  the chat serves {served['model']} ({len(experts)} nights folded in, {size:.0f} MiB)")
+    else:
+        click.echo(f"  the chat applies the {len(experts)} experts as adapters (not folded: `dreamer memory --fold`, "
+                   "or fold = false in config.toml)")
 
 
 def served_default() -> str | None:
