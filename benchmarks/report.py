@@ -99,6 +99,8 @@ def render_bench(record: dict) -> str:
     if b["arms"] != list(ARMS):
         command += f" --arms {','.join(b['arms'])}"
     dreaming = report.dreaming_lines(record)
+    if b.get("days", 0) >= 5:
+        dreaming += [*([""] if dreaming else []), *report.retention_lines(record)]
     lines = [f"`{command}` ({report.machine_line(record)}) {report.completeness(record)}".replace(f"{ROOT}/", ""), "",
              *report.headline(record), "", *dreaming, *([""] if dreaming else []),
              "Generation (does the reply name the fact), after each arm's last night:", "",

@@ -357,3 +357,27 @@ def test_a_long_run_goes_on_with_acquaintances_and_shorter_runs_keep_their_days(
     retention = make_days(0, 14, 5, updates=0)  # every day's facts asked after every later night
     assert [sum(p["kind"] == "recall" for p in d["probes"]) for d in retention] == [5] * 14
     assert not any(p["kind"] == "update" for d in retention for p in d["probes"])
+
+
+def test_a_long_run_states_its_three_goals_from_its_own_numbers():
+    from dreamer.bench.report import retention_lines
+
+    result = fake_result([True] * 4, [True] * 4)
+    result["bench"]["arms"] = ["sleep"]
+    result["days"] = [{"day": f"2025-03-0{k}"} for k in range(3, 9)]  # six days
+    result["config"] = {"gate": {"max_drift": 0.15}}
+    first = result["units"].pop("sleep/1")
+    del result["units"]["recall/1"]
+    for k, (kept, ratio, drift) in enumerate([(4, 0.91, 0.01), (3, 0.92, 0.02), (2, 0.90, 0.03)], start=1):
+        unit = json.loads(json.dumps(first))
+        for i, row in enumerate(unit["score"]["probes"]):
+            row["gen"] = row["mc"] = i < kept
+        unit["score"]["drift_kl"] = drift
+        unit["served"] = {"folded": True, "mib": 127.0, "adapters": 0, "decode_tok_s": 48.0, "bare_tok_s": 52.0,
+                          "ratio": ratio}
+        result["units"][f"sleep/{k}"] = unit
+    lines = "\n".join(retention_lines(result))
+    assert "Over 3 nights of `sleep`" in lines
+    assert "reply names it: 100% after night 1, 50% after night 3 (0.50x)" in lines
+    assert "0.90x after night 3 (lowest 0.90x over 3 nights)" in lines
+    assert "0.0300 after night 3, highest 0.0300; the gate's limit for one night is 0.15" in lines

@@ -263,6 +263,36 @@ def machine_line(result: dict) -> str:
             f"{m['dreamer']}; load average {min(load):.1f}-{max(load):.1f}{lanes}. Started {result['started']}.")
 
 
+def retention_lines(result: dict, arm: str = "sleep") -> list[str]:
+    """Months of nights, the issue's three goals: night 1's facts kept, the chat's speed, drift."""
+    scored = [k for k in range(1, nights(result) + 1) if cell(result, arm, k)]
+    if len(scored) < 2:
+        return []
+    first_day, last = result["days"][0]["day"], scored[-1]
+    after_one, now = cell(result, arm, 1), cell(result, arm, last)
+    lines = [f"Over {last} nights of `{arm}` (goals: night 1's facts after the last night at >= 90% of their "
+             "score right after night 1; the chat at >= 0.95x the bare model's decode speed; drift under the "
+             "gate's limit):"]
+    for m, name in (("gen", "reply names it"), ("mc", "multiple choice")):
+        before = (after_one["days"].get(first_day) or {}).get(m) if after_one else None
+        later = (now["days"].get(first_day) or {}).get(m)
+        if before is not None and later is not None:
+            ratio = f" ({later / before:.2f}x)" if before else ""
+            lines.append(f"- night 1's recall probes, {name}: {pct(before)} after night 1, {pct(later)} after night "
+                         f"{last}{ratio}")
+    ratios = [(k, s["ratio"]) for k in scored
+              if (s := result["units"].get(f"{arm}/{k}", {}).get("served")) and s.get("ratio") is not None]
+    if ratios:
+        lines.append(f"- the chat's decode against the bare model: {ratios[-1][1]:.2f}x after night {ratios[-1][0]} "
+                     f"(lowest {min(r for _, r in ratios):.2f}x over {len(ratios)} nights)")
+    drifts = [c["drift_kl"] for k in scored if (c := cell(result, arm, k)) and c["drift_kl"] is not None]
+    limit = (result.get("config") or {}).get("gate", {}).get("max_drift")
+    if drifts:
+        lines.append(f"- general drift from the base (KL): {drifts[-1]:.4f} after night {last}, highest "
+                     f"{max(drifts):.4f}" + (f"; the gate's limit for one night is {limit}" if limit else ""))
+    return lines
+
+
 def completeness(result: dict) -> str:
     done = sum(1 for u in result["units"].values() if "score" in u)
     total = nights(result) * len(result["bench"]["arms"])
@@ -271,6 +301,8 @@ def completeness(result: dict) -> str:
 
 def markdown(result: dict) -> str:
     dreaming = dreaming_lines(result)
+    retention = retention_lines(result) if nights(result) >= 5 else []
+    dreaming += [*([""] if dreaming and retention else []), *retention]
     lines = ["# dreamer bench", "", *headline(result), "", *dreaming, *([""] if dreaming else []),
              machine_line(result), completeness(result), "",
              "## After the last night: does the reply name the fact (generation)", "",

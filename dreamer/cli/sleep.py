@@ -114,6 +114,9 @@ def eval_(probes_path: Path, stack: str, as_json: bool, no_generate: bool) -> No
         raise DreamerError(f"--stack must be active, none or a stack version (see `dreamer memory`); "
                            f"known versions: {', '.join(versions)}")
     chosen = [r for r in ledger.adapters(store) if r["night"] in nights]
+    gone = [r["night"] for r in chosen if r["status"] == "forgotten"]
+    if gone:
+        raise DreamerError(f"stack version {stack} holds night {gone[0]}, which was forgotten (`dreamer forget`)")
     for row in chosen:  # a damaged expert is named, with the fix, not shown as a safetensors traceback
         problem = peft_problem(Path(row["path"]))
         if problem:
