@@ -146,10 +146,23 @@ def render_fold_quality(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_forget_quality(record: dict) -> str:
+    """benchmarks/forget_quality.py: the forgotten conversation's probes and the others, step by step."""
+    stages = list(next(iter(record["table"].values())))
+    rows = [[group, *[f"{t[s]['mc']}/{t[s]['n']}, {t[s]['gen']}/{t[s]['n']}" for s in stages]]
+            for group, t in record["table"].items()]
+    return "\n".join([f"`{record['command']}` ({_machine(record)})", "",
+                       f"`dreamer forget {record['conversation']} --yes` said: {record['forget']}", "",
+                       f"The next `dreamer sleep --now` said: {record['sleep']}", "",
+                       "Probes right, multiple choice and generation (right / asked):", "",
+                       *_table(["probes about", *stages], rows)]) + "\n"
+
+
 RENDERERS = {"kill_nights": render_kill_nights, "chat_threads": render_chat_threads,
              "parity_gap_avx512": render_parity_gap, "parity_gap_avx2": render_parity_gap,
              "bench_synthetic": render_bench, "bench_heldout": render_bench, "bench_dreaming": render_bench,
-             "bench_dreaming_seed1": render_bench, "fold_quality": render_fold_quality}
+             "bench_dreaming_seed1": render_bench, "fold_quality": render_fold_quality, "bench_long": render_bench,
+             "forget_quality": render_forget_quality}
 PLOTS = ROOT / "docs" / "bench"  # each bench block's plots, drawn again by every run of this command
 
 

@@ -301,3 +301,22 @@ def test_a_night_trains_on_the_merged_stack_unless_told_not_to(store, tiny_dir, 
     monkeypatch.setitem(sleep_tests.SMALL, "load", {**sleep_tests.SMALL["load"], "merge_stack": False})
     third = _promote(store, tiny_dir, dreamer_home, fake_judge, monkeypatch, "I play water polo on Tuesdays.")
     assert third.metrics["merged_experts"] == 0 and len(ledger.adapters(store, "active")) == 3
+
+
+def test_a_qwen2_stack_folds_without_the_llama_permutation(tmp_path):
+    """Qwen2 (and Qwen3) keep q/k rows in the Hugging Face order, and their q/k/v biases pass through."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    base = Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True))
+    base.save_pretrained(tmp_path / "qwen")
+    write_chat_twin(base, tmp_path / "qwen.gguf")
+    expert = save_expert(tmp_path / "qwen", tmp_path / "run-0001", seed=5)
+    result = fold(tmp_path / "qwen.gguf", [(expert, 1.0)], tmp_path / "folded.gguf", "F32")
+    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp_path / "qwen"), str(expert))
+    write_chat_twin(merged.merge_and_unload(), tmp_path / "expected.gguf")
+    folded, expected = tensors(result.path), tensors(tmp_path / "expected.gguf")
+    assert "blk.0.attn_q.bias" in folded and result.tensors == 2 * len(ALL)
+    for name in folded:
+        np.testing.assert_allclose(folded[name], expected[name], atol=1e-5, err_msg=name)

@@ -77,14 +77,17 @@ def chat_twin(model_dir: str | Path) -> Path | None:
     return path if path.is_file() else None
 
 
-def write_chat_twin(model: LlamaForCausalLM, path: Path) -> Path:
+def write_chat_twin(model, path: Path) -> Path:
+    """`model`'s weights as llama.cpp names and lays them out (any architecture the export knows)."""
     import gguf
 
-    from dreamer.morning.export_gguf import permute_rows
+    from dreamer.morning.export_gguf import ARCHITECTURES, permute_rows
 
     cfg = model.config
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.num_hidden_layers)
-    writer = gguf.GGUFWriter(str(path), "llama")
+    arch_name, permute = ARCHITECTURES[type(model).__name__]
+    arch = next(a for a, name in gguf.MODEL_ARCH_NAMES.items() if name == arch_name)
+    names = gguf.get_tensor_name_map(arch, cfg.num_hidden_layers)
+    writer = gguf.GGUFWriter(str(path), arch_name)
     writer.add_block_count(cfg.num_hidden_layers)
     writer.add_embedding_length(cfg.hidden_size)
     writer.add_feed_forward_length(cfg.intermediate_size)
@@ -92,10 +95,10 @@ def write_chat_twin(model: LlamaForCausalLM, path: Path) -> Path:
     writer.add_head_count_kv(cfg.num_key_value_heads)
     for hf_name, tensor in model.state_dict().items():
         weight = tensor.detach().float().numpy()
-        if hf_name.endswith(("q_proj.weight", "k_proj.weight")):
+        if permute and hf_name.endswith(("q_proj.weight", "k_proj.weight")):
             heads = cfg.num_attention_heads if "q_proj" in hf_name else cfg.num_key_value_heads
             weight = permute_rows(weight, heads)
-        name = names.get_name(hf_name, try_suffixes=(".weight",))
+        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if name is None or (hf_name == "lm_head.weight" and cfg.tie_word_embeddings):
             continue
         writer.add_tensor(name, np.ascontiguousarray(weight, dtype=np.float32))
