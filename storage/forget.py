@@ -32,6 +32,7 @@ from datetime import datetime
 from pathlib import Path
 
 from storage import ledger
+from storage.paths import adapters_dir
 from storage.store import Store, StoreError
 
 FORGOTTEN = "forgotten"
@@ -177,8 +178,11 @@ def complete_forget(store: Store, home: Path, plan: ForgetPlan) -> str:
 
     from storage import manifest
 
+    root = adapters_dir(home).resolve()
     for row in plan.nights:
-        shutil.rmtree(row["path"], ignore_errors=True)
+        folder = Path(row["path"]).resolve()
+        if folder.parent == root:  # a copied home's rows may name the original's folders: never those
+            shutil.rmtree(folder, ignore_errors=True)
     manifest.remove_folds_holding(home, {Path(r["path"]).name for r in plan.nights})
     scrubbed = _scrub_logs(home, store, plan)
     manifest.write_manifest(ledger.stack_manifest(store, home), home)

@@ -89,6 +89,20 @@ def test_forgetting_the_last_night_keeps_the_one_before(store, tiny_dir, dreamer
     assert [c["id"] for c in fresh.conversations()] == [first]
 
 
+def test_a_copied_home_never_deletes_the_original_homes_experts(store, tiny_dir, dreamer_home, fake_judge,
+                                                                 monkeypatch, tmp_path):
+    import shutil
+
+    first, _ = two_nights(store, tiny_dir, dreamer_home, fake_judge, monkeypatch)
+    originals = [Path(r["path"]) for r in ledger.adapters(store, "active")]
+    copy = tmp_path / "copy"
+    shutil.copytree(dreamer_home, copy)  # its database names the original's folders, by absolute path
+    monkeypatch.setenv("DREAMER_HOME", str(copy))
+    assert run("forget", str(first), "--yes").exit_code == 0
+    assert all(p.is_dir() for p in originals)
+    assert not (copy / "adapters" / "served").exists() or not list((copy / "adapters" / "served").glob("*.gguf"))
+
+
 def test_what_does_not_exist_or_a_running_sleep_changes_nothing(store, tiny_dir, dreamer_home, fake_judge,
                                                                  monkeypatch):
     from storage.locks import pid_lock
