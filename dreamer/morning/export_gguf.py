@@ -175,7 +175,7 @@ def read_peft(directory: Path) -> tuple[dict, dict[str, np.ndarray]]:
     return json.loads(config_file.read_text()), {k: v.float().cpu().numpy() for k, v in state.items()}
 
 
-def _base_config_from_metadata(directory: Path) -> dict:
+def base_config_from_metadata(directory: Path) -> dict:
     """metadata.json's base_config; for experts saved before it existed, the base's config.json."""
     metadata_file = directory / "metadata.json"
     metadata = json.loads(metadata_file.read_text()) if metadata_file.exists() else {}
@@ -196,7 +196,7 @@ def export_expert(directory: Path, out: Path | None = None, base_config: dict | 
     """Convert one expert folder; the base config comes from its metadata.json unless given."""
     directory = Path(directory)
     if base_config is None:
-        base_config = _base_config_from_metadata(directory)
+        base_config = base_config_from_metadata(directory)
     adapter_config, tensors = read_peft(directory)
     arch_name, alpha, converted = convert(tensors, adapter_config, base_config)
     return write_gguf(out or directory / "adapter.gguf", arch_name, alpha, converted, name=directory.name)
