@@ -170,23 +170,23 @@ def apply_forget(store: Store, plan: ForgetPlan) -> list[Path]:
 
 
 def complete_forget(store: Store, home: Path, plan: ForgetPlan) -> str:
-    """After the commit: the dropped experts' folders and every folded model that holds one deleted,
-    the logs scrubbed, the manifest rewritten (the chat then applies what stays as adapters, or
-    its kept fold). Safe to run again; storage.recovery does its part if a kill comes first.
-    Returns what the logs lost, as a phrase ('' for nothing)."""
+    """After the commit: the manifest rewritten first (a running chat drops the forgotten nights at
+    its next poll: it applies what stays as adapters, or a kept fold of exactly those), then the
+    dropped experts' folders and every folded model that holds one deleted, and the logs scrubbed.
+    Safe to run again; storage.recovery does its part if a kill comes first. Returns what the
+    logs lost, as a phrase ('' for nothing)."""
     import shutil
 
     from storage import manifest
 
+    manifest.write_manifest(ledger.stack_manifest(store, home), home)
     root = adapters_dir(home).resolve()
     for row in plan.nights:
         folder = Path(row["path"]).resolve()
         if folder.parent == root:  # a copied home's rows may name the original's folders: never those
             shutil.rmtree(folder, ignore_errors=True)
     manifest.remove_folds_holding(home, {Path(r["path"]).name for r in plan.nights})
-    scrubbed = _scrub_logs(home, store, plan)
-    manifest.write_manifest(ledger.stack_manifest(store, home), home)
-    return scrubbed
+    return _scrub_logs(home, store, plan)
 
 
 def describe(plan) -> list[str]:
