@@ -34,8 +34,8 @@ def machine(load: bool = False) -> dict:
 def git_commit() -> str:
     """The checkout's commit, marked `+changes` when dreamer's code differs from it."""
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "dreamer", "storage", "agent"], cwd=ROOT,
-                           capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "dreamer", "storage", "agent"],
+                           cwd=ROOT, capture_output=True, text=True).stdout.strip()  # untracked: a worktree's links
     return head.stdout.strip() + ("+changes" if dirty else "")
 
 
