@@ -97,8 +97,12 @@ class StackWatcher:
             raise
         before, self.loaded = self.loaded, manifest
         label = label_of(manifest)
+        served = manifest.get("served") or {}
+        unused = (f" (applied as adapters, slower: the folded model was made from {served['source']}, this chat "
+                  f"runs {getattr(self.runtime, 'base_path', '?')})"
+                  if served.get("model") and model is None and adapters else "")
         if before is None:  # the stack the chat starts with; the base alone needs no notification
-            return Swap(label, f"memory: {label}" if manifest["experts"] else None)
+            return Swap(label, f"memory: {label}{unused}" if manifest["experts"] else None)
         if manifest["night"] < before["night"] or not manifest["experts"]:
-            return Swap(label, f"memory rolled back: {label if manifest['experts'] else 'the base alone'}")
-        return Swap(label, f"memory updated: {label}")
+            return Swap(label, f"memory rolled back: {label if manifest['experts'] else 'the base alone'}{unused}")
+        return Swap(label, f"memory updated: {label}{unused}")

@@ -134,6 +134,7 @@ async def test_a_folded_memory_swaps_the_model_between_replies_and_back(db, tmp_
         folded(4, [1, 2, 3], source="another.gguf", name="stack-c.gguf")
         await until(pilot, lambda: len(runtime.adapters) == 3)
         assert runtime.model_path == runtime.base_path
+        await until(pilot, lambda: any("folded model was made from another.gguf" in m for m, _ in seen))  # said
         manifest(tmp_path, 0, [])  # rolled back to the base alone
         await until(pilot, lambda: runtime.adapters == [] and "memory: none yet" in status_text(pilot))
 
