@@ -158,11 +158,20 @@ def render_forget_quality(record: dict) -> str:
                        *_table(["probes about", *stages], rows)]) + "\n"
 
 
+def render_merge_step(record: dict) -> str:
+    """benchmarks/merge_step.py: a training step through N experts as adapters against merged."""
+    m = record["median_s"]
+    return (f"`{record['command']}` ({_machine(record)}): {record['step']}, through {record['experts']} experts as "
+            f"adapters {m['adapters']} s, merged {m['merged']} s: **{record['speedup']}x** (medians of "
+            f"{len(record['rounds']['merged'])} alternated rounds); the two models' logits differ by at most "
+            f"{record['max_logit_gap']:.1e}.\n")
+
+
 RENDERERS = {"kill_nights": render_kill_nights, "chat_threads": render_chat_threads,
              "parity_gap_avx512": render_parity_gap, "parity_gap_avx2": render_parity_gap,
              "bench_synthetic": render_bench, "bench_heldout": render_bench, "bench_dreaming": render_bench,
              "bench_dreaming_seed1": render_bench, "fold_quality": render_fold_quality, "bench_long": render_bench,
-             "forget_quality": render_forget_quality}
+             "forget_quality": render_forget_quality, "merge_step": render_merge_step}
 PLOTS = ROOT / "docs" / "bench"  # each bench block's plots, drawn again by every run of this command
 
 
