@@ -16,8 +16,10 @@ def run(*args):
 def test_help_lists_commands():
     result = run("--help")
     assert result.exit_code == 0
-    for command in ("chat", "status", "log", "import", "export"):
+    for command in ("chat", "status", "log", "import", "export", "forget"):
         assert command in result.output
+    assert "..." not in result.output  # every command's first sentence whole, wrapped, never cut
+    assert "the sleep runs." in result.output
 
 
 def test_help_imports_no_heavy_modules():

@@ -267,11 +267,14 @@ async def test_help_opens_and_closes(db):
         await pilot.press("question_mark")
         assert isinstance(app.screen, ChatScreen)
 
-        # in the message box `?` is text, not the help key
+        # in the empty message box `?` shows the keys; once the box holds text it is text
         chat(pilot).query_one("#prompt", Input).focus()
         await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        await pilot.press("w", "h", "y", "question_mark")
         assert isinstance(app.screen, ChatScreen)
-        assert chat(pilot).query_one("#prompt", Input).value == "?"
+        assert chat(pilot).query_one("#prompt", Input).value == "why?"
 
 
 async def test_status_bar_shows_memory_and_unconsolidated(db):

@@ -26,7 +26,7 @@ from agent.session import ChatSession, EmptyMessage, Reply
 from agent.stack_watch import Swap
 from agent.tui.forget_screen import ForgetScreen
 from agent.tui.report_screen import ReportScreen
-from agent.tui.widgets import ConversationList, MessageView, StatusBar
+from agent.tui.widgets import ConversationList, MessageView, PromptInput, StatusBar
 from storage import StoreError
 from storage.manifest import ManifestError
 
@@ -70,7 +70,8 @@ class ChatScreen(Screen):
             yield ConversationList(id="conversations")
             with Vertical(id="chat"):
                 yield VerticalScroll(id="messages")
-                yield Input(placeholder="Message dreamer (Enter sends, Esc stops a reply, F1 help)", id="prompt")
+                yield PromptInput(placeholder="Message dreamer (Enter sends, Esc stops a reply, ? or F1 help)",
+                                  id="prompt")
         yield StatusBar(id="status")
         yield Footer()
 

@@ -19,7 +19,7 @@ HELP_TEXT = """\
 | `Ctrl+O` | go to the conversation list (`Enter` opens one) |
 | `Ctrl+F` | forget this conversation: it is deleted, and every night that learned it leaves the memory (asks first) |
 | `Tab` / `Shift+Tab` | move between the list and the message box |
-| `F1` / `?` | this help (`?` only outside the message box, where it types a `?`) |
+| `F1` / `?` | this help (`?` in the message box once it holds text is just a `?`) |
 | `Ctrl+Q` | quit |
 
 The status bar shows the chat model, the memory (the newest night learned, or "none yet"),

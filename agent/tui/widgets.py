@@ -8,13 +8,26 @@ from textual.app import ComposeResult
 from textual.await_complete import AwaitComplete
 from textual.containers import Vertical
 from textual.message import Message
-from textual.widgets import Label, Markdown, OptionList, Static
+from textual import events
+from textual.widgets import Input, Label, Markdown, OptionList, Static
 from textual.widgets.option_list import Option, OptionDoesNotExist
 
 INTERRUPTED_MARK = "⏹ interrupted"
 GENERATING_MARK = "… replying"
 SPEAKERS = {"user": "you", "assistant": "dreamer", "system": "system"}
 NEW_CONVERSATION_ID = "new"
+
+
+class PromptInput(Input):
+    """The message box: `?` in an empty box shows the keys (as the help says); anywhere else it is text."""
+
+    async def _on_key(self, event: events.Key) -> None:
+        if event.character == "?" and not self.value:
+            event.stop()
+            event.prevent_default()
+            self.app.action_help()
+            return
+        await super()._on_key(event)
 
 
 class MessageView(Vertical):
@@ -98,7 +111,8 @@ class ConversationList(OptionList):
         for row in conversations:
             title = row.get("title") or "(empty)"
             label = Text(title, no_wrap=True, overflow="ellipsis")
-            label.append(f"\n{row['day']} · {row.get('n_messages', 0)} messages", style="dim")
+            count = row.get("n_messages", 0)
+            label.append(f"\n{row['day']} · {count} message{'' if count == 1 else 's'}", style="dim")
             options.append(Option(label, id=str(row["id"])))
         self.set_options(options)
         if current is not None:

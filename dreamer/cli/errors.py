@@ -90,7 +90,15 @@ def error_line(err: BaseException) -> str:
 
 
 class DreamerGroup(click.Group):
-    """The click group whose commands all go through the one error path."""
+    """The click group whose commands all go through the one error path, and whose `--help` lists
+    each command's whole first sentence (click cuts it at the terminal's width with "...")."""
+
+    def format_commands(self, ctx, formatter) -> None:
+        rows = [(name, command.get_short_help_str(limit=10**4)) for name in self.list_commands(ctx)
+                if (command := self.get_command(ctx, name)) is not None and not command.hidden]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def invoke(self, ctx):
         try:
