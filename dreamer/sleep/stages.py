@@ -303,7 +303,10 @@ def promote(night: Night) -> None:
             except StoreError:  # the same full disk: the night is promoted all the same, and says so below
                 pass
         # The chat moves to tonight's fold: keep it and the one before (a quick rollback); none if off.
-        remove_stale(night.home, keep=[earlier + [str(final)], earlier] if folded is not None else [])
+        try:
+            remove_stale(night.home, keep=[earlier + [str(final)], earlier] if folded is not None else [])
+        except OSError:  # a clean-up: the night is promoted, and the next promotion tries again
+            pass
     advance()
     night.outcome = SleepOutcome("promoted", f"night {number} promoted: {len(night.message_ids)} turns consolidated",
                                  night.run_id, night.report, metrics)
