@@ -387,6 +387,7 @@ def plots(result: dict, folder: Path) -> list[Path]:
             ax.plot([p[0] for p in points], [p[2] for p in points], marker="x", linestyle=":", label=f"{arm}: bare")
         ax.set_title("chat decode, tok/s (one thread)")
         ax.set_xlabel("night")
+        ax.set_xticks(range(1, nights(result) + 1))
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=7)
         written.append(_save(fig, folder / "served.png"))
