@@ -62,19 +62,6 @@ def hf_logits(model, tokens: list[int]) -> np.ndarray:
         return model(input_ids=torch.tensor([tokens])).logits[0].double().numpy()
 
 
-def decode_speed(runtime, reps: int = 1) -> float:
-    speeds = []
-    for prompt in PROMPTS * reps:
-        runtime.llm.reset()
-        times = []
-        start = time.perf_counter()
-        for _ in runtime.stream([{"role": "user", "content": prompt}], max_tokens=64, temperature=0.0):
-            times.append(time.perf_counter() - start)
-        if len(times) > 1:
-            speeds.append((len(times) - 1) / (times[-1] - times[0]))
-    return statistics.median(speeds)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--home", type=Path, required=True)
@@ -88,6 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     from agent.models import embedded_gguf_path
     from agent.runtime import Adapter
     from dreamer.sleep.gate import general_texts
+    from dreamer.bench.served import decode_tok_s
     from dreamer.lm.weights import adapters as adapters_off
     from dreamer.lm.weights import build_stack, load_base, plan_device, training_source
     from dreamer.morning.fold import fold
@@ -160,8 +148,8 @@ def main(argv: list[str] | None = None) -> None:
         for name, (path, stack_adapters) in conditions.items():
             runtime = LlamaRuntime(path, n_ctx=1024, n_threads=1)
             runtime.load_adapters(stack_adapters)
-            decode_speed(runtime)  # warm-up
-            speeds[name].append(round(decode_speed(runtime), 1))
+            decode_tok_s(runtime, PROMPTS, 64)  # warm-up
+            speeds[name].append(round(decode_tok_s(runtime, PROMPTS, 64), 1))
             runtime.llm.close()
     record["decode_tok_s"] = {name: {"median": statistics.median(v), "rounds": v} for name, v in speeds.items()}
     # The chat's swap after a deep sleep: LlamaRuntime.load_model, from the base to the fold and back.

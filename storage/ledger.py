@@ -129,12 +129,7 @@ def promote(store: Store, run_id: int, adapter: dict, message_ids: list[int], *,
         adapter_id = store.db["adapters"].insert(
             {**adapter, "run_id": run_id, "status": "active", "created_at": store.now().isoformat()}
         ).last_pk
-        nights = [row["night"] for row in adapters(store, "active")]
-        version = store.db["stack_versions"].insert(
-            {"nights": json.dumps(nights), "parent": active_version(store), "created_at": store.now().isoformat(),
-             "reason": f"night {adapter['night']} promoted"}
-        ).last_pk
-        _set_active_version(store, version)
+        add_version(store, [row["night"] for row in adapters(store, "active")], f"night {adapter['night']} promoted")
         for start in range(0, len(message_ids), 500):  # SQLite's variable limit
             chunk = message_ids[start : start + 500]
             store.db.execute(

@@ -51,19 +51,27 @@ def served_files(home: Path | None, expert_paths: list[str]) -> tuple[Path, Path
     return folder / f"stack-{key}.gguf", folder / f"stack-{key}.json"
 
 
+def fold_source(home: Path | None, expert_paths: list[str]) -> str | None:
+    """The chat model a whole fold of these experts was made from, or None: no fold on disk, or
+    an unreadable sidecar (the adapters are then the safe way to serve the same memory)."""
+    model, sidecar = served_files(home, expert_paths)
+    if not model.is_file():
+        return None
+    try:
+        return json.loads(sidecar.read_text(encoding="utf-8"))["source"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def served_entry(home: Path | None, experts: list[dict]) -> dict:
     """What the chat should run for these experts: their folded GGUF if it was made, else adapters."""
-    adapters = [e["gguf_path"] for e in experts]
     if not experts:
         return {"model": None, "source": None, "adapters": []}
-    model, sidecar = served_files(home, [e["path"] for e in experts])
-    try:
-        source = json.loads(sidecar.read_text(encoding="utf-8"))["source"] if model.is_file() else None
-    except (OSError, ValueError, KeyError, TypeError):
-        source = None  # an unreadable sidecar: the adapters are the safe way to serve the same memory
+    paths = [e["path"] for e in experts]
+    source = fold_source(home, paths)
     if source is None:
-        return {"model": None, "source": None, "adapters": adapters}
-    return {"model": str(model), "source": source, "adapters": []}
+        return {"model": None, "source": None, "adapters": [e["gguf_path"] for e in experts]}
+    return {"model": str(served_files(home, paths)[0]), "source": source, "adapters": []}
 
 
 def remove_folds_holding(home: Path | None, names: set[str]) -> list[str]:

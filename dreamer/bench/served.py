@@ -18,12 +18,13 @@ ROUNDS = 3
 TOKENS = 48
 
 
-def decode_tok_s(runtime) -> float:
+def decode_tok_s(runtime, prompts: list[str] = PROMPTS, tokens: int = TOKENS) -> float:
+    """Median decode speed over the prompts (greedy, `tokens` at most), from the first token on."""
     speeds = []
-    for prompt in PROMPTS:
+    for prompt in prompts:
         runtime.llm.reset()
         stamps = []
-        for _ in runtime.stream([{"role": "user", "content": prompt}], max_tokens=TOKENS, temperature=0.0):
+        for _ in runtime.stream([{"role": "user", "content": prompt}], max_tokens=tokens, temperature=0.0):
             stamps.append(time.perf_counter())
         if len(stamps) > 2:
             speeds.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))

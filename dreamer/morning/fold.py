@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from storage.manifest import SERVED, served_files, served_key
+from storage.manifest import SERVED, fold_source, served_files, served_key
 from storage.paths import adapters_dir, ensure_private_dir, make_private
 from storage.store import pid_alive
 
@@ -210,11 +210,7 @@ def ensure_folded(home: Path, config, expert_paths: list[str]) -> Folded | None:
     chat_model = chat_model_to_fold(config)
     if chat_model is None or not expert_paths:
         return None
-    model, sidecar = served_files(home, expert_paths)
-    try:
-        source = json.loads(sidecar.read_text(encoding="utf-8")).get("source")
-    except (OSError, ValueError):
-        source = None
-    if model.is_file() and source == str(chat_model) and gguf_problem(model) is None:
+    model = served_files(home, expert_paths)[0]
+    if fold_source(home, expert_paths) == str(chat_model) and gguf_problem(model) is None:
         return None
     return fold_stack(home, chat_model, [Path(p) for p in expert_paths], qtype=config.fold_type)
