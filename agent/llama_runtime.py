@@ -97,6 +97,7 @@ class LlamaRuntime:
         self._lock = threading.Lock()
         self._loaded: dict[Path, ctypes.c_void_p] = {}  # path -> llama_adapter_lora*
         self.adapters: list[Adapter] = []
+        self.finish_reason: str | None = None  # of the last reply: "length" when cut at max_tokens
 
     def _open(self, path: Path):
         try:
@@ -142,19 +143,25 @@ class LlamaRuntime:
             self.threads = threads
 
     # --- generation ----------------------------------------------------------
-    def stream(self, messages: Sequence[dict], *, max_tokens: int, temperature: float, stop=None) -> Iterator[str]:
+    def stream(self, messages: Sequence[dict], *, max_tokens: int, temperature: float, top_p: float = 1.0,
+               min_p: float = 0.0, repeat_penalty: float = 1.0, stop=None) -> Iterator[str]:
         with self._lock:
             self._choose_threads()  # a sleep may have started or ended since the last reply
+            self.finish_reason = None
             chunks = self.llm.create_chat_completion(
-                messages=list(messages), stream=True, max_tokens=max_tokens, temperature=temperature
+                messages=list(messages), stream=True, max_tokens=max_tokens, temperature=temperature,
+                top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,  # top_k: llama.cpp's 40
             )
             try:
                 for chunk in chunks:
                     if stop is not None and stop.is_set():
                         return
-                    piece = chunk["choices"][0].get("delta", {}).get("content")
+                    choice = chunk["choices"][0]
+                    piece = choice.get("delta", {}).get("content")
                     if piece:
                         yield piece
+                    if choice.get("finish_reason"):
+                        self.finish_reason = choice["finish_reason"]
             finally:
                 chunks.close()  # stops llama.cpp's sampling loop when we leave early
 

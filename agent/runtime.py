@@ -26,6 +26,7 @@ class Adapter:
 
 class ChatRuntime(Protocol):
     name: str
+    finish_reason: str | None
 
     def stream(
         self,
@@ -33,9 +34,13 @@ class ChatRuntime(Protocol):
         *,
         max_tokens: int,
         temperature: float,
+        top_p: float = 1.0,
+        min_p: float = 0.0,
+        repeat_penalty: float = 1.0,
         stop: threading.Event | None = None,
     ) -> Iterator[str]:
-        """Yield the reply piece by piece; return early once `stop` is set."""
+        """Yield the reply piece by piece; return early once `stop` is set. Afterwards
+        `finish_reason` is "length" if the reply was cut at `max_tokens`, else "stop"."""
 
     def count_tokens(self, text: str) -> int:
         """Tokens `text` takes in this model's vocabulary."""
@@ -50,7 +55,8 @@ class ChatRuntime(Protocol):
 class FakeRuntime:
     """A runtime that replies from a script, word by word; tokens are words.
 
-    `enqueue("reply", ...)` queues replies; with an empty queue it echoes the last user turn.
+    `enqueue("reply", ...)` queues replies; with an empty queue it echoes the last user turn; a
+reply longer than `max_tokens` words is cut there (`finish_reason` "length").
     `fail_with` makes the next `stream` raise `ModelError`; `delay` slows each word so a test
     can cancel mid-reply; every prompt it was given is kept in `prompts`.
     """
@@ -66,23 +72,30 @@ class FakeRuntime:
         self.base_path = Path("fake.gguf")  # "the configured model"
         self.model_path = self.base_path  # what is served now: the configured model or a folded one
         self.fail_model_with: str | None = None  # the next load_model raises ModelError with this
+        self.finish_reason: str | None = None
+        self.sampling: list[dict] = []  # the sampling arguments of every stream call
 
     def enqueue(self, *replies: str) -> None:
         self.replies.extend(replies)
 
-    def stream(self, messages, *, max_tokens, temperature, stop=None):
+    def stream(self, messages, *, max_tokens, temperature, top_p=1.0, min_p=0.0, repeat_penalty=1.0, stop=None):
         self.prompts.append([dict(m) for m in messages])
+        self.sampling.append({"temperature": temperature, "top_p": top_p, "min_p": min_p,
+                              "repeat_penalty": repeat_penalty})
+        self.finish_reason = None
         if self.fail_with:
             message, self.fail_with = self.fail_with, None
             raise ModelError(message)
         last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
         reply = self.replies.pop(0) if self.replies else f"You said: {last_user}"
-        for i, word in enumerate(reply.split(" ")[:max_tokens]):
+        words = reply.split(" ")
+        for i, word in enumerate(words[:max_tokens]):
             if stop is not None and stop.is_set():
                 return
             if self.delay:
                 time.sleep(self.delay)
             yield word if i == 0 else " " + word
+        self.finish_reason = "length" if len(words) > max_tokens else "stop"
 
     def count_tokens(self, text: str) -> int:
         return len(text.split())

@@ -45,7 +45,10 @@ class Config:
     day_boundary: str = field(default="04:00", metadata={"help": "local time (HH:MM) at which a new day starts"})
     n_ctx: int = field(default=4096, metadata={"help": "context window of the chat model, tokens"})
     max_reply_tokens: int = field(default=512, metadata={"help": "longest reply, tokens"})
-    temperature: float = field(default=0.7, metadata={"help": "sampling temperature for chat"})
+    temperature: float = field(default=0.7, metadata={"help": "sampling temperature for chat (0 = greedy)"})
+    top_p: float = field(default=0.95, metadata={"help": "chat sampling: the smallest set of tokens holding this much probability"})
+    min_p: float = field(default=0.05, metadata={"help": "chat sampling: drop tokens below this fraction of the likeliest one's probability"})
+    repeat_penalty: float = field(default=1.0, metadata={"help": "chat sampling: above 1 makes tokens already in the last 64 less likely (1 = off)"})
     memory_token_budget: int = field(
         default=768, metadata={"help": "tokens of earlier turns from today recalled into the prompt"}
     )
@@ -114,6 +117,12 @@ class Config:
             raise ConfigError(f"n_threads must be an integer >= 0, got {self.n_threads!r}")
         if not 0 <= self.temperature <= 2:
             raise ConfigError(f"temperature must be in [0, 2], got {self.temperature!r}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not 0 <= self.min_p < 1:
+            raise ConfigError(f"min_p must be in [0, 1), got {self.min_p!r}")
+        if not 1 <= self.repeat_penalty <= 2:
+            raise ConfigError(f"repeat_penalty must be in [1, 2], got {self.repeat_penalty!r}")
         if self.max_message_tokens < MIN_MESSAGE_TOKENS:
             raise ConfigError(f"max_message_tokens must be at least {MIN_MESSAGE_TOKENS}, got {self.max_message_tokens}")
         if not self.system_prompt.strip():
@@ -127,6 +136,11 @@ class Config:
     @property
     def boundary(self):
         return parse_boundary(self.day_boundary)
+
+    def sampling(self) -> dict:
+        """The chat's sampling arguments, as `ChatRuntime.stream` takes them."""
+        return {"temperature": self.temperature, "top_p": self.top_p, "min_p": self.min_p,
+                "repeat_penalty": self.repeat_penalty}
 
     def model_path(self) -> Path | None:
         """The configured chat GGUF, or None for the embedded default."""

@@ -34,6 +34,7 @@ from pathlib import Path
 from storage import ledger
 from storage.paths import adapters_dir
 from storage.store import Store, StoreError
+from storage.words import count
 
 FORGOTTEN = "forgotten"
 
@@ -157,6 +158,8 @@ def apply_forget(store: Store, plan: ForgetPlan) -> list[Path]:
             marks = ",".join("?" * len(runs))
             store.db.execute(f"update messages set consolidated_run_id = null where consolidated_run_id in ({marks})",
                              runs)
+            store.db.execute(f"delete from probe_checks where probe_id in (select id from probes where run_id in ({marks}))",
+                             runs)
             store.db.execute(f"delete from probes where run_id in ({marks})", runs)
             active = [r["night"] for r in ledger.adapters(store, "active")]
             store.db.execute(f"update adapters set status = '{FORGOTTEN}', metrics = '{{}}' "
@@ -190,7 +193,7 @@ def complete_forget(store: Store, home: Path, plan: ForgetPlan) -> str:
 
 
 def describe(plan) -> list[str]:
-    lines = [f"{len(plan.messages)} turns in {len(plan.conversations)} conversation(s) will be deleted:"]
+    lines = [f"{count(len(plan.messages), 'message')} in {count(len(plan.conversations), 'conversation')} will be deleted:"]
     for message in plan.messages[:8]:
         text = " ".join(message["content"].split())
         lines.append(f"  #{message['conversation_id']} {message['day']} {message['role']}: "
@@ -200,12 +203,12 @@ def describe(plan) -> list[str]:
     if plan.nights:
         lines.append(f"The memory of night(s) {nights_of(plan)} goes with them (those nights learned from these "
                      "conversations, or trained on a night that did); their other "
-                     f"{plan.requeued} turns wait for the next sleep, which learns them again.")
+                     f"{count(plan.requeued, 'message')} wait for the next sleep, which learns them again.")
         if plan.unknown:
             lines.append(f"Night(s) {', '.join(map(str, plan.unknown))}: what they learned from cannot be read "
                          "(metadata.json missing), so they go too.")
     else:
-        lines.append("No night learned from them yet: only the turns go.")
+        lines.append("No night learned from them yet: only the messages go.")
     return lines
 
 

@@ -15,16 +15,17 @@ import os
 from pathlib import Path
 
 from storage import manifest
-from storage.store import WAITING, Store, dumps
+from storage.store import LEARNABLE, WAITING, Store, dumps
 
 
 def unconsolidated(store: Store, day: str | None = None) -> list[dict]:
     """Conversations with turns waiting for sleep (only those turns), oldest first.
 
     Each: {"conversation_id", "title", "days", "messages": [{"id", "role", "content", "day"}]}.
-    Turns still being written (`generating`) wait for a later night.
+    Only learnable turns (storage.store.LEARNABLE): a reply still being written waits for a later
+    night; an unfinished reply and what the user excluded are never learned.
     """
-    where = f"{WAITING} and status != 'generating' and content != ''"
+    where = f"{WAITING} and {LEARNABLE}"
     args: list = []
     if day:
         where += " and day = ?"
@@ -95,6 +96,55 @@ def replay_probes(store: Store) -> list[dict]:
         where a.status = 'active' order by p.id
     """
     return [{**row, "distractors": json.loads(row["distractors"])} for row in store.db.query(sql)]
+
+
+def save_checks(store: Store, checks: list[dict], version: int | None = None) -> int:
+    """Record what stack `version` (default: the active one) answers to the probes: each check names its
+    probe by id, or by (day, question, answer) among the active nights' probes. Returns how many."""
+    version = active_version(store) if version is None else version
+    ids = {(p["day"], p["question"], p["answer"]): p["id"] for p in replay_probes(store)}
+    stamp = store.now().isoformat()
+    rows = [{"probe_id": c.get("probe_id") or ids.get((c["day"], c["question"], c["answer"])), "version": version,
+             "checked_at": stamp, "chosen": c["chosen"], "p_answer": round(float(c["p_answer"]), 4),
+             "correct": int(bool(c["correct"]))} for c in checks]
+    rows = [r for r in rows if r["probe_id"] is not None]
+    with store.write():
+        store.db["probe_checks"].insert_all(rows)
+    return len(rows)
+
+
+def memory_facts(store: Store) -> list[dict]:
+    """Night by night (the active stack's), each probe with what the active memory answers now and what
+    it answered right after its own night: the Memory screen and `dreamer memory --facts`.
+
+    Each night: {"night", "day", "facts": [{"id", "question", "answer", "kind", "now", "first", "state"}]},
+    `now`/`first` a check ({"chosen", "p_answer", "correct", "version", "checked_at"}) or None, and
+    `state` one of kept | fading | lost | not learned | not checked (see `fact_state`)."""
+    version = active_version(store)
+    nights = []
+    for adapter in store.active_adapters():
+        facts = []
+        for probe in store.db["probes"].rows_where("run_id = ? and kind != 'general'", [adapter["run_id"]], order_by="id"):
+            checks = list(store.db["probe_checks"].rows_where("probe_id = ?", [probe["id"]], order_by="id"))
+            now = next((c for c in reversed(checks) if c["version"] == version), None)
+            facts.append({"id": probe["id"], "question": probe["question"], "answer": probe["answer"],
+                          "kind": probe["kind"], "now": now, "first": checks[0] if checks else None,
+                          "state": fact_state(checks[0] if checks else None, now)})
+        nights.append({"night": adapter["night"], "day": adapter["day"], "facts": facts})
+    return nights
+
+
+FADING_DROP = 0.2  # the answer still wins, but the memory is this much less sure than right after its night
+
+
+def fact_state(first: dict | None, now: dict | None) -> str:
+    """kept: the answer still wins; fading: it wins with FADING_DROP less confidence than right after its
+    night; lost: it won then and loses now; not learned: it lost right after its own night too."""
+    if now is None:
+        return "not checked"
+    if now["correct"]:
+        return "fading" if first and first["p_answer"] - now["p_answer"] >= FADING_DROP else "kept"
+    return "lost" if first and first["correct"] else "not learned"
 
 
 def adapters(store: Store, status: str | None = None) -> list[dict]:

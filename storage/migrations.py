@@ -29,7 +29,7 @@ def m001_conversations_and_messages(db: Database) -> None:
             "content": str,
             "created_at": str,  # ISO-8601, UTC
             "day": str,  # YYYY-MM-DD after the day boundary, local time
-            "status": str,  # complete | generating | interrupted
+            "status": str,  # complete | generating | interrupted | cut (at the reply token limit)
             "writer_pid": int,  # process writing a 'generating' row, to detect crashes
             "consolidated_run_id": int,  # sleep run that consolidated it; NULL = waiting
         },
@@ -118,3 +118,18 @@ def m005_sleep_run_pid(db: Database) -> None:
     # The process running a sleep, so `dreamer status` can name it and the recovery pass can tell
     # a live run from one whose process was killed (SIGKILL leaves its row `running`).
     db["sleep_runs"].add_column("pid", int)
+
+
+@migrations()
+def m006_dont_learn_this_and_probe_checks(db: Database) -> None:
+    # "Don't learn this": a turn, or a whole conversation (its later turns too), that no night learns;
+    # kept in the log. NULL = learnable; else when the user excluded it.
+    db["messages"].add_column("excluded_at", str)
+    db["conversations"].add_column("excluded_at", str)
+    # What a stack version answers to each probe, closed book (the gate of the night that made it,
+    # or `dreamer memory --check`): the Memory screen reads these, it never runs a model.
+    db["probe_checks"].create(
+        {"id": int, "probe_id": int, "version": int, "checked_at": str, "chosen": str, "p_answer": float,
+         "correct": int},
+        pk="id", foreign_keys=[("probe_id", "probes", "id")])
+    db["probe_checks"].create_index(["probe_id", "version"])

@@ -88,7 +88,7 @@ def _settle_runs(store: Store) -> list[str]:
             ledger.finish_run(store, row["id"], "interrupted",
                               reason="the process ended without finishing (killed or crashed); nothing changed")
             pid = f" (pid {row['pid']})" if row.get("pid") else ""
-            repairs.append(f"sleep run {row['id']}{pid} was killed: recorded as interrupted; its turns wait for "
+            repairs.append(f"sleep run {row['id']}{pid} was killed: recorded as interrupted; its messages wait for "
                            "the next night")
     return repairs
 

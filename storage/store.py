@@ -40,6 +40,12 @@ from storage.paths import database_path, dreamer_home, ensure_private_dir, make_
 WAITING = ("(consolidated_run_id is null or consolidated_run_id not in "
            "(select run_id from adapters where status = 'active'))")
 
+# What a night may learn: finished turns with text that the user did not mark "don't learn this"
+# (the turn, or its whole conversation). An interrupted or cut reply (status `interrupted`, `cut`)
+# is the model's own unfinished output: never learned, kept in the log.
+LEARNABLE = ("status = 'complete' and content != '' and excluded_at is null and conversation_id not in "
+             "(select id from conversations where excluded_at is not null)")
+
 ROLES = ("system", "user", "assistant")
 TITLE_CHARS = 48
 
@@ -193,11 +199,12 @@ class Store:
         return rows[0]
 
     def conversations(self, limit: int = 200, day: date | str | None = None) -> list[dict]:
-        """Newest first, with their message count."""
+        """Newest first, with their message count; an empty conversation is not one (the chat stores a
+        conversation with its first message; older versions left empty ones behind)."""
         where, args = ("where c.day = ?", [str(day)]) if day else ("", [])
         sql = f"""
             select c.*, count(m.id) as n_messages from conversations c
-            left join messages m on m.conversation_id = c.id
+            join messages m on m.conversation_id = c.id
             {where} group by c.id order by c.updated_at desc, c.id desc limit ?
         """
         return list(self.db.query(sql, [*args, limit]))
@@ -237,13 +244,14 @@ class Store:
         with self.write():
             self.db["messages"].update(message_id, {"content": content})
 
-    def finish_reply(self, message_id: int, content: str, interrupted: bool = False) -> None:
+    def finish_reply(self, message_id: int, content: str, interrupted: bool = False, cut: bool = False) -> None:
+        """`interrupted`: stopped by the user or a failure; `cut`: ran to the reply token limit."""
         if interrupted and not content:
             # Stopped or failed before the first token: there is no partial reply to keep.
             with self.write():
                 self.db["messages"].delete(message_id)
             return
-        status = "interrupted" if interrupted else "complete"
+        status = "interrupted" if interrupted else "cut" if cut else "complete"
         with self.write():
             self.db["messages"].update(message_id, {"content": content, "status": status, "writer_pid": None})
 
@@ -275,20 +283,64 @@ class Store:
 
     # --- days and consolidation -------------------------------------------------
     def day_counts(self) -> list[dict]:
-        """Per day: messages, and those not yet consolidated (oldest day first)."""
-        sql = """
+        """Per day: messages, and those waiting for sleep (oldest day first)."""
+        sql = f"""
             select day, count(*) as messages,
-                   sum(case when {WAITING} then 1 else 0 end) as unconsolidated
+                   sum(case when {WAITING} and {LEARNABLE} then 1 else 0 end) as unconsolidated
             from messages group by day order by day
-        """.format(WAITING=WAITING)
+        """
         return list(self.db.query(sql))
 
     def unconsolidated_count(self) -> int:
-        return self.db["messages"].count_where(f"{WAITING} and status != 'generating'")
+        """Messages the next sleep will learn (the same ones `storage.ledger.unconsolidated` hands it)."""
+        return self.db["messages"].count_where(f"{WAITING} and {LEARNABLE}")
 
     def unconsolidated_days(self) -> list[str]:
-        sql = f"select distinct day from messages where {WAITING} order by day"
+        sql = f"select distinct day from messages where {WAITING} and {LEARNABLE} order by day"
         return [row["day"] for row in self.db.query(sql)]
+
+    # --- "don't learn this" ---------------------------------------------------------
+    def exclude(self, *, conversation_id: int | None = None, message_ids=(), undo: bool = False) -> dict:
+        """Mark a conversation (its turns to come too) or single turns as never to be learned, or
+        (`undo`) learnable again. Returns {"changed": n, "learned": [turn ids a night already
+        learned]}: those are in the weights already, and only `dreamer forget` takes them out."""
+        stamp = None if undo else self.now().isoformat()
+        with self.write():
+            if conversation_id is not None:
+                self.conversation(conversation_id)
+                ids = [r["id"] for r in self.db["messages"].rows_where("conversation_id = ?", [conversation_id])]
+                self.db["conversations"].update(conversation_id, {"excluded_at": stamp})
+                if undo:  # the conversation's own turns marked one by one come back too
+                    self.db.execute("update messages set excluded_at = null where conversation_id = ?", [conversation_id])
+                changed = len(ids)
+            else:
+                ids = list(message_ids)
+                found = {r["id"] for r in self.db["messages"].rows_where(
+                    f"id in ({','.join('?' * len(ids))})", ids)} if ids else set()
+                missing = [i for i in ids if i not in found]
+                if missing:
+                    raise StoreError(f"no message with id {missing[0]}")
+                for pk in ids:
+                    self.db["messages"].update(pk, {"excluded_at": stamp})
+                changed = len(ids)
+            learned = [r["id"] for r in self.db.query(
+                f"select id from messages where id in ({','.join('?' * len(ids))}) and not {WAITING}", ids)] if ids else []
+        return {"changed": changed, "learned": learned}
+
+    def queue(self) -> list[dict]:
+        """Tonight's queue as the user sees it: finished messages no active night has learned, oldest
+        first, each with `excluded` (the user said "don't learn this": the night skips it)."""
+        sql = f"""
+            select m.id, m.conversation_id, m.role, m.content, m.day, c.title,
+                   (m.excluded_at is not null or c.excluded_at is not null) as excluded
+            from messages m join conversations c on c.id = m.conversation_id
+            where {WAITING.replace('consolidated_run_id', 'm.consolidated_run_id')}
+              and m.status = 'complete' and m.content != '' order by m.id
+        """
+        return list(self.db.query(sql))
+
+    def excluded(self, conversation_id: int) -> bool:
+        return bool(self.conversation(conversation_id).get("excluded_at"))
 
     def last_sleep(self) -> dict | None:
         rows = list(self.db["sleep_runs"].rows_where(order_by="id desc", limit=1))
@@ -308,6 +360,15 @@ class Store:
     def mark_report_seen(self, run_id: int) -> None:
         with self.write():
             self.db["sleep_runs"].update(run_id, {"report_seen_at": self.now().isoformat()})
+
+    def state(self, key: str) -> str | None:
+        """A value of the `state` table (e.g. `first_run_seen`), or None."""
+        row = self.db["state"].rows_where("key = ?", [key])
+        return next((r["value"] for r in row), None)
+
+    def set_state(self, key: str, value: str) -> None:
+        with self.write():
+            self.db["state"].upsert({"key": key, "value": value}, pk="key")
 
     def active_adapters(self) -> list[dict]:
         return list(self.db["adapters"].rows_where("status = 'active'", order_by="night"))

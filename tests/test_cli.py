@@ -19,7 +19,7 @@ def test_help_lists_commands():
     for command in ("chat", "status", "log", "import", "export", "forget"):
         assert command in result.output
     assert "..." not in result.output.split("Commands:")[1]  # every first sentence whole, wrapped, never cut
-    assert "the sleep runs." in result.output
+    assert "--facts: what it knows." in result.output and "dont-learn" in result.output
 
 
 def test_help_imports_no_heavy_modules():
@@ -46,7 +46,7 @@ def test_import_status_log_export(tmp_path, dreamer_home):
     assert status.exit_code == 0, status.output
     assert str(dreamer_home) in status.output
     assert "2026-11-20         2                  2" in status.output
-    assert "2 turns not yet consolidated" in status.output
+    assert "waiting for the next sleep: 2 messages" in status.output
     assert "memory:   none yet" in status.output
 
     log = run("log", "--day", "2026-11-20")
@@ -165,7 +165,7 @@ def test_rollback_rewrites_the_manifest_and_requeues_turns(dreamer_home):
 
     result = run("rollback")
     assert result.exit_code == 0, result.output
-    assert "stack v1 (nights: 1)" in result.output and "1 turns wait" in result.output
+    assert "stack v1 (nights: 1)" in result.output and "waiting for the next sleep: 1 message" in result.output
     assert "could not be folded" in result.output  # its files are missing: said, and the rollback goes on
     manifest = read_manifest(dreamer_home)
     assert manifest["version"] == 1 and [e["night"] for e in manifest["experts"]] == [1]

@@ -123,7 +123,7 @@ def test_a_read_only_home_still_shows_and_exports_its_data(dreamer_home, tmp_pat
     for name in ("status", "log", "export"):
         assert results[name].returncode == 0, (name, results[name].stderr)
         assert "read-only" in results[name].stderr and "Traceback" not in results[name].stderr
-    assert "1 turns not yet consolidated" in results["status"].stdout
+    assert "waiting for the next sleep: 1 message" in results["status"].stdout
     assert "My cat is called Miso." in results["log"].stdout
     assert "Miso" in (out / "b.jsonl").read_text()
     # a write is refused with one line, and nothing is half-done

@@ -37,7 +37,7 @@ def test_turns_no_night_learned_go_alone(store):
     store.add_message(gone, "user", "My bank PIN is hidden under the blue vase.")
     result = run("forget", str(gone), "--yes")
     assert result.exit_code == 0, result.output
-    assert "No night learned from them yet" in result.output and "forgotten: 1 turns" in result.output
+    assert "No night learned from them yet" in result.output and "forgotten: 1 message;" in result.output
     fresh = Store(database_path())
     assert [c["id"] for c in fresh.conversations()] == [keep]
     assert fresh.search_day(None, "blue vase PIN") == []  # the full-text index forgot it too
@@ -55,8 +55,8 @@ def test_a_forgotten_conversation_takes_its_night_and_every_night_trained_on_it(
     result = run("forget", str(first), input="y\n")
     assert result.exit_code == 0, result.output
     assert "night(s) 1, 2 goes with them" in result.output  # night 2 trained with night 1 active
-    assert "forgotten: 1 turns, nights 1, 2; the chat now serves the base model" in result.output
-    assert "1 turns wait for the next sleep" in result.output  # the cat: learned again tonight
+    assert "forgotten: 1 message, nights 1, 2; the chat now serves the base model" in result.output
+    assert "waiting for the next sleep: 1 message" in result.output  # the cat: learned again tonight
     fresh = Store(database_path())
     assert not any(f.exists() for f in folders)
     assert {r["status"] for r in ledger.adapters(fresh)} == {"forgotten"}
@@ -171,4 +171,4 @@ async def test_the_chat_forgets_the_open_conversation_after_asking(db):
         assert [c["id"] for c in db.conversations()] == [kept]
         assert db.search_day(None, "blue vase PIN") == []
         assert chat(pilot).session.conversation_id == kept
-        assert any(m.startswith("forgotten: 2 turns") for m, _ in seen)
+        assert any(m.startswith("forgotten: 2 messages") for m, _ in seen)

@@ -98,8 +98,9 @@ def test_recall_of_every_day_is_for_the_bench_only(store):
 def test_prompt_respects_budgets_and_truncates_long_messages(store):
     config = Config(n_ctx=400, max_reply_tokens=100, memory_token_budget=50, max_message_tokens=40)
     session = make_session(store, config=config)
+    session.conversation_id = store.new_conversation()
     for i in range(30):
-        store.add_message(session.new_conversation() if i == 0 else session.conversation_id, "user", f"turn {i} " * 5)
+        store.add_message(session.conversation_id, "user", f"turn {i} " * 5)
     session.send("long " * 5000)
     count = FakeRuntime().count_tokens
     prompt = build_prompt(store, config, session.conversation_id, count)
@@ -135,7 +136,35 @@ def test_status_for_the_status_bar(store):
 
 def test_resume_latest_opens_the_newest_conversation(store):
     session = make_session(store)
-    first = session.resume_latest()
+    assert session.resume_latest() is None  # a fresh database: a new conversation, stored with its first message
     session.send("hi")
     other = make_session(store)
-    assert other.resume_latest() == first
+    assert other.resume_latest() == session.conversation_id
+
+
+def test_reply_cut_at_the_token_limit_is_marked_and_sampling_comes_from_config(store):
+    runtime = FakeRuntime(["the queen of Lisbon the princess of Lisbon", "Fine."])
+    config = Config(max_reply_tokens=4, temperature=0.3, top_p=0.9, min_p=0.1, repeat_penalty=1.15)
+    session = make_session(store, config=config, runtime=runtime)
+    session.send("Tell me about Lisbon")
+    reply = session.reply()
+    assert (reply.text, reply.cut, reply.interrupted) == ("the queen of Lisbon", True, False)
+    session.send("Thanks")
+    assert not session.reply().cut  # two words, under the limit
+    assert [m["status"] for m in session.messages() if m["role"] == "assistant"] == ["cut", "complete"]
+    assert runtime.sampling[0] == {"temperature": 0.3, "top_p": 0.9, "min_p": 0.1, "repeat_penalty": 1.15}
+
+
+def test_a_new_conversation_is_stored_with_its_first_message(store):
+    session = make_session(store)
+    session.send("first")
+    first = session.conversation_id
+    session.new_conversation()
+    assert session.conversation_id is None and session.messages() == []
+    assert [c["id"] for c in store.conversations()] == [first]  # no empty conversation stored
+    store.new_conversation()  # an empty one an older version left behind: not listed, not resumed
+    assert [c["id"] for c in store.conversations()] == [first]
+    assert session.resume_latest() == first
+    session.new_conversation()
+    session.send("second")
+    assert session.conversation_id != first and len(store.conversations()) == 2

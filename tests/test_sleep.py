@@ -253,7 +253,7 @@ def test_second_sleep_is_refused(day_store, tiny_dir, dreamer_home, fake_judge, 
 
 def test_nothing_to_consolidate_and_dry_run(store, day_store, tiny_dir, dreamer_home, fake_judge):
     outcome = night(day_store, tiny_dir, dreamer_home, fake_judge, dry_run=True)
-    assert outcome.status == "dry-run" and "1 conversations, 2 user turns" in outcome.message
+    assert outcome.status == "dry-run" and "1 conversation, 3 messages (2 of them yours)" in outcome.message
     assert ledger.runs(day_store) == []
     outcome = night(day_store, tiny_dir, dreamer_home, fake_judge, day="2001-01-01")
     assert outcome.status == "nothing" and "nothing to consolidate on 2001-01-01" in outcome.message
@@ -381,3 +381,19 @@ def test_the_turns_are_collected_under_the_lock(day_store, tiny_dir, dreamer_hom
         release.set()
         thread.join()
     assert outcome.status == "promoted" and day_store.unconsolidated_count() == 0  # Rex too
+
+
+def test_dry_run_estimates_from_this_homes_nights(store):
+    from dreamer.sleep.estimate import estimate_night
+    from storage import ledger
+
+    assert "reference 2-core Intel Xeon" in estimate_night(store, "cpu-tiny", 100, embedded_model=True)
+    assert estimate_night(store, "cpu-tiny", 100, embedded_model=False).startswith("no time estimate yet")
+    for seconds, distilling, peak in ((700, 600, 2000.0), (900, 800, 2500.0)):
+        run = ledger.start_run(store, "2026-11-21", "cpu-tiny")
+        ledger.finish_run(store, run, "promoted", metrics={
+            "seconds": seconds, "phase_seconds": {"distil into a new expert": distilling}, "training": {"steps": 100},
+            "peak_memory_mb": peak})
+    # fixed part: median(100, 100) s; a step: median(6, 8) = 7 s; 200 steps -> 100 + 1400 s = 25 min
+    assert estimate_night(store, "cpu-tiny", 200, embedded_model=False) == (
+        "about 25 min and 2.4 GB peak memory (from the last 2 nights of cpu-tiny in this home)")

@@ -10,10 +10,10 @@ from storage.days import day_of, parse_boundary
 from storage.migrations import migrations
 
 EXPECTED_COLUMNS = {
-    "conversations": {"id", "title", "day", "created_at", "updated_at"},
+    "conversations": {"id", "title", "day", "created_at", "updated_at", "excluded_at"},
     "messages": {
         "id", "conversation_id", "role", "content", "created_at", "day", "status", "writer_pid",
-        "consolidated_run_id",
+        "consolidated_run_id", "excluded_at",
     },
     "sleep_runs": {"id", "day", "started_at", "finished_at", "status", "preset", "reason", "report", "metrics",
                    "report_seen_at", "pid"},
@@ -37,7 +37,7 @@ def test_reapplying_migrations_is_a_noop(store):
     assert migrations.pending(store.db) == []
     migrations.apply(store.db)
     reopened = Store(store.path)
-    assert reopened.db["_sqlite_migrations"].count == before == 5
+    assert reopened.db["_sqlite_migrations"].count == before == 6
 
 
 def test_files_are_private(store, dreamer_home):
@@ -162,3 +162,31 @@ def test_second_connection_reads_while_first_writes(store):
         assert other.db["messages"].count == 0  # WAL: the reader sees the last commit
     assert other.db["messages"].count == 1
     assert Database(store.path).journal_mode == "wal"
+
+
+def test_unfinished_replies_and_excluded_turns_are_never_learned(store):
+    from storage.ledger import unconsolidated
+
+    kept = store.new_conversation()
+    store.add_message(kept, "user", "My parrot is called Bramble.")
+    store.finish_reply(store.start_reply(kept), "Lovely name!")
+    store.finish_reply(store.start_reply(kept), "the queen of Lisbon the queen", cut=True)
+    store.finish_reply(store.start_reply(kept), "Half a rep", interrupted=True)
+    private = store.new_conversation()
+    store.add_message(private, "user", "My bank PIN is 4711.")
+    secret = store.add_message(kept, "user", "And my diary's code word is Heron.")
+    assert store.messages(kept)[2]["status"] == "cut"
+
+    store.exclude(conversation_id=private)
+    store.exclude(message_ids=[secret])
+    store.add_message(private, "user", "Its PUK is 9901.")  # a later turn of an excluded conversation
+    waiting = [m["content"] for c in unconsolidated(store) for m in c["messages"]]
+    assert waiting == ["My parrot is called Bramble.", "Lovely name!"]
+    assert store.unconsolidated_count() == 2 == sum(r["unconsolidated"] for r in store.day_counts())
+    assert len(store.messages(private)) == 2 and store.excluded(private)  # kept in the log
+
+    store.exclude(conversation_id=private, undo=True)
+    store.exclude(message_ids=[secret], undo=True)
+    assert store.unconsolidated_count() == 5
+    with pytest.raises(StoreError, match="no message with id 999"):
+        store.exclude(message_ids=[999])

@@ -19,7 +19,9 @@ SIZE = (110, 32)
 LONG_REPLY = " ".join(f"word{i}" for i in range(80))
 
 
-def make_session(db: Store, runtime: FakeRuntime | None = None) -> ChatSession:
+def make_session(db: Store, runtime: FakeRuntime | None = None, first_run: bool = False) -> ChatSession:
+    if not first_run:  # the first-run card would cover the chat: tests of the card ask for it
+        db.set_state("first_run_seen", "test")
     return ChatSession(db, runtime or FakeRuntime(), Config())
 
 
@@ -283,13 +285,17 @@ async def test_status_bar_shows_memory_and_unconsolidated(db):
         status = chat(pilot).query_one(StatusBar)
         assert "model: fake" in status.text
         assert "memory: none yet" in status.text
-        assert "not yet consolidated: 0" in status.text
+        assert "waiting for sleep: 0 messages" in status.text
         assert "last sleep: never" in status.text
         assert f"day: {db.today()}" in status.text
         await say(pilot, "count me")
         await settle(pilot)
-        assert "not yet consolidated: 2" in status.text
-        assert "not yet consolidated: 2" in str(status.render())
+        assert "waiting for sleep: 2 messages" in status.text
+        assert "waiting for sleep: 2 messages" in str(status.render())
+        await pilot.resize_terminal(80, 24)  # narrow: a short form that fits, the memory and the count kept
+        await pilot.pause()
+        shown = str(status.render())
+        assert shown == "none yet │ 2 waiting │ last sleep: never" and len(shown) <= status.content_size.width
 
 
 async def test_quit_mid_reply_stops_the_worker(db):
@@ -302,3 +308,31 @@ async def test_quit_mid_reply_stops_the_worker(db):
     await asyncio.sleep(0.1)
     reply = db.messages(session.conversation_id)[-1]
     assert reply["status"] == "interrupted" and len(reply["content"]) < len(LONG_REPLY)
+
+
+async def test_the_first_run_card_shows_once(db):
+    from agent.tui.report_screen import ReportScreen
+
+    app = make_app(make_session(db, first_run=True))
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, ReportScreen))
+        card = app.screen.report
+        assert "At night dreamer sleeps" in card and "F2" in card and "embedded" in card and "03:00" in card
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(app.screen, ChatScreen))
+    assert db.state("first_run_seen") is not None
+    app = make_app(make_session(db, first_run=True))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, ChatScreen)  # seen: not again
+
+
+async def test_ctrl_b_hides_and_shows_the_conversation_list(db):
+    app = make_app(make_session(db))
+    async with app.run_test(size=SIZE) as pilot:
+        listing = chat(pilot).query_one(ConversationList)
+        assert listing.display
+        await pilot.press("ctrl+b")
+        assert not listing.display
+        await pilot.press("ctrl+b")
+        assert listing.display

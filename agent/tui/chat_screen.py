@@ -25,7 +25,8 @@ from agent.models import ModelError
 from agent.session import ChatSession, EmptyMessage, Reply
 from agent.stack_watch import Swap
 from agent.tui.forget_screen import ForgetScreen
-from agent.tui.report_screen import ReportScreen
+from agent.tui.memory_screen import MemoryScreen
+from agent.tui.report_screen import ReportScreen, first_run_card
 from agent.tui.widgets import ConversationList, MessageView, PromptInput, StatusBar
 from storage import StoreError
 from storage.manifest import ManifestError
@@ -54,6 +55,9 @@ class ChatScreen(Screen):
         Binding("escape", "stop", "Stop reply"),
         Binding("ctrl+o", "focus_conversations", "Conversations"),
         Binding("ctrl+f", "forget_conversation", "Forget chat"),
+        Binding("ctrl+l", "toggle_learning", "Don't learn"),
+        Binding("f2", "memory", "Memory"),
+        Binding("ctrl+b", "toggle_sidebar", "Sidebar", show=False),
     ]
 
     # bindings=True: the footer greys out "Stop reply" unless a reply is being written.
@@ -140,7 +144,15 @@ class ChatScreen(Screen):
         if self.generating and self._stop is not None:
             self._stop.set()
 
+    def action_toggle_sidebar(self) -> None:
+        """Hide the conversation list (a narrow terminal gives the messages the width), or show it."""
+        listing = self.query_one(ConversationList)
+        listing.display = not listing.display
+        if not listing.display:
+            self.action_focus_input()
+
     def action_focus_conversations(self) -> None:
+        self.query_one(ConversationList).display = True
         self.query_one(ConversationList).focus()
 
     def action_focus_input(self) -> None:
@@ -150,7 +162,7 @@ class ChatScreen(Screen):
         if self.refuse_while_generating():
             return
         try:
-            if self.session.conversation_id is not None and not self.session.messages():
+            if self.session.conversation_id is None:
                 self.notify("this conversation is still empty: type your first message")
             else:
                 self.session.new_conversation()
@@ -160,12 +172,34 @@ class ChatScreen(Screen):
         await self.show_conversation()
         self.action_focus_input()
 
+    def action_toggle_learning(self) -> None:
+        """"Don't learn this" on the open conversation (again: learn it after all)."""
+        try:
+            line = self.session.toggle_learning()
+        except EXPECTED_FAILURES as err:
+            self.error(err)
+            return
+        self.notify(line, title="dreamer", timeout=8, markup=False)
+        self.refresh_sidebar()
+
+    def action_memory(self) -> None:
+        """The Memory screen; it may hand back a conversation to forget."""
+        def closed(conversation_id: int | None) -> None:
+            self.refresh_sidebar()  # "don't learn" marks may have changed
+            if conversation_id is not None:
+                self.forget_conversation(conversation_id)
+
+        self.app.push_screen(MemoryScreen(self.session), closed)
+
     def action_forget_conversation(self) -> None:
-        """Ask (ForgetScreen), then forget the open conversation and the nights that learned it."""
+        self.forget_conversation()
+
+    def forget_conversation(self, conversation_id: int | None = None) -> None:
+        """Ask (ForgetScreen), then forget a conversation (default: the open one) and the nights that learned it."""
         if self.refuse_while_generating():
             return
         try:
-            plan = self.session.plan_forget()
+            plan = self.session.plan_forget(conversation_id)
         except EXPECTED_FAILURES as err:
             self.error(err)
             return
@@ -179,7 +213,8 @@ class ChatScreen(Screen):
                 self.error(err)
                 return
             try:
-                self.session.resume_latest()
+                if self.session.conversation_id is None:  # the open conversation was forgotten
+                    self.session.resume_latest()
             except EXPECTED_FAILURES as err:
                 self.error(err)
             await self.show_conversation()
@@ -242,12 +277,19 @@ class ChatScreen(Screen):
                     title="dreamer", severity="error", timeout=15, markup=False)
 
     def show_morning_report(self) -> None:
+        """The first-run card on a new home's first launch, else last night's report if it was never shown."""
+        store = self.session.store
         try:
-            run = self.session.store.unseen_report()
+            first_run = not store.conversations(limit=1) and store.state("first_run_seen") is None
+            run = None if first_run else store.unseen_report()
         except EXPECTED_FAILURES as err:
             self.error(err)
             return
-        if run is not None:
+        if first_run:
+            card = first_run_card(self.session.model_name, self.session.embedded_model, self.session.config.sleep_time)
+            self.app.push_screen(ReportScreen(card, hint="Esc or Enter closes; F1 shows the keys again."),
+                                 lambda _: store.set_state("first_run_seen", store.now().isoformat()))
+        elif run is not None:
             self.app.push_screen(ReportScreen(run["report"]), lambda _: self.session.store.mark_report_seen(run["id"]))
 
     # --- a turn ----------------------------------------------------------------
@@ -313,7 +355,8 @@ class ChatScreen(Screen):
             if reply.interrupted and not reply.text:
                 await bubble.remove()  # stopped before the first token: the session kept nothing either
             else:
-                await bubble.finish(reply.text, interrupted=reply.interrupted)
+                await bubble.finish(reply.text, interrupted=reply.interrupted, cut=reply.cut,
+                                    message_id=reply.message_id)
         finally:
             self.generating = False
             self.refresh_sidebar()

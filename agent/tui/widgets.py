@@ -12,7 +12,11 @@ from textual import events
 from textual.widgets import Input, Label, Markdown, OptionList, Static
 from textual.widgets.option_list import Option, OptionDoesNotExist
 
-INTERRUPTED_MARK = "⏹ interrupted"
+from storage.words import count
+
+INTERRUPTED_MARK = "⏹ interrupted (not learned at night)"
+CUT_MARK = "✂ cut at the reply limit, max_reply_tokens (not learned at night)"
+EXCLUDED_MARK = "⊘ don't learn this: no night learns it"
 GENERATING_MARK = "… replying"
 SPEAKERS = {"user": "you", "assistant": "dreamer", "system": "system"}
 NEW_CONVERSATION_ID = "new"
@@ -37,16 +41,18 @@ class MessageView(Vertical):
     by one pending render, which `finish` settles.
     """
 
-    def __init__(self, role: str, text: str = "", status: str = "complete", message_id: int | None = None) -> None:
+    def __init__(self, role: str, text: str = "", status: str = "complete", message_id: int | None = None,
+                 excluded: bool = False) -> None:
         super().__init__(classes=f"message {role}")
         self.role = role
         self.text = text
         self.status = status
         self.message_id = message_id
+        self.excluded = excluded
 
     @classmethod
     def from_row(cls, row: dict) -> MessageView:
-        return cls(row["role"], row["content"], row["status"], row["id"])
+        return cls(row["role"], row["content"], row["status"], row["id"], bool(row.get("excluded_at")))
 
     def compose(self) -> ComposeResult:
         yield Label(SPEAKERS.get(self.role, self.role), classes="speaker")
@@ -65,7 +71,7 @@ class MessageView(Vertical):
         self.text += chunk
         return self.query_one(Markdown).append(chunk)
 
-    async def finish(self, text: str, interrupted: bool) -> None:
+    async def finish(self, text: str, interrupted: bool, cut: bool = False, message_id: int | None = None) -> None:
         """Show the final stored text and status (the last tokens may not be rendered yet)."""
         markdown = self.query_one(Markdown)
         if text.startswith(self.text) and markdown.source == self.text:
@@ -74,21 +80,23 @@ class MessageView(Vertical):
         elif markdown.source != text:
             self.text = text
             await markdown.update(text)
-        self.status = "interrupted" if interrupted else "complete"
+        self.status = "interrupted" if interrupted else "cut" if cut else "complete"
+        self.message_id = message_id if message_id is not None else self.message_id
+        self._show_status()
+
+    def set_excluded(self, excluded: bool) -> None:
+        self.excluded = excluded
         self._show_status()
 
     def _mark(self) -> str:
-        if self.status == "interrupted":
-            return INTERRUPTED_MARK
-        if self.status == "generating":
-            return GENERATING_MARK
-        return ""
+        marks = {"interrupted": INTERRUPTED_MARK, "generating": GENERATING_MARK, "cut": CUT_MARK}
+        return " · ".join(m for m in (marks.get(self.status, ""), EXCLUDED_MARK if self.excluded else "") if m)
 
     def _show_status(self) -> None:
         mark = self.query_one(".mark", Label)
         mark.update(self._mark())
         mark.display = bool(self._mark())
-        self.set_class(self.interrupted, "interrupted")
+        self.set_class(self.interrupted or self.status == "cut", "interrupted")
         self.set_class(self.status == "generating", "generating")
 
 
@@ -111,8 +119,8 @@ class ConversationList(OptionList):
         for row in conversations:
             title = row.get("title") or "(empty)"
             label = Text(title, no_wrap=True, overflow="ellipsis")
-            count = row.get("n_messages", 0)
-            label.append(f"\n{row['day']} · {count} message{'' if count == 1 else 's'}", style="dim")
+            label.append(f"\n{row['day']} · {count(row.get('n_messages', 0), 'message')}"
+                         + (" · not learned" if row.get("excluded_at") else ""), style="dim")
             options.append(Option(label, id=str(row["id"])))
         self.set_options(options)
         if current is not None:
@@ -128,20 +136,38 @@ class ConversationList(OptionList):
 
 
 class StatusBar(Static):
-    """One line from `ChatSession.status()`: model, memory, day, unconsolidated, last sleep."""
+    """One line from `ChatSession.status()`, in the longest of three forms that fits the width: a
+    narrow terminal keeps the memory and the waiting count, never a line cut mid-word."""
 
     def __init__(self, **kwargs) -> None:
         super().__init__("", markup=False, **kwargs)
+        self.forms: list[str] = [""]
         self.text = ""
 
     def show(self, status: dict) -> None:
-        self.text = (
-            f"model: {status.get('model', '?')} │ memory: {status.get('memory', '?')} │ "
-            f"day: {status.get('day', '?')} │ not yet consolidated: {status.get('unconsolidated', '?')} │ "
-            f"last sleep: {status.get('last_sleep', '?')}"
-        )
-        self.update(self.text)
+        memory = status.get("memory", "?")
+        kept, checked = status.get("facts", (0, 0))
+        facts = f", {kept} of {checked} facts kept" if checked else ""
+        waiting = status.get("unconsolidated", "?")
+        last = status.get("last_sleep", "?")
+        self.forms = [
+            f"model: {status.get('model', '?')} │ memory: {memory}{facts} │ day: {status.get('day', '?')} │ "
+            f"waiting for sleep: {count(waiting, 'message') if isinstance(waiting, int) else waiting} │ "
+            f"last sleep: {last}",
+            f"{memory}{f' ({kept}/{checked} kept)' if checked else ''} │ {waiting} waiting │ last sleep: {last}",
+            f"{memory} │ {waiting} waiting",
+        ]
+        self.text = self.forms[0]
+        self._fit()
 
     def show_error(self, message: str) -> None:
-        self.text = f"status unavailable: {message}"
-        self.update(self.text)
+        self.forms = [f"status unavailable: {message}"]
+        self.text = self.forms[0]
+        self._fit()
+
+    def on_resize(self) -> None:
+        self._fit()
+
+    def _fit(self) -> None:
+        room = self.content_size.width or 10**6  # before the first layout: the long form
+        self.update(next((form for form in self.forms if len(form) <= room), self.forms[-1]))

@@ -16,6 +16,7 @@ import click
 from dreamer.cli.common import day_option, open_store
 from storage import dreamer_home, load_config
 from storage.paths import config_path
+from storage.words import count
 
 
 @click.command()
@@ -84,7 +85,7 @@ def status() -> None:
     click.echo("\nday          messages  waiting for sleep")
     for row in counts:
         click.echo(f"{row['day']}  {row['messages']:>8}  {row['unconsolidated']:>17}")
-    click.echo(f"\n{store.unconsolidated_count()} turns not yet consolidated")
+    click.echo(f"\nwaiting for the next sleep: {count(store.unconsolidated_count(), 'message')}")
 
 
 @click.command()
@@ -122,5 +123,5 @@ def export(file: Path, day: str | None) -> None:
     """Export conversations as JSON Lines (the import format)."""
     from storage.transcripts import export_file
 
-    count = export_file(open_store(load_config(), write=False), file, day_option(day))
-    click.echo(f"exported {count} conversations to {file}")
+    exported = export_file(open_store(load_config(), write=False), file, day_option(day))
+    click.echo(f"exported {count(exported, 'conversation')} to {file}")

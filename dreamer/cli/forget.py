@@ -26,6 +26,7 @@ from dreamer.cli.common import day_option, open_store
 from dreamer.cli.errors import DreamerError
 from storage import dreamer_home, load_config
 from storage.paths import adapters_dir
+from storage.words import count
 
 LOCK_WAIT_SECONDS = 2.0
 
@@ -55,9 +56,9 @@ def forget(conversations: tuple[int, ...], day: str | None, search: str | None, 
         apply_forget(store, plan)
         scrubbed = complete_forget(store, home, plan)
         served = _serve_the_rest(store, home, config)
-    click.echo(f"forgotten: {len(plan.messages)} turns" + (f", nights {nights_of(plan)}" if plan.nights else "")
+    click.echo(f"forgotten: {count(len(plan.messages), 'message')}" + (f", nights {nights_of(plan)}" if plan.nights else "")
                + f"; {served}" + (f"; {scrubbed}" if scrubbed else "")
-               + (f"; {plan.requeued} turns wait for the next sleep" if plan.requeued else ""))
+               + (f"; waiting for the next sleep: {count(plan.requeued, 'message')}" if plan.requeued else ""))
 
 
 def _serve_the_rest(store, home: Path, config) -> str:

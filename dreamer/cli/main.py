@@ -8,8 +8,10 @@
     dreamer sleep --now [--day D] [--preset P] [--dry-run]   # consolidate into a new LoRA expert
     dreamer eval --probes FILE.jsonl [--stack VERSION|none] [--json]
     dreamer memory [--export] [--fold] [--json]   # the adapter stack, its versions and the sleep runs
+    dreamer memory --facts [--json] | --check     # what it knows, night by night; re-measure it
     dreamer rollback [VERSION]         # re-activate an earlier stack (the chat swaps to it)
     dreamer forget ID... | --day D | --search TEXT [--yes]   # delete turns and the nights that learned them
+    dreamer dont-learn ID... | --turn ID [--undo]            # keep turns in the log, out of every night
     dreamer daemon                     # the nightly scheduler (or scheduler_in_chat = true)
     dreamer schedule [--install-systemd]
     dreamer bench [--days N] [--facts F] [--arms ...] [--quick] [--resume DIR] [--data F --probes F]
@@ -29,6 +31,7 @@ import click
 
 from dreamer.cli.bench import bench
 from dreamer.cli.conversations import chat, export, import_, log, status
+from dreamer.cli.dont_learn import dont_learn
 from dreamer.cli.errors import DreamerGroup
 from dreamer.cli.forget import forget
 from dreamer.cli.memory import memory, rollback
@@ -45,7 +48,8 @@ def cli() -> None:
     """
 
 
-for command in (chat, status, log, import_, export, sleep, eval_, memory, rollback, forget, daemon, schedule, bench):
+for command in (chat, status, log, import_, export, sleep, eval_, memory, rollback, forget, dont_learn, daemon, schedule,
+                bench):
     cli.add_command(command)
 
 

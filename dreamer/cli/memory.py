@@ -4,6 +4,8 @@
     dreamer memory --export         # (re-)write every active expert's llama.cpp GGUF
     dreamer memory --fold           # (re-)fold the active experts into the chat's model (deep sleep)
     dreamer memory --json           # the memory's state for machines, with what the chat serves
+    dreamer memory --facts [--json] # what it knows, night by night, and tonight's queue (dreamer.cli.memory_facts)
+    dreamer memory --check          # re-measure those facts on the active memory
     dreamer rollback [VERSION]      # re-activate an earlier stack; a running chat swaps to it
 
 A rollback is one transaction (the experts' status and the active version) followed by an
@@ -24,6 +26,7 @@ from dreamer.cli.errors import DreamerError
 from dreamer.morning.stack import rollback_past
 from storage import dreamer_home, ledger
 from storage.paths import adapters_dir
+from storage.words import count
 
 
 def _store(write: bool = True):
@@ -42,17 +45,25 @@ def _nights(nights: list[int]) -> str:
 @click.command()
 @click.option("--export", "export", is_flag=True, help="(re-)export every active expert to llama.cpp GGUF")
 @click.option("--fold", "fold", is_flag=True, help="(re-)fold the active experts into the chat's model")
+@click.option("--facts", is_flag=True, help="each night's facts, what the memory answers now and how sure; tonight's queue")
+@click.option("--check", is_flag=True, help="re-measure the facts on the active memory now (a few seconds a fact)")
 @click.option("--json", "as_json", is_flag=True, help="the memory's state as JSON, with what the chat serves")
-def memory(export: bool, fold: bool, as_json: bool) -> None:
-    """The adapter stack (experts, versions, metrics) and the sleep runs."""
+def memory(export: bool, fold: bool, facts: bool, check: bool, as_json: bool) -> None:
+    """The adapter stack (experts, versions, metrics) and the sleep runs; --facts: what it knows."""
+    from dreamer.cli.memory_facts import run_check, show_facts
     from dreamer.morning.stack import gguf_problem, peft_problem
 
-    store = _store(write=export or fold)
-    if export or fold:
+    if sum((export, fold, facts, check)) > 1:
+        raise DreamerError("choose one of --export, --fold, --facts and --check")
+    store = _store(write=export or fold or check)
+    if export or fold or check:
         from dreamer.sleep.lock import sleep_lock
 
         with sleep_lock(dreamer_home(), wait=LOCK_WAIT_SECONDS):  # a sleep rewrites the same files
-            _export_all(store) if export else _fold_active(store)
+            _export_all(store) if export else _fold_active(store) if fold else run_check(store)
+        return
+    if facts:
+        show_facts(store, as_json)
         return
     if as_json:
         click.echo(json.dumps(memory_state(store, dreamer_home()), indent=1))
@@ -237,4 +248,4 @@ def rollback(version: int | None) -> None:
         remove_stale(home, keep=[_version_paths(store, target), before])
     waiting = store.unconsolidated_count()
     click.echo(f"memory is now stack v{target} (nights: {_nights(chosen['nights'])}); a running chat swaps to it "
-               f"between replies; {waiting} turns wait for the next sleep")
+               f"between replies; waiting for the next sleep: {count(waiting, 'message')}")

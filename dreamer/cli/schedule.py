@@ -12,6 +12,7 @@ import click
 from dreamer.cli.common import open_store
 from dreamer.cli.errors import DreamerError
 from storage import dreamer_home, ledger, load_config
+from storage.words import count
 
 
 @click.command()
@@ -57,7 +58,7 @@ def schedule(install_systemd: bool) -> None:
     if timer.exists():
         runners.append(f"systemd timer file {timer}")
     click.echo("scheduled by:  " + "; ".join(runners))
-    click.echo(f"waiting:       {store.unconsolidated_count()} turns not yet consolidated")
+    click.echo(f"waiting:       {count(store.unconsolidated_count(), 'message')} for the next sleep")
     events = ledger.schedule_events(store, 5)
     click.secho("\nlast scheduled runs", bold=True)
     if not events:

@@ -51,11 +51,24 @@ def multiple_choice(model, tokenizer, probes, system: str | None = None) -> list
 
     `system` None is the question alone (the chat template's own default system turn).
     """
-    results = []
+    return [check["correct"] for check in choice_checks(model, tokenizer, probes, system)]
+
+
+def choice_checks(model, tokenizer, probes, system: str | None = None) -> list[dict]:
+    """Per probe: {"correct", "chosen": the option the memory prefers, "p_answer": how sure it is of
+    the user's answer}. p_answer is the answer's share of a softmax over the options' mean per-token
+    log-probabilities (the scores `correct` compares), so 1/len(options) is a coin toss."""
+    import math
+
+    checks = []
     for probe in probes:
-        answer, *rest = option_scores(model, tokenizer, probe.question, [probe.answer, *probe.distractors], system=system)
-        results.append(all(answer > other for other in rest))
-    return results
+        options = [probe.answer, *probe.distractors]
+        scores = option_scores(model, tokenizer, probe.question, options, system=system)
+        top = max(scores)
+        weights = [math.exp(s - top) for s in scores]
+        checks.append({"correct": all(scores[0] > other for other in scores[1:]),
+                       "chosen": options[scores.index(top)], "p_answer": weights[0] / sum(weights)})
+    return checks
 
 
 def reply_correct(answer: str, reply: str) -> bool:

@@ -55,12 +55,14 @@ class TransformersRuntime:
         self.model = self.base  # a PeftModel once an expert is loaded
         self.name = name or Path(source).name
         self.adapters: list[Adapter] = []
+        self.finish_reason: str | None = None  # of the last reply: "length" when cut at max_tokens
         self._names: dict[Path, str] = {}
         self._counter = 0
         self._lock = threading.Lock()
 
     # --- generation ----------------------------------------------------------
-    def stream(self, messages: Sequence[dict], *, max_tokens: int, temperature: float, stop=None) -> Iterator[str]:
+    def stream(self, messages: Sequence[dict], *, max_tokens: int, temperature: float, top_p: float = 1.0,
+               min_p: float = 0.0, repeat_penalty: float = 1.0, stop=None) -> Iterator[str]:
         from transformers import StoppingCriteriaList, TextIteratorStreamer
 
         stop = stop or threading.Event()
@@ -69,16 +71,21 @@ class TransformersRuntime:
             ids = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, return_tensors="pt",
                                                      return_dict=True)["input_ids"].to(self.device)
             streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-            sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+            sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "min_p": min_p or None,
+                        "top_k": 40} if temperature > 0 else {"do_sample": False}  # top_k as llama.cpp's
+            sampling["repetition_penalty"] = repeat_penalty
+            self.finish_reason = None
+            produced: list[int] = []
             errors: list[BaseException] = []
 
             def run() -> None:
                 try:
                     with torch.no_grad():
-                        self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
+                        out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
                                             streamer=streamer, pad_token_id=self.tokenizer.pad_token_id,
                                             stopping_criteria=StoppingCriteriaList([_StopOn(stop), _StopOn(finished)]),
                                             **sampling)
+                    produced.append(out.shape[1] - ids.shape[1])
                 except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
                     errors.append(err)
                     streamer.end()
@@ -101,6 +108,8 @@ class TransformersRuntime:
                 worker.join()
             if errors:
                 raise ModelError(f"generation failed: {errors[0]}")
+            if drained and produced:
+                self.finish_reason = "length" if produced[0] >= max_tokens else "stop"
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from storage import Config, Store, ledger
+from storage.words import count
 
 # While waiting for quiet, look again at least this often and at most this rarely (seconds).
 MIN_CHECK, MAX_CHECK = 30.0, 300.0
@@ -66,9 +67,9 @@ def run_scheduled(store: Store, config: Config, cfg, home: Path, *, progress=Non
         return None
     if not wait_for_quiet(store, config.sleep_quiet_minutes, config.sleep_max_wait_minutes, pause=pause):
         ledger.log_schedule_event(store, "gave-up", f"the chat stayed active for {config.sleep_max_wait_minutes} min; "
-                                                    f"{waiting} turns wait for the next night")
+                                                    f"{count(waiting, 'message')} wait for the next night")
         return None
-    ledger.log_schedule_event(store, "started", f"{waiting} turns, preset {cfg.preset}")
+    ledger.log_schedule_event(store, "started", f"{count(waiting, 'message')}, preset {cfg.preset}")
     try:
         outcome = sleep_now(store, config, cfg, progress=progress, home=home)
     except SleepBusy as err:

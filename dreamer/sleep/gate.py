@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from dreamer.eval.evaluate import general_drift, multiple_choice
+from dreamer.eval.evaluate import choice_checks, general_drift, multiple_choice
 from dreamer.lm.generation import sample_many
 from dreamer.eval.probes import Probe
 from dreamer.sleep.config import ASSETS, GateConfig
@@ -81,8 +81,15 @@ def measure(model, tokenizer, stack: list[str], today: list[dict], old: list[dic
     figures: dict = {"today_probes": len(today_probes), "old_probes": len(old_probes)}
     for label, names in (("before", stack), ("after", stack + [NEW])):
         with adapters(model, names):
-            figures[f"today_{label}"] = accuracy(multiple_choice(model, tokenizer, today_probes, system))
-            figures[f"old_{label}"] = accuracy(multiple_choice(model, tokenizer, old_probes, system)) if old_probes else None
+            if label == "before":
+                figures["today_before"] = accuracy(multiple_choice(model, tokenizer, today_probes, system))
+                figures["old_before"] = accuracy(multiple_choice(model, tokenizer, old_probes, system)) if old_probes else None
+            else:  # per probe, kept: a promoted night's closed-book check of every fact (the Memory screen)
+                checks = choice_checks(model, tokenizer, today_probes + old_probes, system)
+                figures["checks"] = [{**check, "day": row["day"], "question": row["question"], "answer": row["answer"]}
+                                     for check, row in zip(checks, today + old)]
+                figures["today_after"] = accuracy([c["correct"] for c in checks[:len(today_probes)]])
+                figures["old_after"] = accuracy([c["correct"] for c in checks[len(today_probes):]]) if old_probes else None
         # Replies for the morning report, the question alone in the prompt as in evaluate.generation,
         # decoded in one batch.
         questions = [[{"role": "user", "content": p.question}] for p in today_probes]

@@ -27,6 +27,7 @@ from dreamer.sleep.outcome import SleepInterrupted, SleepOutcome
 from storage import Config, Store, ledger
 from storage.paths import adapters_dir
 from storage.recovery import reconcile
+from storage.words import count
 
 
 class NoProgress:
@@ -45,6 +46,7 @@ def collect(store: Store, day: str | None) -> tuple[list[dict], list[str], list[
 
 def estimate(conversations: list[dict], cfg: SleepConfig) -> str:
     turns = sum(1 for c in conversations for m in c["messages"] if m["role"] == "user")
+    messages = sum(len(c["messages"]) for c in conversations)
     questions = cfg.memories.questions_per_conversation * len(conversations) + 2 * turns
     d = cfg.distill
     passes = d.steps * d.batch_size
@@ -54,7 +56,8 @@ def estimate(conversations: list[dict], cfg: SleepConfig) -> str:
     m = cfg.dreaming
     dreaming = (f"; Dreaming on: {m.dreams} dreams written, {m.keep + m.keep_random} scored on throwaway copies "
                 f"({m.inner_steps} steps each), up to {m.rehearse_steps} rehearsal steps" if m.enabled else "; Dreaming off")
-    return (f"{len(conversations)} conversations, {turns} user turns; the teacher answers up to {questions} "
+    return (f"{count(len(conversations), 'conversation')}, {count(messages, 'message')} ({turns} of them yours); "
+            f"the teacher answers up to {questions} "
             f"questions; {d.steps} steps x {d.batch_size} sequences ({passes} teacher+student passes{extra}){dreaming}")
 
 
@@ -64,8 +67,11 @@ def sleep_now(store: Store, config: Config, cfg: SleepConfig, *, day: str | None
         conversations, days, _ = collect(store, day)
         if not conversations:
             return _nothing(day)
+        from dreamer.sleep.estimate import estimate_night
+
+        took = estimate_night(store, cfg.preset, cfg.distill.steps, embedded_model=not config.train_model)
         return SleepOutcome("dry-run", f"would consolidate {', '.join(days)}: {estimate(conversations, cfg)}; "
-                                       f"preset {cfg.preset}; nothing trained")
+                                       f"preset {cfg.preset}; {took}; nothing trained")
     progress = progress or NoProgress()
     # SIGTERM unwinds like Ctrl-C from the moment the lock is held, so no window leaves a run
     # `running` but SIGKILL (which storage.recovery settles at the next start).

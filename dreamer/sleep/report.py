@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import resource
 from pathlib import Path
+from storage.words import count
 
 
 def _pct(value) -> str:
@@ -30,8 +31,8 @@ def morning_report(*, night: int | None, days: list[str], status: str, reasons: 
         f"- preset `{preset}`, {plan}",
         f"- wall time {seconds / 60:.1f} min, peak memory {peak_memory_mb:.0f} MB"
         + (" (" + ", ".join(f"{k} {v:.0f} s" for k, v in phases.items()) + ")" if phases else ""),
-        f"- from {counts.get('user_turns', 0)} user turns: {counts.get('questions_generated', 0)} questions written by "
-        f"the teacher, {counts.get('questions_from_turns', 0)} built from the turns, "
+        f"- from {count(counts.get('user_turns', 0), 'message')} of yours: {counts.get('questions_generated', 0)} questions "
+        f"written by the teacher, {counts.get('questions_from_turns', 0)} built from your messages, "
         f"{counts.get('training_prompts', 0)} training prompts, {counts.get('probes', 0)} held-out probes",
         "",
         "## Gate",

@@ -53,6 +53,7 @@ from dreamer.sleep.seeding.memories import TEACHER_BATCHES, Example, write_memor
 from dreamer.sleep.seeding.rewards import SemanticJudge
 from storage import Config, Store, StoreError, ledger
 from storage.paths import adapters_dir, cache_dir
+from storage.words import count
 
 
 class PhaseClock:
@@ -243,7 +244,7 @@ def report(night: Night) -> None:
     night.number = ledger.next_night(night.store) if passed else None  # stable: the sleep lock is held
     night.metrics = {
         "phase_seconds": night.clock.seconds,
-        "gate": {k: v for k, v in night.figures.items() if not k.startswith("replies")},
+        "gate": {k: v for k, v in night.figures.items() if not k.startswith("replies") and k != "checks"},
         "training": night.log.summary(), "counts": night.memories.counts, "plan": night.plan.describe(),
         "peak_memory_mb": round(peak_memory_mb(), 1), "seconds": night.clock.elapsed(), "days": night.days,
         "merged_experts": night.merged_experts,
@@ -307,8 +308,12 @@ def promote(night: Night) -> None:
             remove_stale(night.home, keep=[earlier + [str(final)], earlier] if folded is not None else [])
         except OSError:  # a clean-up: the night is promoted, and the next promotion tries again
             pass
+    try:  # the Memory screen's figures: a cache, so a failure to write them cannot fail a promoted night
+        ledger.save_checks(night.store, night.figures.get("checks", []))
+    except StoreError:
+        pass
     advance()
-    night.outcome = SleepOutcome("promoted", f"night {number} promoted: {len(night.message_ids)} turns consolidated",
+    night.outcome = SleepOutcome("promoted", f"night {number} promoted: learned {count(len(night.message_ids), 'message')}",
                                  night.run_id, night.report, metrics)
 
 

@@ -1,0 +1,49 @@
+"""How long a night will take and how much memory it will hold, for `dreamer sleep --now --dry-run`.
+
+From this home's own finished nights of the same preset (this machine, this model): a night is a
+fixed part (loading, the teacher's memories, the gate, saving; the median of the last nights) and
+the distillation, which is `steps` optimizer steps of a measured cost (the median seconds per step
+of those nights). Peak memory is the highest any of them reached: the next night's depends on the
+day's length and on how many experts it trains through, so the estimate says "about".
+
+A home with no night of this preset yet gets the reference night measured on the embedded model
+(docs/BENCHMARKS.md, "Months of nights"), named as such, or no estimate for another model:
+a number measured on a different machine or model would be a guess.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from storage import Store, ledger
+
+DISTILL_PHASE = "distil into a new expert"
+# The 14-night run's first five nights (benchmarks/results/bench_long.json): cpu-tiny on the embedded
+# SmolLM2-135M, a 2-core Intel Xeon, one training thread, beside one other benchmark.
+REFERENCE = {"cpu-tiny": {"fixed_s": 100.0, "step_s": 13.3, "peak_mb": 3030.0,
+                          "where": "the reference 2-core Intel Xeon (no night of this preset has run in this home yet)"}}
+
+
+def measured(store: Store, preset: str, limit: int = 5) -> list[dict]:
+    """The newest finished nights of `preset` that recorded their phases and steps (newest last)."""
+    runs = [r for r in ledger.finished_runs(store) if r["status"] in ("promoted", "rejected") and r["preset"] == preset]
+    usable = [r["metrics"] for r in runs
+              if r["metrics"].get("phase_seconds", {}).get(DISTILL_PHASE) and r["metrics"].get("training", {}).get("steps")]
+    return usable[-limit:]
+
+
+def estimate_night(store: Store, preset: str, steps: int, embedded_model: bool) -> str:
+    """One phrase: "about 26 min and 3.0 GB peak (from the last 3 nights here)", or why there is none."""
+    nights = measured(store, preset)
+    if nights:
+        step_s = statistics.median(m["phase_seconds"][DISTILL_PHASE] / m["training"]["steps"] for m in nights)
+        fixed_s = statistics.median(m["seconds"] - m["phase_seconds"][DISTILL_PHASE] for m in nights)
+        peak_mb = max(m.get("peak_memory_mb", 0.0) for m in nights)
+        where = f"from the last {len(nights)} night{'s' if len(nights) > 1 else ''} of {preset} in this home"
+    elif embedded_model and preset in REFERENCE:
+        ref = REFERENCE[preset]
+        step_s, fixed_s, peak_mb, where = ref["step_s"], ref["fixed_s"], ref["peak_mb"], ref["where"]
+    else:
+        return f"no time estimate yet: no night of {preset} has run in this home on this model"
+    minutes = (fixed_s + step_s * steps) / 60
+    return f"about {minutes:.0f} min and {peak_mb / 1024:.1f} GB peak memory ({where})"
