@@ -2,7 +2,7 @@
 
     dreamer chat [--runtime llama|transformers]
     dreamer status
-    dreamer log [--day D]
+    dreamer log [--day D] [--ids]
     dreamer import FILE.jsonl
     dreamer export FILE.jsonl [--day D]
 """
@@ -71,13 +71,21 @@ def status() -> None:
     click.echo(f"config:   {config_path(home)}{'' if config_path(home).exists() else ' (not created; defaults)'}")
     click.echo(f"model:    {model}")
     click.echo(f"day:      {store.today()} (days start at {config.day_boundary})")
-    click.echo(f"memory:   {store.memory_version()}")
+    from agent.session import facts_kept
+    from dreamer.scheduler.daemon import next_run
+
+    kept, checked = facts_kept(store)
+    facts = f", {kept} of {checked} facts kept (dreamer memory --facts)" if checked else ""
+    click.echo(f"memory:   {store.memory_version()}{facts}")
     last = store.last_sleep()
     if last is None:
         click.echo("last sleep: never")
     else:
         pid = f" (pid {last['pid']})" if last["status"] == "running" and last.get("pid") else ""
-        click.echo(f"last sleep: {last['status']}{pid} {last['started_at']}")
+        why = f": {last['reason']}" if last["status"] != "promoted" and last.get("reason") else ""
+        click.echo(f"last sleep: {last['status']}{pid} {last['started_at'][:16].replace('T', ' ')}{why}")
+    when, source = next_run(home, config)
+    click.echo(f"next sleep: {when.strftime('%Y-%m-%d %H:%M') if when else 'none'} ({source}; `dreamer schedule`)")
     counts = store.day_counts()
     if not counts:
         click.echo("no conversations yet: run `dreamer chat`")
@@ -90,7 +98,8 @@ def status() -> None:
 
 @click.command()
 @click.option("--day", help="only this day (YYYY-MM-DD)")
-def log(day: str | None) -> None:
+@click.option("--ids", is_flag=True, help="each message's id (for `dreamer dont-learn --turn ID`)")
+def log(day: str | None, ids: bool) -> None:
     """Print conversations, oldest first."""
     config = load_config()
     store = open_store(config, write=False)
@@ -99,10 +108,15 @@ def log(day: str | None) -> None:
         click.echo("no conversations" + (f" on {day}" if day else ""))
         return
     for conversation in conversations:
-        click.secho(f"# {conversation['day']}  #{conversation['id']}  {conversation['title'] or '(untitled)'}", bold=True)
+        kept_out = " [don't learn]" if conversation.get("excluded_at") else ""
+        click.secho(f"# {conversation['day']}  #{conversation['id']}  {conversation['title'] or '(untitled)'}{kept_out}",
+                    bold=True)
         for message in store.messages(conversation["id"]):
-            mark = "" if message["status"] == "complete" else f" [{message['status']}]"
-            click.echo(f"{message['role']}{mark}: {message['content']}")
+            marks = [] if message["status"] == "complete" else [message["status"]]
+            marks += ["don't learn"] if message.get("excluded_at") else []
+            mark = f" [{', '.join(marks)}]" if marks else ""
+            number = f"{message['id']:>5} " if ids else ""
+            click.echo(f"{number}{message['role']}{mark}: {message['content']}")
         click.echo("")
 
 
@@ -113,7 +127,7 @@ def import_(file: Path) -> None:
     from storage.transcripts import import_file
 
     ids = import_file(open_store(load_config()), file)
-    click.echo(f"imported {len(ids)} conversations from {file}")
+    click.echo(f"imported {count(len(ids), 'conversation')} from {file}")
 
 
 @click.command()
