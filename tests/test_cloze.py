@@ -59,10 +59,11 @@ def test_cloze_probes_use_the_days_other_words_and_keep_what_the_teacher_confirm
 def test_cloze_doctests():
     import doctest
 
-    from dreamer.sleep.seeding import cloze
+    from dreamer.sleep.seeding import cloze, day_text
 
-    result = doctest.testmod(cloze)
-    assert result.attempted > 0 and result.failed == 0
+    for module in (cloze, day_text):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
 
 
 def test_cloze_prompts_are_taught_from_the_turn_they_came_from(tiny_dir):

@@ -14,6 +14,10 @@ STOPWORDS = set(
     "do does did have has had not no yes so too very just also can could would should will shall may might must "
     "there here then than into over under after before again today tomorrow yesterday really please thanks "
     "called named favourite favorite lives works one last next".split()
+    # Greetings and small talk carry no fact: blanked ("___ again." -> Hello), they became probes,
+    # cloze labels and restatements that taught the model to answer questions with "Hello"
+    # (the 14-night run: 0 of 25 replies after night 1, 31 of 77 after night 5).
+    + "hello hi hey hiya morning afternoon evening goodbye bye cheers welcome sorry okay minute".split()
 )
 
 
@@ -30,6 +34,8 @@ def topics(text: str, limit: int = 2) -> list[str]:
     ['Ana', 'Lisbon']
     >>> topics("I'm told Ana's brother, who's a nurse, is in Porto.", limit=3)
     ['Ana', 'Porto', 'brother']
+    >>> topics("Hello again."), topics("Good morning!")
+    ([], [])
     """
     # Contractions ("I'm", "There's") are never the fact; a possessive keeps its name ("Ana's" -> "Ana").
     words = [re.sub(r"'s$", "", w) for w in re.findall(r"[A-Za-zÀ-ÿ][\w'-]*", text)]
