@@ -46,7 +46,7 @@ def test_two_processes_making_the_cache_at_once_both_get_it(tmp_path, monkeypatc
     stale = tmp_path / f"{EMBEDDED_CACHE}.partial-999999999"  # a killed process's leftover
     stale.mkdir()
 
-    def write_while_another_finishes(folder):
+    def write_while_another_finishes(folder, gguf=None):
         make_tiny_model_dir(folder)
         make_tiny_model_dir(target)  # the other lane renamed its copy into place meanwhile
 

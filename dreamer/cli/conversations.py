@@ -1,6 +1,6 @@
 """`dreamer chat`, `status`, `log`, `import` and `export`: the day side of the command line.
 
-    dreamer chat [--runtime llama|transformers]
+    dreamer chat [--runtime llama|transformers] [-m PATH.gguf]
     dreamer status
     dreamer log [--day D] [--ids]
     dreamer import FILE.jsonl
@@ -23,12 +23,20 @@ from storage.words import count
 @click.option("--runtime", "runtime_name", type=click.Choice(["llama", "transformers"]),
               help="llama.cpp on the GGUF model, or transformers on train_model with the PEFT stack "
                    "[default: chat_runtime in config.toml, llama]")
-def chat(runtime_name: str | None) -> None:
+@click.option("-m", "--model", "model_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="chat on this GGUF this once (config.toml unchanged; `dreamer model use` changes it)")
+def chat(runtime_name: str | None, model_file: Path | None) -> None:
     """Chat in the terminal; every turn is kept for tonight's sleep."""
+    import dataclasses
+
     from agent.session import ChatSession
     from agent.tui import run_chat
 
     config = load_config()
+    if model_file is not None:
+        if not model_file.expanduser().is_file():
+            raise click.ClickException(f"{model_file}: no such file")
+        config = dataclasses.replace(config, model=str(model_file.expanduser().resolve()))
     store = open_store(config)
     if (runtime_name or config.chat_runtime) == "transformers":
         from dreamer.morning.hf_runtime import TransformersRuntime
@@ -36,7 +44,7 @@ def chat(runtime_name: str | None) -> None:
         from storage.paths import cache_dir
 
         click.echo("loading the model with transformers (the first time, the embedded GGUF is dequantized: ~30 s)")
-        runtime = TransformersRuntime(training_source(config.train_model, cache_dir(dreamer_home())))
+        runtime = TransformersRuntime(training_source(config.train_model, cache_dir(dreamer_home()), config.model_path()))
     else:
         from agent.llama_runtime import LlamaRuntime
 

@@ -1,6 +1,8 @@
 """The `dreamer` command line.
 
-    dreamer chat                       # the chat UI on the configured (or embedded) model
+    dreamer chat [-m PATH.gguf]        # the chat UI on the configured (or embedded) model
+    dreamer models                     # the model, sleep support, which presets fit this machine
+    dreamer model use PATH.gguf        # chat and sleep on this GGUF
     dreamer status                     # paths, model, counts per day, turns waiting for sleep
     dreamer log [--day D]              # print conversations
     dreamer import FILE.jsonl          # add conversations (all or nothing)
@@ -35,6 +37,7 @@ from dreamer.cli.dont_learn import dont_learn
 from dreamer.cli.errors import DreamerGroup
 from dreamer.cli.forget import forget
 from dreamer.cli.memory import memory, rollback
+from dreamer.cli.models import model, models
 from dreamer.cli.schedule import daemon, schedule
 from dreamer.cli.sleep import eval_, sleep
 
@@ -48,8 +51,8 @@ def cli() -> None:
     """
 
 
-for command in (chat, status, log, import_, export, sleep, eval_, memory, rollback, forget, dont_learn, daemon, schedule,
-                bench):
+for command in (chat, status, log, import_, export, sleep, eval_, memory, rollback, forget, dont_learn, models, model,
+                daemon, schedule, bench):
     cli.add_command(command)
 
 

@@ -126,7 +126,7 @@ def eval_(probes_path: Path, stack: str, as_json: bool, no_generate: bool) -> No
     from dreamer.lm.weights import build_stack, load_base, plan_device, training_source
     from storage.paths import cache_dir
 
-    base, tokenizer = load_base(training_source(config.train_model, cache_dir(dreamer_home())), plan_device(LoadConfig()))
+    base, tokenizer = load_base(training_source(config.train_model, cache_dir(dreamer_home()), config.model_path()), plan_device(LoadConfig()))
     model = build_stack(base, [Path(r["path"]) for r in chosen], None)
     result = evaluate(model, tokenizer, probes, generate=not no_generate)
     result["stack"] = [r["night"] for r in chosen]

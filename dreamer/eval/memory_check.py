@@ -36,7 +36,7 @@ def check_active(store: Store, config: Config, home: Path,
     if not rows:
         return 0
     version = ledger.active_version(store)
-    base, tokenizer = load_base(training_source(config.train_model, cache_dir(home)), plan_device(LoadConfig()))
+    base, tokenizer = load_base(training_source(config.train_model, cache_dir(home), config.model_path()), plan_device(LoadConfig()))
     model = build_stack(base, [Path(a["path"]) for a in store.active_adapters()], None)
     system = system_message(config, store.today())
     checks = []

@@ -37,7 +37,7 @@ hf_logging.disable_progress_bar()
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
-from agent.models import EMBEDDED_FILE, embedded_gguf_path
+from agent.models import embedded_gguf_path
 from storage.store import pid_alive
 from dreamer.lm.chat_tokenizer import align_generation, load_chat_tokenizer
 from dreamer.sleep.config import DistillConfig, LoadConfig, SleepConfigError
@@ -87,23 +87,35 @@ def plan_device(load: LoadConfig) -> DevicePlan:
 
 # --- base weights -----------------------------------------------------------------
 def embedded_training_dir(cache_root: Path) -> Path:
-    """The embedded GGUF as a regular HF folder (config, tokenizer, safetensors), made once.
+    """The embedded GGUF as a regular HF folder (config, tokenizer, safetensors), made once."""
+    return dequantized_dir(cache_root / EMBEDDED_CACHE, None)
+
+
+def gguf_training_dir(cache_root: Path, gguf: Path) -> Path:
+    """Any GGUF sleep supports (dreamer.lm.model_files), dequantized once into the cache."""
+    from dreamer.lm.model_files import cache_key, gguf_facts, require_sleep_support
+
+    require_sleep_support(gguf_facts(gguf))
+    return dequantized_dir(cache_root / f"gguf-{cache_key(gguf)}", Path(gguf))
+
+
+def dequantized_dir(target: Path, gguf: Path | None) -> Path:
+    """`gguf` (None: the embedded model) as an fp32 HF folder at `target`, made once.
 
     Safe when several processes make it at once (a bench's lanes, a sleep beside `dreamer eval`
     on a fresh home): each writes its own `.partial-PID` folder and renames it into place; the
     one that finds the folder already there drops its copy (the same weights) and uses it.
     """
-    target = cache_root / EMBEDDED_CACHE
     if _complete(target):
         drop_gguf_quantization(target / "config.json")  # caches written before this fix
         return target
-    for stale in cache_root.glob(f"{EMBEDDED_CACHE}.partial*"):  # left by a killed process
+    for stale in target.parent.glob(f"{target.name}.partial*"):  # left by a killed process
         pid = stale.name.rsplit("-", 1)[-1]
         if not pid.isdigit() or not pid_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
     partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
-    write_embedded(partial)
+    write_embedded(partial, gguf)
     drop_gguf_quantization(partial / "config.json")
     try:
         partial.rename(target)  # a crash mid-way leaves only the .partial folder, removed next time
@@ -114,13 +126,13 @@ def embedded_training_dir(cache_root: Path) -> Path:
     return target
 
 
-def write_embedded(folder: Path) -> None:
-    """Dequantize the embedded GGUF into `folder` as float32 safetensors with its tokenizer."""
-    gguf = embedded_gguf_path()
+def write_embedded(folder: Path, gguf: Path | None = None) -> None:
+    """Dequantize `gguf` (default: the embedded GGUF) into `folder` as float32 safetensors with its tokenizer."""
+    gguf = Path(gguf) if gguf else embedded_gguf_path()
     # The GGUF-loaded model refuses save_pretrained: copy its dequantized weights into a model
     # built from the same config, and save that.
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=EMBEDDED_FILE, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=EMBEDDED_FILE)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     fresh = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
     fresh.load_state_dict(loaded.state_dict())
     fresh.save_pretrained(folder, safe_serialization=True)
@@ -148,8 +160,18 @@ def drop_gguf_quantization(config_path: Path) -> None:
     partial.replace(config_path)  # atomic: a crash leaves the old file, fixed next time
 
 
-def training_source(train_model: str, cache_root: Path) -> str:
-    return train_model or str(embedded_training_dir(cache_root))
+def training_source(train_model: str, cache_root: Path, chat_gguf: Path | str | None = None) -> str:
+    """What a night trains on: `train_model` if set (checked against the chat's GGUF when both are
+    set), else the chat's GGUF dequantized, else the embedded model dequantized."""
+    if train_model:
+        if chat_gguf:
+            from dreamer.lm.model_files import gguf_facts, same_model
+
+            same_model(gguf_facts(Path(chat_gguf)), Path(train_model).expanduser())
+        return train_model
+    if chat_gguf:
+        return str(gguf_training_dir(cache_root, Path(chat_gguf).expanduser()))
+    return str(embedded_training_dir(cache_root))
 
 
 def load_base(source: str, plan: DevicePlan):

@@ -132,7 +132,7 @@ def load(night: Night) -> None:
     torch.manual_seed(night.cfg.load.seed)
     advance = night.clock.begin("load model", 1)
     night.plan = plan_device(night.cfg.load)
-    night.source = training_source(night.config.train_model, cache_dir(night.home))
+    night.source = training_source(night.config.train_model, cache_dir(night.home), night.config.model_path())
     night.base, night.tokenizer = load_base(night.source, night.plan)
     night.base_config = base_config_summary(night.base)
     check_exportable(night.base_config)  # before hours of training, not after: the chat needs the GGUF
