@@ -167,11 +167,28 @@ def render_merge_step(record: dict) -> str:
             f"{record['max_logit_gap']:.1e}.\n")
 
 
+def render_sampling(record: dict) -> str:
+    """benchmarks/sampling.py: the chat's sampling candidates on a fixed set of turns."""
+    rows = []
+    for entry in record["settings"]:
+        t, top_p, min_p, penalty = entry["setting"]
+        chosen = " **(chosen)**" if entry["setting"] == record.get("chosen") else ""
+        first = " (the old default)" if entry is record["settings"][0] else ""
+        rows.append([f"{t}, {top_p}, {min_p}, {penalty}{first}{chosen}", f"{entry['good']:.0%}", f"{entry['english']:.0%}",
+                     f"{entry['loop']:.0%}", f"{entry['cut']:.0%}", f"{entry['fact']:.0%}", f"{entry['mean_tokens']:.0f}"])
+    replies = record["settings"][0]["replies"]
+    lines = [f"`{record['command'].strip()}` ({_machine(record)}; {record['turns']} turns x {len(record['seeds'])} seeds = "
+             f"{replies} replies a setting, max_reply_tokens {record['max_reply_tokens']})", "",
+             *_table(["temperature, top_p, min_p, repeat_penalty", "#good", "#English kept", "#loops", "#cut at the limit",
+                      "#fact named", "#mean tokens"], rows)]
+    return "\n".join(lines) + "\n"
+
+
 RENDERERS = {"kill_nights": render_kill_nights, "chat_threads": render_chat_threads,
              "parity_gap_avx512": render_parity_gap, "parity_gap_avx2": render_parity_gap,
              "bench_synthetic": render_bench, "bench_heldout": render_bench, "bench_dreaming": render_bench,
              "bench_dreaming_seed1": render_bench, "fold_quality": render_fold_quality, "bench_long": render_bench,
-             "forget_quality": render_forget_quality, "merge_step": render_merge_step}
+             "forget_quality": render_forget_quality, "merge_step": render_merge_step, "sampling": render_sampling}
 PLOTS = ROOT / "docs" / "bench"  # each bench block's plots, drawn again by every run of this command
 
 

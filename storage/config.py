@@ -48,7 +48,9 @@ class Config:
     temperature: float = field(default=0.7, metadata={"help": "sampling temperature for chat (0 = greedy)"})
     top_p: float = field(default=0.95, metadata={"help": "chat sampling: the smallest set of tokens holding this much probability"})
     min_p: float = field(default=0.05, metadata={"help": "chat sampling: drop tokens below this fraction of the likeliest one's probability"})
-    repeat_penalty: float = field(default=1.0, metadata={"help": "chat sampling: above 1 makes tokens already in the last 64 less likely (1 = off)"})
+    repeat_penalty: float = field(default=1.1, metadata={
+        "help": "chat sampling: above 1 makes tokens already in the last 64 less likely (1 = off; 1.1 chosen by "
+                "measurement, docs/BENCHMARKS.md \"Chat sampling\")"})
     memory_token_budget: int = field(
         default=768, metadata={"help": "tokens of earlier turns from today recalled into the prompt"}
     )
