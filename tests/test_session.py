@@ -131,7 +131,7 @@ def test_status_for_the_status_bar(store):
     session.send("hello")
     status = session.status()
     assert status == {"model": "fake", "memory": "none yet", "day": str(store.today()), "unconsolidated": 1,
-                      "last_sleep": "never"}
+                      "last_sleep": "never", "facts": (0, 0)}
 
 
 def test_resume_latest_opens_the_newest_conversation(store):
