@@ -184,11 +184,25 @@ def render_sampling(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_fold_rms(record: dict) -> str:
+    """benchmarks/fold_rms.py: a night's weight change in steps of the base's Q4_1 grid."""
+    nights = record["nights"]
+    medians = [n["median"] for n in nights]
+    p90s = [n["p90"] for n in nights]
+    stack = record["stack"]
+    return (f"`{record['command']}` ({_machine(record)}; the experts of {record['home']}): per Q4_1 block of the "
+            f"MLP projections, RMS of a night's change in steps of the block's grid: median {min(medians):.3f}-"
+            f"{max(medians):.3f}, 90th percentile {min(p90s):.3f}-{max(p90s):.3f} over {len(nights)} nights; the "
+            f"{stack['experts']} nights together (what a fold adds): median {stack['median']:.3f}, 90th percentile "
+            f"{stack['p90']:.3f}, largest {stack['max']:.2f}.\n")
+
+
 RENDERERS = {"kill_nights": render_kill_nights, "chat_threads": render_chat_threads,
              "parity_gap_avx512": render_parity_gap, "parity_gap_avx2": render_parity_gap,
              "bench_synthetic": render_bench, "bench_heldout": render_bench, "bench_dreaming": render_bench,
              "bench_dreaming_seed1": render_bench, "fold_quality": render_fold_quality, "bench_long": render_bench,
-             "forget_quality": render_forget_quality, "merge_step": render_merge_step, "sampling": render_sampling}
+             "forget_quality": render_forget_quality, "merge_step": render_merge_step, "sampling": render_sampling,
+             "fold_rms": render_fold_rms}
 PLOTS = ROOT / "docs" / "bench"  # each bench block's plots, drawn again by every run of this command
 
 
