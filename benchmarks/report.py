@@ -197,12 +197,38 @@ def render_fold_rms(record: dict) -> str:
             f"{stack['p90']:.3f}, largest {stack['max']:.2f}.\n")
 
 
+def render_paired_code(record: dict) -> str:
+    """benchmarks/paired_code.py: one arm, the same days and seeds, before and after a code change."""
+    def pc(v):
+        return "-" if v is None else f"{100 * v:.0f}%"
+
+    rows = []
+    for n in record["nights"]:
+        a, b, pairs = n["before"], n["after"], n["recall_gen_pairs"]
+        rows.append([n["night"], f"{pc(a['recall_gen'])} → {pc(b['recall_gen'])}",
+                     f"{pairs['only_before']} / {pairs['only_after']}", f"{pc(a['recall_mc'])} → {pc(b['recall_mc'])}",
+                     f"{pc(a['day1_gen'])} → {pc(b['day1_gen'])}", f"{pc(a['day1_mc'])} → {pc(b['day1_mc'])}",
+                     f"{pc(a['implication_gen'])} → {pc(b['implication_gen'])}",
+                     f"{pc(a['general_gen'])} → {pc(b['general_gen'])}",
+                     f"{a['greeting_replies']}/{a['replies']} → {b['greeting_replies']}/{b['replies']}",
+                     f"{a['drift_kl']:.4f} → {b['drift_kl']:.4f}"])
+    runs = record["runs"]
+    where = "; ".join(f"{name}: code {r['commit']}, {r['machine']['cpu']}" for name, r in runs.items())
+    return "\n".join([
+        f"`{record['command']}` (`{record['arm']}` arm, {record['bench']['days']} synthetic days x "
+        f"{record['bench']['facts']} facts, seed {record['bench']['seed']}, preset {record['bench']['preset']}; {where}). "
+        f"The change: {record['change']}. Before → after, night by night:", "",
+        *_table(["#night", "recall (gen)", "#recall pairs: only before / only after", "recall (mc)",
+                 "day 1 recall (gen)", "day 1 recall (mc)", "implication (gen)", "general (gen)",
+                 "replies opening with a greeting", "drift KL"], rows)]) + "\n"
+
+
 RENDERERS = {"kill_nights": render_kill_nights, "chat_threads": render_chat_threads,
              "parity_gap_avx512": render_parity_gap, "parity_gap_avx2": render_parity_gap,
              "bench_synthetic": render_bench, "bench_heldout": render_bench, "bench_dreaming": render_bench,
              "bench_dreaming_seed1": render_bench, "fold_quality": render_fold_quality, "bench_long": render_bench,
              "forget_quality": render_forget_quality, "merge_step": render_merge_step, "sampling": render_sampling,
-             "fold_rms": render_fold_rms}
+             "fold_rms": render_fold_rms, "bench_phatic": render_paired_code}
 PLOTS = ROOT / "docs" / "bench"  # each bench block's plots, drawn again by every run of this command
 
 
