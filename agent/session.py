@@ -52,6 +52,7 @@ class ChatSession:
         self.config = config
         self.model_name = model_name or getattr(runtime, "name", "?")
         self.conversation_id: int | None = None
+        self.forgot_open_conversation = False  # the last forget deleted the open conversation
         # The manifest lives beside the database, in DREAMER_HOME.
         self.stack = StackWatcher(runtime, store.path.parent)
 
@@ -103,7 +104,8 @@ class ChatSession:
         with pid_lock(sleep_lock_path(home), busy):
             apply_forget(self.store, plan)
             complete_forget(self.store, home, plan)
-        if self.conversation_id in plan.emptied:  # deleted whole
+        self.forgot_open_conversation = self.conversation_id is not None and self.conversation_id in plan.emptied
+        if self.forgot_open_conversation:  # deleted whole
             self.conversation_id = None
         if plan.nights and self.store.active_adapters():  # folding needs torch's files: another process
             ensure_private_dir(home / "logs")

@@ -174,6 +174,7 @@ def bench_tui(tmp: Path) -> dict:
 
     async def once(i: int) -> float:
         store = Store(tmp / f"tui{i}.db")
+        store.set_state("first_run_seen", "benchmark")  # the first-run card would cover the chat
         session = ChatSession(store, FakeRuntime(), Config())
         session.resume_latest()  # as `dreamer chat` does before it starts the UI
         start = time.perf_counter()
@@ -181,7 +182,10 @@ def bench_tui(tmp: Path) -> dict:
         async with app.run_test() as pilot:
             await pilot.pause()
             # Ready = ChatScreen is the active screen and its on_mount (history, focus) has run.
+            deadline = time.perf_counter() + 30
             while not (isinstance(app.screen, ChatScreen) and app.screen.is_mounted):
+                if time.perf_counter() > deadline:
+                    raise RuntimeError(f"the chat screen did not come up (the screen is {app.screen!r})")
                 await pilot.pause()
             elapsed = time.perf_counter() - start
         store.close()

@@ -80,13 +80,13 @@ def finished_runs(store: Store, limit: int = 60) -> list[dict]:
     return [{**row, "metrics": json.loads(row["metrics"] or "{}")} for row in reversed(list(rows))]
 
 
-def save_probes(store: Store, run_id: int, probes: list[dict]) -> None:
+def save_probes(store: Store, run_id: int, probes: list[dict]) -> list[int]:
+    """Insert the night's probes; their ids, in order."""
     with store.write():
-        store.db["probes"].insert_all(
+        return [store.db["probes"].insert(
             {"run_id": run_id, "day": p["day"], "question": p["question"], "answer": p["answer"],
              "distractors": json.dumps(list(p["distractors"]), ensure_ascii=False), "kind": p.get("kind", "recall")}
-            for p in probes
-        )
+        ).last_pk for p in probes]
 
 
 def replay_probes(store: Store) -> list[dict]:
@@ -100,7 +100,8 @@ def replay_probes(store: Store) -> list[dict]:
 
 def save_checks(store: Store, checks: list[dict], version: int | None = None) -> int:
     """Record what stack `version` (default: the active one) answers to the probes: each check names its
-    probe by id, or by (day, question, answer) among the active nights' probes. Returns how many."""
+    probe by id (a check without one, by (day, question, answer) among the active nights' probes).
+    Returns how many."""
     version = active_version(store) if version is None else version
     ids = {(p["day"], p["question"], p["answer"]): p["id"] for p in replay_probes(store)}
     stamp = store.now().isoformat()

@@ -301,8 +301,8 @@ class Store:
 
     # --- "don't learn this" ---------------------------------------------------------
     def exclude(self, *, conversation_id: int | None = None, message_ids=(), undo: bool = False) -> dict:
-        """Mark a conversation (its turns to come too) or single turns as never to be learned, or
-        (`undo`) learnable again. Returns {"changed": n, "learned": [turn ids a night already
+        """Mark a conversation (its turns to come too) or single turns (a user turn with the replies
+        that answer it) as never to be learned, or (`undo`) learnable again. Returns {"changed": n, "learned": [turn ids a night already
         learned]}: those are in the weights already, and only `dreamer forget` takes them out."""
         stamp = None if undo else self.now().isoformat()
         with self.write():
@@ -315,11 +315,8 @@ class Store:
                 changed = len(ids)
             else:
                 ids = list(message_ids)
-                found = {r["id"] for r in self.db["messages"].rows_where(
-                    f"id in ({','.join('?' * len(ids))})", ids)} if ids else set()
-                missing = [i for i in ids if i not in found]
-                if missing:
-                    raise StoreError(f"no message with id {missing[0]}")
+                self.message_ids_exist(ids)
+                ids += self._replies_to(ids)
                 for pk in ids:
                     self.db["messages"].update(pk, {"excluded_at": stamp})
                 changed = len(ids)
@@ -332,12 +329,34 @@ class Store:
         first, each with `excluded` (the user said "don't learn this": the night skips it)."""
         sql = f"""
             select m.id, m.conversation_id, m.role, m.content, m.day, c.title,
-                   (m.excluded_at is not null or c.excluded_at is not null) as excluded
+                   (m.excluded_at is not null or c.excluded_at is not null) as excluded,
+                   m.excluded_at is not null as message_excluded, c.excluded_at is not null as conversation_excluded
             from messages m join conversations c on c.id = m.conversation_id
             where {WAITING.replace('consolidated_run_id', 'm.consolidated_run_id')}
               and m.status = 'complete' and m.content != '' order by m.id
         """
         return list(self.db.query(sql))
+
+    def _replies_to(self, ids: list[int]) -> list[int]:
+        """The assistant messages answering these user turns (up to the conversation's next user turn):
+        a reply may repeat what the user said ("Noted: your PIN is 4711"), so it goes with its turn."""
+        replies = []
+        for row in self.db["messages"].rows_where(f"id in ({','.join('?' * len(ids))}) and role = 'user'", ids):
+            for later in self.db["messages"].rows_where("conversation_id = ? and id > ?", [row["conversation_id"], row["id"]],
+                                                        order_by="id"):
+                if later["role"] == "user":
+                    break
+                if later["id"] not in ids:
+                    replies.append(later["id"])
+        return replies
+
+    def message_ids_exist(self, ids: list[int]) -> None:
+        """StoreError naming the first id with no message."""
+        found = {r["id"] for r in self.db["messages"].rows_where(f"id in ({','.join('?' * len(ids))})", ids)} \
+            if ids else set()
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise StoreError(f"no message with id {missing[0]}")
 
     def excluded(self, conversation_id: int) -> bool:
         return bool(self.conversation(conversation_id).get("excluded_at"))
@@ -386,7 +405,8 @@ class Store:
         with self.write():
             for record in records:
                 pk = self.db["conversations"].insert(
-                    {"title": record.get("title") or "", "day": record["day"], "created_at": stamp, "updated_at": stamp}
+                    {"title": record.get("title") or "", "day": record["day"], "created_at": stamp, "updated_at": stamp,
+                     "excluded_at": None if record.get("learn", True) else stamp}
                 ).last_pk
                 self.db["messages"].insert_all(
                     {
@@ -395,9 +415,10 @@ class Store:
                         "content": m["content"],
                         "created_at": stamp,
                         "day": record["day"],
-                        "status": "complete",
+                        "status": m.get("status", "complete"),
                         "writer_pid": None,
                         "consolidated_run_id": None,
+                        "excluded_at": None if m.get("learn", True) else stamp,
                     }
                     for m in record["messages"]
                 )

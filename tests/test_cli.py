@@ -53,14 +53,15 @@ def test_import_status_log_export(tmp_path, dreamer_home):
     assert "user: My cat is called Miso." in log.output
     assert "pets" in log.output
     assert "no conversations on 2026-11-21" in run("log", "--day", "2026-11-21").output
-    assert "    1 user: My cat is called Miso." in run("log", "--ids").output
-    assert run("dont-learn", "--turn", "1").exit_code == 0
-    assert "user [don't learn]: My cat is called Miso." in run("log").output
-    assert "waiting for the next sleep: 1 message" in run("status").output
 
     out = tmp_path / "out.jsonl"
     assert run("export", str(out)).exit_code == 0
     assert json.loads(out.read_text()) == record
+
+    assert "    1 user: My cat is called Miso." in run("log", "--ids").output
+    assert run("dont-learn", "--turn", "1").exit_code == 0
+    assert "user [don't learn]: My cat is called Miso." in run("log").output
+    assert "waiting for the next sleep: 1 message" in run("status").output
 
 
 def test_bad_import_is_one_clean_error(tmp_path):

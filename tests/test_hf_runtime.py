@@ -94,3 +94,18 @@ def test_the_watcher_hands_it_peft_folders(model_dir, tmp_path):
     watcher = StackWatcher(runtime, tmp_path)
     swap = watcher.apply(watcher.pending())
     assert swap.label == "night 1" and runtime.adapters == [Adapter(one)]
+
+
+def test_the_repeat_penalty_looks_at_the_last_tokens_only_as_llama_cpp_does():
+    from dreamer.morning.hf_runtime import RecentRepeatPenalty
+
+    scores = torch.tensor([[2.0, -2.0, 1.0, 3.0]])
+    ids = torch.tensor([[3, 0, 1]])  # token 3 is outside a window of 2
+    out = RecentRepeatPenalty(2.0, window=2)(ids, scores.clone())
+    assert out.tolist() == [[1.0, -4.0, 1.0, 3.0]]
+
+
+def test_a_reply_that_runs_to_the_limit_is_cut(model_dir):
+    runtime = TransformersRuntime(str(model_dir), device="cpu")
+    "".join(runtime.stream(PROMPT, max_tokens=3, temperature=0.0))
+    assert runtime.finish_reason == "length"  # the tiny random model never ends within 3 tokens

@@ -387,13 +387,16 @@ def test_dry_run_estimates_from_this_homes_nights(store):
     from dreamer.sleep.estimate import estimate_night
     from storage import ledger
 
-    assert "reference 2-core Intel Xeon" in estimate_night(store, "cpu-tiny", 100, embedded_model=True)
-    assert estimate_night(store, "cpu-tiny", 100, embedded_model=False).startswith("no time estimate yet")
+    embedded, other = Config(), Config(model="/models/big.gguf")
+    assert "reference 2-core Intel Xeon" in estimate_night(store, "cpu-tiny", 100, embedded)
+    assert estimate_night(store, "cpu-tiny", 100, other).startswith("no time estimate yet")
     for seconds, distilling, peak in ((700, 600, 2000.0), (900, 800, 2500.0)):
         run = ledger.start_run(store, "2026-11-21", "cpu-tiny")
         ledger.finish_run(store, run, "promoted", metrics={
             "seconds": seconds, "phase_seconds": {"distil into a new expert": distilling}, "training": {"steps": 100},
-            "peak_memory_mb": peak})
+            "peak_memory_mb": peak, "model": "/models/big.gguf|"})
     # fixed part: median(100, 100) s; a step: median(6, 8) = 7 s; 200 steps -> 100 + 1400 s = 25 min
-    assert estimate_night(store, "cpu-tiny", 200, embedded_model=False) == (
+    assert estimate_night(store, "cpu-tiny", 200, other) == (
         "about 25 min and 2.4 GB peak memory (from the last 2 nights of cpu-tiny in this home)")
+    # another model's nights say nothing about this one's
+    assert "reference 2-core Intel Xeon" in estimate_night(store, "cpu-tiny", 100, embedded)

@@ -190,3 +190,15 @@ def test_unfinished_replies_and_excluded_turns_are_never_learned(store):
     assert store.unconsolidated_count() == 5
     with pytest.raises(StoreError, match="no message with id 999"):
         store.exclude(message_ids=[999])
+
+
+def test_a_turn_kept_from_sleep_takes_the_replies_that_answer_it(store):
+    conversation = store.new_conversation()
+    pin = store.add_message(conversation, "user", "My PIN is 4711.")
+    echo = store.add_message(conversation, "assistant", "Noted: your PIN is 4711.")
+    later = store.add_message(conversation, "user", "My cat is Miso.")
+    store.exclude(message_ids=[pin])
+    marked = {m["id"] for m in store.messages(conversation) if m["excluded_at"]}
+    assert marked == {pin, echo} and later not in marked
+    store.exclude(message_ids=[pin], undo=True)
+    assert not any(m["excluded_at"] for m in store.messages(conversation))

@@ -62,3 +62,28 @@ def test_bad_line_is_named_and_nothing_is_imported(store, tmp_path, bad_line, re
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(TranscriptError, match="cannot read"):
         read_transcripts(tmp_path / "nope.jsonl")
+
+
+def test_export_and_import_keep_what_no_night_may_learn(store, tmp_path):
+    from storage.ledger import unconsolidated
+
+    private = store.new_conversation()
+    store.add_message(private, "user", "My PIN is 4711.")
+    store.exclude(conversation_id=private)
+    chat = store.new_conversation()
+    secret = store.add_message(chat, "user", "My diary's code word is Heron.")
+    store.add_message(chat, "user", "My cat is Miso.")
+    store.finish_reply(store.start_reply(chat), "the queen the queen", cut=True)
+    store.exclude(message_ids=[secret])
+    out = tmp_path / "out.jsonl"
+    export_file(store, out)
+    lines = out.read_text()
+    assert '"learn": false' in lines and '"status": "cut"' in lines
+
+    from storage import Store
+
+    fresh = Store(tmp_path / "fresh.db")
+    import_file(fresh, out)
+    waiting = [m["content"] for c in unconsolidated(fresh) for m in c["messages"]]
+    assert waiting == ["My cat is Miso."]  # not the PIN, not the code word, not the cut reply
+    assert fresh.db["messages"].count == 4

@@ -50,10 +50,10 @@ async def test_memory_screen_shows_facts_and_the_queue_and_marks_dont_learn(db):
         assert [m["content"] for m in screen.queue] == ["My brother Tom moved to Oslo.", "Oslo is beautiful in spring."]
 
         screen.query_one("#queue").focus()
-        await pilot.press("d")  # the highlighted (first) message
+        await pilot.press("d")  # the highlighted (first) message: the user's turn, and the reply answering it
         await pilot.pause()
-        assert db.unconsolidated_count() == 1 and screen.queue[0]["excluded"]
-        assert "1 marked don't learn" in str(screen.query_one("#queue-title").render())
+        assert db.unconsolidated_count() == 0 and screen.queue[0]["excluded"] and screen.queue[1]["excluded"]
+        assert "2 marked don't learn" in str(screen.query_one("#queue-title").render())
         await pilot.press("d")  # and back
         await pilot.pause()
         assert db.unconsolidated_count() == 2
@@ -87,8 +87,24 @@ async def test_ctrl_l_keeps_the_open_conversation_out_of_the_nights_and_a_cut_re
         await pilot.press("ctrl+l")
         await pilot.pause()
         assert db.unconsolidated_count() == 0 and any("no night will learn" in m for m, _ in seen)
+        from agent.tui.widgets import EXCLUDED_MARK
+
+        assert all(EXCLUDED_MARK in str(b.query_one(".mark").render()) for b in bubbles(pilot))
         listing = chat(pilot).query_one(ConversationList)
         assert "not learned" in str(listing.get_option_at_index(1).prompt)
         await pilot.press("ctrl+l")
         await pilot.pause()
         assert db.unconsolidated_count() == 1 and any("learned again" in m for m, _ in seen)
+
+
+async def test_re_check_runs_dreamer_memory_check_in_another_process(db):
+    """`r` on a memory with no night: the real command runs, finds nothing to check, and says so."""
+    db.set_state("first_run_seen", "test")
+    app = make_app(ChatSession(db, FakeRuntime(), Config()))
+    seen = record_notifications(app)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f2")
+        await until(pilot, lambda: isinstance(app.screen, MemoryScreen))
+        await pilot.press("r")
+        await until(pilot, lambda: any("no facts to check" in m for m, _ in seen), timeout=60)
+        assert not app.screen.query_one("#recheck").display

@@ -130,7 +130,11 @@ class ChatScreen(Screen):
             rows = []
         log = self.query_one("#messages", VerticalScroll)
         await log.remove_children()
-        await log.mount_all([MessageView.from_row(row) for row in rows if row["role"] != "system"])
+        try:
+            kept_out = self.session.conversation_id is not None and self.session.store.excluded(self.session.conversation_id)
+        except EXPECTED_FAILURES:
+            kept_out = False
+        await log.mount_all([MessageView.from_row(row, kept_out) for row in rows if row["role"] != "system"])
         log.scroll_end(animate=False)
         self.refresh_sidebar()
 
@@ -172,20 +176,23 @@ class ChatScreen(Screen):
         await self.show_conversation()
         self.action_focus_input()
 
-    def action_toggle_learning(self) -> None:
+    async def action_toggle_learning(self) -> None:
         """"Don't learn this" on the open conversation (again: learn it after all)."""
+        if self.refuse_while_generating():
+            return
         try:
             line = self.session.toggle_learning()
         except EXPECTED_FAILURES as err:
             self.error(err)
             return
         self.notify(line, title="dreamer", timeout=8, markup=False)
-        self.refresh_sidebar()
+        await self.show_conversation()  # the messages' marks, and the sidebar
 
     def action_memory(self) -> None:
         """The Memory screen; it may hand back a conversation to forget."""
-        def closed(conversation_id: int | None) -> None:
-            self.refresh_sidebar()  # "don't learn" marks may have changed
+        async def closed(conversation_id: int | None) -> None:
+            if not self.generating:  # "don't learn" marks may have changed; a streaming reply is left alone
+                await self.show_conversation()
             if conversation_id is not None:
                 self.forget_conversation(conversation_id)
 
@@ -213,7 +220,7 @@ class ChatScreen(Screen):
                 self.error(err)
                 return
             try:
-                if self.session.conversation_id is None:  # the open conversation was forgotten
+                if self.session.forgot_open_conversation:
                     self.session.resume_latest()
             except EXPECTED_FAILURES as err:
                 self.error(err)

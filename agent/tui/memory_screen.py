@@ -66,6 +66,7 @@ class MemoryScreen(ModalScreen[int | None]):
         super().__init__()
         self.session = session
         self.queue: list[dict] = []
+        self._process: subprocess.Popen | None = None  # a running `dreamer memory --check`
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="memory"):
@@ -113,8 +114,12 @@ class MemoryScreen(ModalScreen[int | None]):
 
     def action_toggle_message(self) -> None:
         message = self._highlighted()
-        if message is not None:
-            self._exclude(message_ids=[message["id"]], undo=bool(message["excluded"]))
+        if message is None:
+            return
+        if message["conversation_excluded"]:
+            self.notify("its whole conversation is marked don't learn: c learns the conversation again", markup=False)
+            return
+        self._exclude(message_ids=[message["id"]], undo=bool(message["message_excluded"]))
 
     def action_toggle_conversation(self) -> None:
         message = self._highlighted()
@@ -149,18 +154,35 @@ class MemoryScreen(ModalScreen[int | None]):
 
     @work(thread=True, exclusive=True, group="recheck")
     def recheck(self) -> None:
-        process = subprocess.Popen([sys.executable, "-m", "dreamer", "memory", "--check"], stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
+        try:
+            self._process = subprocess.Popen([sys.executable, "-m", "dreamer", "memory", "--check"],
+                                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.DEVNULL, text=True)
+        except OSError as err:
+            self.app.call_from_thread(self.rechecked, 1, f"could not start `dreamer memory --check`: {err}")
+            return
         last = ""
-        for line in process.stdout:
+        for line in self._process.stdout:
             last = line.strip() or last
             if last.startswith("checked ") and "/" in last.split()[1]:
                 done, total = map(int, last.split()[1].split("/"))
-                self.app.call_from_thread(self.query_one("#recheck", ProgressBar).update, total=total, progress=done)
-        self.app.call_from_thread(self.rechecked, process.wait(), last)
+                self.app.call_from_thread(self._progress, done, total)
+        self.app.call_from_thread(self.rechecked, self._process.wait(), last)
+
+    def _progress(self, done: int, total: int) -> None:
+        if self.is_attached:
+            self.query_one("#recheck", ProgressBar).update(total=total, progress=done)
 
     def rechecked(self, code: int, last: str) -> None:
+        self._process = None
+        if not self.is_attached:
+            return
         self.query_one("#recheck", ProgressBar).display = False
         self.notify(last if code == 0 else f"re-check failed: {last}", severity="information" if code == 0 else "error",
                     markup=False, timeout=10)
         self.show()
+
+    def on_unmount(self) -> None:
+        # Closing the screen (or quitting) ends a re-check: it holds the sleep lock, which a night needs.
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()

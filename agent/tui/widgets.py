@@ -51,8 +51,8 @@ class MessageView(Vertical):
         self.excluded = excluded
 
     @classmethod
-    def from_row(cls, row: dict) -> MessageView:
-        return cls(row["role"], row["content"], row["status"], row["id"], bool(row.get("excluded_at")))
+    def from_row(cls, row: dict, conversation_excluded: bool = False) -> MessageView:
+        return cls(row["role"], row["content"], row["status"], row["id"], conversation_excluded or bool(row.get("excluded_at")))
 
     def compose(self) -> ComposeResult:
         yield Label(SPEAKERS.get(self.role, self.role), classes="speaker")
@@ -82,10 +82,6 @@ class MessageView(Vertical):
             await markdown.update(text)
         self.status = "interrupted" if interrupted else "cut" if cut else "complete"
         self.message_id = message_id if message_id is not None else self.message_id
-        self._show_status()
-
-    def set_excluded(self, excluded: bool) -> None:
-        self.excluded = excluded
         self._show_status()
 
     def _mark(self) -> str:

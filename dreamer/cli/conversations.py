@@ -33,11 +33,16 @@ def chat(runtime_name: str | None, model_file: Path | None) -> None:
     from agent.tui import run_chat
 
     config = load_config()
-    if model_file is not None:
-        if not model_file.expanduser().is_file():
-            raise click.ClickException(f"{model_file}: no such file")
-        config = dataclasses.replace(config, model=str(model_file.expanduser().resolve()))
     store = open_store(config)
+    if model_file is not None:
+        chosen = model_file.expanduser().resolve()
+        if not chosen.is_file():
+            raise click.ClickException(f"{model_file}: no such file")
+        if store.active_adapters() and chosen != (config.model_path() or Path()).expanduser().resolve():
+            raise click.ClickException(
+                f"the memory's nights were trained on the configured model and cannot be applied to {chosen.name}: "
+                "chat on it after `dreamer rollback 0` (the base alone), or without -m")
+        config = dataclasses.replace(config, model=str(chosen))
     if (runtime_name or config.chat_runtime) == "transformers":
         from dreamer.morning.hf_runtime import TransformersRuntime
         from dreamer.lm.weights import training_source

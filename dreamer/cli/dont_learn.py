@@ -33,6 +33,7 @@ def dont_learn(conversations: tuple[int, ...], turns: tuple[int, ...], undo: boo
     try:
         for conversation_id in conversations:
             store.conversation(conversation_id)  # all named ids exist, or nothing changes
+        store.message_ids_exist(list(turns))
         for conversation_id in conversations:
             learned += store.exclude(conversation_id=conversation_id, undo=undo)["learned"]
         if turns:

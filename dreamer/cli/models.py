@@ -13,6 +13,7 @@ the model's parameters: the embedded 135M model peaked at 3.0 GB in `cpu-tiny` (
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 import click
 
 from dreamer.cli.errors import DreamerError
-from storage import dreamer_home, load_config
+from storage import ConfigError, dreamer_home, load_config
 from storage.paths import config_path
 
 CPU_BYTES_PER_PARAMETER = 3030 * 2**20 / 134_515_008  # cpu-tiny's measured peak on the embedded model
@@ -67,7 +68,7 @@ def models() -> None:
     store = open_store(config, write=False)
     cpu_fits = "fits" if need < 0.8 * ram else "does not fit"
     click.echo(f"  cpu-tiny   {cpu_fits}: a night needs about {need:.1f} GiB (scaled from the 135M model's measured "
-               f"3.0 GB peak); {estimate_night(store, 'cpu-tiny', 100, embedded_model=not config.model)}")
+               f"3.0 GB peak); {estimate_night(store, 'cpu-tiny', 100, config)}")
     if gpu:
         weights = facts.parameters * 0.56 / 2**30  # NF4: 4 bits a weight plus its block scales
         click.echo(f"  gpu-qlora  the NF4 weights take about {weights:.1f} of {vram:.1f} GiB; activations and the "
@@ -107,12 +108,16 @@ def use(path: Path) -> None:
     text = target.read_text(encoding="utf-8") if target.exists() else ""
     cleared = re.search(r"^train_model\s*=.*$", text, flags=re.M) is not None
     text = re.sub(r"^(train_model|model)\s*=.*\n?", "", text, flags=re.M)
-    text = f'model = "{path}"\n' + text
+    text = f"model = {json.dumps(str(path))}\n" + text  # a JSON string is a valid TOML basic string
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".partial")
     partial.write_text(text, encoding="utf-8")
+    try:
+        load_config(partial)  # the new file is checked before it replaces the old one
+    except ConfigError as err:
+        partial.unlink()
+        raise DreamerError(f"config.toml not changed: {err}") from None
     partial.replace(target)  # atomic: a crash leaves the old file
-    load_config()
     click.echo(f"model: {facts.name} ({facts.architecture}, {facts.parameters / 1e6:.0f}M parameters) from {path}"
                + ("; train_model cleared: the first night dequantizes this file for training" if cleared else
                   "; the first night dequantizes it for training"))

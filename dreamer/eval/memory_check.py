@@ -25,6 +25,9 @@ def facts_to_check(store: Store) -> list[dict]:
 def check_active(store: Store, config: Config, home: Path,
                  on_progress: Callable[[int, int], None] | None = None) -> int:
     """Check every fact of the active stack; returns how many checks were saved."""
+    rows = facts_to_check(store)
+    if not rows:
+        return 0  # before torch is imported: nothing to load
     from agent.memory import system_message
     from dreamer.eval.evaluate import choice_checks
     from dreamer.lm.weights import build_stack, load_base, plan_device, training_source
@@ -32,9 +35,6 @@ def check_active(store: Store, config: Config, home: Path,
     from dreamer.sleep.gate import as_probes
     from storage.paths import cache_dir
 
-    rows = facts_to_check(store)
-    if not rows:
-        return 0
     version = ledger.active_version(store)
     base, tokenizer = load_base(training_source(config.train_model, cache_dir(home), config.model_path()), plan_device(LoadConfig()))
     model = build_stack(base, [Path(a["path"]) for a in store.active_adapters()], None)

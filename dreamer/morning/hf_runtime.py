@@ -35,6 +35,22 @@ class _StopOn:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
+class RecentRepeatPenalty:
+    """llama.cpp's repeat penalty (penalty_last_n 64): a token among the last `window` tokens of the
+    context has its logit divided by `penalty` (multiplied, when negative). transformers' own
+    `repetition_penalty` covers the whole prompt, which would push the reply away from the very
+    names and facts its context holds."""
+
+    def __init__(self, penalty: float, window: int = 64) -> None:
+        self.penalty, self.window = penalty, window
+
+    def __call__(self, input_ids, scores):
+        recent = input_ids[:, -self.window:]
+        picked = scores.gather(1, recent)
+        picked = torch.where(picked > 0, picked / self.penalty, picked * self.penalty)
+        return scores.scatter(1, recent, picked)
+
+
 class TransformersRuntime:
     adapter_format = "peft"
 
@@ -73,7 +89,10 @@ class TransformersRuntime:
             streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
             sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "min_p": min_p or None,
                         "top_k": 40} if temperature > 0 else {"do_sample": False}  # top_k as llama.cpp's
-            sampling["repetition_penalty"] = repeat_penalty
+            if repeat_penalty != 1.0:  # as llama.cpp applies it: the last 64 tokens, not the whole prompt
+                from transformers import LogitsProcessorList
+
+                sampling["logits_processor"] = LogitsProcessorList([RecentRepeatPenalty(repeat_penalty)])
             self.finish_reason = None
             produced: list[int] = []
             errors: list[BaseException] = []
@@ -85,7 +104,7 @@ class TransformersRuntime:
                                             streamer=streamer, pad_token_id=self.tokenizer.pad_token_id,
                                             stopping_criteria=StoppingCriteriaList([_StopOn(stop), _StopOn(finished)]),
                                             **sampling)
-                    produced.append(out.shape[1] - ids.shape[1])
+                    produced.append((out.shape[1] - ids.shape[1], int(out[0, -1])))
                 except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
                     errors.append(err)
                     streamer.end()
@@ -109,7 +128,9 @@ class TransformersRuntime:
             if errors:
                 raise ModelError(f"generation failed: {errors[0]}")
             if drained and produced:
-                self.finish_reason = "length" if produced[0] >= max_tokens else "stop"
+                length, last = produced[0]
+                ended = last in {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}  # its own end, at the limit
+                self.finish_reason = "length" if length >= max_tokens and not ended else "stop"
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -24,17 +24,22 @@ REFERENCE = {"cpu-tiny": {"fixed_s": 100.0, "step_s": 13.3, "peak_mb": 3030.0,
                           "where": "the reference 2-core Intel Xeon (no night of this preset has run in this home yet)"}}
 
 
-def measured(store: Store, preset: str, limit: int = 5) -> list[dict]:
-    """The newest finished nights of `preset` that recorded their phases and steps (newest last)."""
-    runs = [r for r in ledger.finished_runs(store) if r["status"] in ("promoted", "rejected") and r["preset"] == preset]
+def measured(store: Store, preset: str, model: str | None = None, limit: int = 5) -> list[dict]:
+    """The newest finished nights of `preset` on `model` (dreamer.sleep.stages.model_identity; nights
+    from before it was recorded count) that recorded their phases and steps, newest last."""
+    runs = [r for r in ledger.finished_runs(store) if r["status"] in ("promoted", "rejected") and r["preset"] == preset
+            and (model is None or r["metrics"].get("model", model) == model)]
     usable = [r["metrics"] for r in runs
               if r["metrics"].get("phase_seconds", {}).get(DISTILL_PHASE) and r["metrics"].get("training", {}).get("steps")]
     return usable[-limit:]
 
 
-def estimate_night(store: Store, preset: str, steps: int, embedded_model: bool) -> str:
+def estimate_night(store: Store, preset: str, steps: int, config) -> str:
     """One phrase: "about 26 min and 3.0 GB peak (from the last 3 nights here)", or why there is none."""
-    nights = measured(store, preset)
+    from dreamer.sleep.stages import model_identity
+
+    nights = measured(store, preset, model_identity(config))
+    embedded_model = not config.model and not config.train_model
     if nights:
         step_s = statistics.median(m["phase_seconds"][DISTILL_PHASE] / m["training"]["steps"] for m in nights)
         fixed_s = statistics.median(m["seconds"] - m["phase_seconds"][DISTILL_PHASE] for m in nights)

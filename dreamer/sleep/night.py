@@ -69,7 +69,7 @@ def sleep_now(store: Store, config: Config, cfg: SleepConfig, *, day: str | None
             return _nothing(day)
         from dreamer.sleep.estimate import estimate_night
 
-        took = estimate_night(store, cfg.preset, cfg.distill.steps, embedded_model=not config.train_model)
+        took = estimate_night(store, cfg.preset, cfg.distill.steps, config)
         return SleepOutcome("dry-run", f"would consolidate {', '.join(days)}: {estimate(conversations, cfg)}; "
                                        f"preset {cfg.preset}; {took}; nothing trained")
     progress = progress or NoProgress()

@@ -224,10 +224,13 @@ def dream(night: Night) -> None:
 
 def gate(night: Night) -> None:
     advance = night.clock.begin("gate", 1)
+    # Saved first, so each probe has its id for the gate's per-fact checks (kept if the night is promoted).
+    for probe, probe_id in zip(night.memories.probes, ledger.save_probes(night.store, night.run_id,
+                                                                         night.memories.probes)):
+        probe["id"] = probe_id
     night.figures = gate_stage.measure(night.model, night.tokenizer, night.stack, night.gate_probes,
                                        night.replay_rows, night.cfg.load.max_seq_len, system=night.base_system)
     night.decision = gate_stage.decide(night.figures, night.cfg.gate)
-    ledger.save_probes(night.store, night.run_id, night.memories.probes)
     advance()
 
 
@@ -236,6 +239,11 @@ def earlier_reward_rates(store: Store) -> list[dict]:
     return [{"run": row["id"], "day": row["day"], "status": row["status"],
              "reward_rate": row["metrics"]["dreaming"]["reward_rate"]} for row in ledger.finished_runs(store)
             if (row["metrics"].get("dreaming") or {}).get("reward_rate") is not None]
+
+
+def model_identity(config) -> str:
+    """The model a night trains: its configured files (the embedded model when none)."""
+    return f"{config.model or 'embedded'}|{config.train_model}"
 
 
 def report(night: Night) -> None:
@@ -248,6 +256,7 @@ def report(night: Night) -> None:
         "training": night.log.summary(), "counts": night.memories.counts, "plan": night.plan.describe(),
         "peak_memory_mb": round(peak_memory_mb(), 1), "seconds": night.clock.elapsed(), "days": night.days,
         "merged_experts": night.merged_experts,
+        "model": model_identity(night.config),  # which model's nights an estimate may learn from
     }
     if night.dreams is not None:
         night.metrics["dreaming"] = night.dreams.summary()
