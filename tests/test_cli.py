@@ -60,8 +60,10 @@ def test_import_status_log_export(tmp_path, dreamer_home):
 
     assert "    1 user: My cat is called Miso." in run("log", "--ids").output
     assert run("dont-learn", "--turn", "1").exit_code == 0
-    assert "user [don't learn]: My cat is called Miso." in run("log").output
-    assert "waiting for the next sleep: 1 message" in run("status").output
+    log = run("log").output
+    assert "user [don't learn]: My cat is called Miso." in log
+    assert "assistant [don't learn]: Hello Miso!" in log  # the reply answering it goes along
+    assert "waiting for the next sleep: 0 messages" in run("status").output
 
 
 def test_bad_import_is_one_clean_error(tmp_path):
