@@ -118,7 +118,8 @@ def memory_facts(store: Store) -> list[dict]:
     """Night by night (the active stack's), each probe with what the active memory answers now and what
     it answered right after its own night: the Memory screen and `dreamer memory --facts`.
 
-    Each night: {"night", "day", "facts": [{"id", "question", "answer", "kind", "now", "first", "state"}]},
+    Each night: {"night", "day", "facts": [{"id", "question", "answer", "kind", "now", "first", "state"}],
+    "dreams": [{"request", "reply"}: the night's rewarded dreams shown in its report, when it dreamed]},
     `now`/`first` a check ({"chosen", "p_answer", "correct", "version", "checked_at"}) or None, and
     `state` one of kept | fading | lost | not learned | not checked (see `fact_state`)."""
     version = active_version(store)
@@ -131,7 +132,10 @@ def memory_facts(store: Store) -> list[dict]:
             facts.append({"id": probe["id"], "question": probe["question"], "answer": probe["answer"],
                           "kind": probe["kind"], "now": now, "first": checks[0] if checks else None,
                           "state": fact_state(checks[0] if checks else None, now)})
-        nights.append({"night": adapter["night"], "day": adapter["day"], "facts": facts})
+        run = json.loads(store.db["sleep_runs"].get(adapter["run_id"])["metrics"] or "{}")
+        dreams = [{"request": d["request"], "reply": d["reply"]}
+                  for d in ((run.get("dreaming") or {}).get("examples") or {}).get("rewarded", [])]
+        nights.append({"night": adapter["night"], "day": adapter["day"], "facts": facts, "dreams": dreams})
     return nights
 
 

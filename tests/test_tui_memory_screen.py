@@ -24,7 +24,10 @@ def one_night(db) -> int:
         {"day": str(db.today()), "question": "Where does my sister live?", "answer": "Lisbon",
          "distractors": ["Porto", "Oslo"], "kind": "recall"}])
     ledger.promote(db, run, {"night": 1, "day": str(db.today()), "path": "/nowhere", "gguf_path": ""},
-                   [m["id"] for m in db.messages(learned)])
+                   [m["id"] for m in db.messages(learned)],
+                   metrics={"dreaming": {"examples": {"rewarded": [
+                       {"kind": "application", "request": "Suggest a name for my parrot's new friend.",
+                        "reply": "Since Bramble...", "gap": 1.0, "tau_delta": 0.2}], "rejected": []}}})
     [parrot, sister] = ledger.replay_probes(db)
     ledger.save_checks(db, [{"probe_id": parrot["id"], "chosen": "Bramble", "p_answer": 0.9, "correct": True},
                             {"probe_id": sister["id"], "chosen": "Lisbon", "p_answer": 0.8, "correct": True}])
@@ -47,6 +50,7 @@ async def test_memory_screen_shows_facts_and_the_queue_and_marks_dont_learn(db):
         assert "night 1" in facts and "1 kept, 1 lost" in facts
         assert "What is my parrot called? → Bramble  (90% sure)" in facts
         assert "Where does my sister live? → Lisbon  (says “Porto”, 30% sure)" in facts
+        assert "dreamt      Suggest a name for my parrot's new friend. → Since Bramble..." in facts
         assert [m["content"] for m in screen.queue] == ["My brother Tom moved to Oslo.", "Oslo is beautiful in spring."]
 
         screen.query_one("#queue").focus()

@@ -48,6 +48,9 @@ def facts_text(nights: list[dict]) -> Text:
                 said = "" if now["correct"] else f"says “{now['chosen']}”, "
                 text.append(f"  ({said}{now['p_answer']:.0%} sure)", "dim")
             text.append("\n")
+        for dream in night.get("dreams", []):
+            text.append("  dreamt      ", "magenta")
+            text.append(f"{dream['request']} → {dream['reply'][:80]}\n", "dim")
     return text
 
 

@@ -35,6 +35,8 @@ def facts_text(store: Store) -> list[str]:
         lines.append(f"night {night['night']}  {night['day']}  ({tally or 'no facts recorded'})")
         for fact in night["facts"]:
             lines.append(f"  {fact['state']:<11} {fact['question']}  ->  {fact['answer']}{describe_check(fact)}")
+        for dream in night["dreams"]:
+            lines.append(f"  dreamt      {dream['request']}  ->  {dream['reply'][:100]}")
     waiting = queue(store)
     messages = sum(len(c["messages"]) for c in waiting)
     lines.append(f"\ntonight's queue: {count(messages, 'message')} in {count(len(waiting), 'conversation')}")
