@@ -131,3 +131,14 @@ def test_cloze_weight_is_validated():
         sleep_config_from_dict({"distill": {"cloze_batch": 0}})
     with pytest.raises(ValueError, match="distill.cloze_negatives must be an integer >= 0"):
         sleep_config_from_dict({"distill": {"cloze_negatives": -1}})
+
+
+def test_greetings_make_no_cloze_probe_or_restatement():
+    """A greeting carries no fact: blanked, "Hello" became a probe and a label replayed every night,
+    and the 14-night run's replies turned into "Hello" (docs/BENCHMARKS.md, "Months of nights")."""
+    from dreamer.sleep.seeding.cloze import clozes
+    from dreamer.sleep.seeding.day_text import topics
+
+    assert clozes(["Hello again.", "Good morning!", "Hi there!", "Good evening."]) == []
+    assert [c.word for c in clozes(["Hello again, my sister Ana moved to Lisbon."], limit=2)] == ["Ana", "Lisbon"]
+    assert topics("Good evening! We adopted a kitten.") == ["adopted", "kitten"]
