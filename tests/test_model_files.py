@@ -72,6 +72,20 @@ def test_model_use_sets_one_file_and_refuses_what_sleep_cannot_train(tmp_path, t
     assert "cpu-tiny   fits" in result.output
 
 
+def test_model_use_refuses_a_training_folder_of_another_model(tmp_path, tiny_dir):
+    other = tmp_path / "other"
+    shutil.copytree(tiny_dir, other)
+    config = json.loads((tiny_dir / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "hidden_size": config["hidden_size"] * 2}))
+    result = CliRunner().invoke(cli, ["model", "use", str(tiny_dir / "model.gguf"), "--train-model", str(other)])
+    assert result.exit_code == 1 and "are different models (width" in result.output
+    result = CliRunner().invoke(cli, ["model", "use", str(tiny_dir / "model.gguf"), "--train-model", str(tiny_dir)])
+    assert result.exit_code == 0, result.output
+    from storage import load_config
+
+    assert (load_config().model, load_config().train_model) == (str(tiny_dir / "model.gguf"), str(tiny_dir))
+
+
 def test_model_use_refuses_while_the_memory_holds_nights_of_another_model(store, tiny_dir):
     from storage import ledger
 
@@ -81,17 +95,24 @@ def test_model_use_refuses_while_the_memory_holds_nights_of_another_model(store,
     assert result.exit_code == 1 and "dreamer rollback 0" in result.output
 
 
-@pytest.mark.integration
 def test_a_night_trains_on_the_chats_own_gguf_dequantized(tmp_path):
-    """No train_model: the chat's GGUF (here a copy of the embedded one) becomes the training folder."""
-    from agent.models import embedded_gguf_path
+    """No train_model: the chat's GGUF (a tiny one this test writes with the gguf package, its
+    vocabulary included) becomes the training folder: the same weights and the same tokens."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dreamer.bench.tiny import make_tiny_model, make_tokenizer, write_chat_twin
     from dreamer.lm.weights import training_source
 
-    chat = tmp_path / "my-model.gguf"
-    shutil.copy(embedded_gguf_path(), chat)
+    tokenizer = make_tokenizer()
+    model = make_tiny_model(len(tokenizer))
+    chat = write_chat_twin(model, tmp_path / "my-model.gguf", tokenizer=tokenizer)
     source = training_source("", tmp_path / "cache", chat)
     assert source.startswith(str(tmp_path / "cache" / "gguf-"))
-    config = json.loads((tmp_path / "cache" / source.rsplit("/", 1)[-1] / "config.json").read_text())
-    assert (config["vocab_size"], config["hidden_size"], config["num_hidden_layers"]) == (49152, 576, 30)
     assert training_source("", tmp_path / "cache", chat) == source  # made once
+    loaded = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    theirs = loaded.state_dict()
+    assert all(torch.equal(weight, theirs[name]) for name, weight in model.state_dict().items())
+    text = "My sister Ana lives in Lisbon."
+    assert AutoTokenizer.from_pretrained(source)(text)["input_ids"] == tokenizer(text)["input_ids"]
     same_model(gguf_facts(chat), source)

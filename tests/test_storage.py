@@ -182,6 +182,9 @@ def test_unfinished_replies_and_excluded_turns_are_never_learned(store):
     store.add_message(private, "user", "Its PUK is 9901.")  # a later turn of an excluded conversation
     waiting = [m["content"] for c in unconsolidated(store) for m in c["messages"]]
     assert waiting == ["My parrot is called Bramble.", "Lovely name!"]
+    from dreamer.sleep.night import collect  # what a night takes: the same turns
+
+    assert [m["content"] for c in collect(store, None)[0] for m in c["messages"]] == waiting
     assert store.unconsolidated_count() == 2 == sum(r["unconsolidated"] for r in store.day_counts())
     assert len(store.messages(private)) == 2 and store.excluded(private)  # kept in the log
 

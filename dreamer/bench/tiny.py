@@ -9,6 +9,7 @@ nights into (dreamer.morning.fold). The twin has no tokenizer: llama.cpp cannot 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -77,8 +78,10 @@ def chat_twin(model_dir: str | Path) -> Path | None:
     return path if path.is_file() else None
 
 
-def write_chat_twin(model, path: Path) -> Path:
-    """`model`'s weights as llama.cpp names and lays them out (any architecture the export knows)."""
+def write_chat_twin(model, path: Path, tokenizer=None) -> Path:
+    """`model`'s weights as llama.cpp names and lays them out (any architecture the export knows);
+    with `tokenizer` (a byte-level BPE, as the tiny model's), its vocabulary too, so transformers can
+    load the file back as a whole model (the one-file training path's test)."""
     import gguf
 
     from dreamer.morning.export_gguf import ARCHITECTURES, permute_rows
@@ -93,6 +96,22 @@ def write_chat_twin(model, path: Path) -> Path:
     writer.add_feed_forward_length(cfg.intermediate_size)
     writer.add_head_count(cfg.num_attention_heads)
     writer.add_head_count_kv(cfg.num_key_value_heads)
+    if tokenizer is not None:
+        writer.add_context_length(cfg.max_position_embeddings)
+        writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+        writer.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
+        writer.add_rope_freq_base(cfg.rope_theta if hasattr(cfg, "rope_theta") else 10000.0)
+        vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+        merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
+        writer.add_tokenizer_model("gpt2")
+        writer.add_token_list([token for token, _ in vocab])
+        writer.add_token_types([gguf.TokenType.CONTROL if token in SPECIAL else gguf.TokenType.NORMAL
+                                for token, _ in vocab])
+        writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
+        writer.add_bos_token_id(tokenizer.bos_token_id)
+        writer.add_eos_token_id(tokenizer.eos_token_id)
+        writer.add_pad_token_id(tokenizer.pad_token_id)
+        writer.add_chat_template(tokenizer.chat_template)
     for hf_name, tensor in model.state_dict().items():
         weight = tensor.detach().float().numpy()
         if permute and hf_name.endswith(("q_proj.weight", "k_proj.weight")):

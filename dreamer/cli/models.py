@@ -3,6 +3,7 @@
     dreamer models                 # the configured model, its size and architecture, sleep support,
                                    # this machine's memory, which presets fit, a night's estimated time
     dreamer model use PATH.gguf    # chat and sleep on this GGUF (config.toml's `model`; `train_model` cleared)
+    dreamer model use PATH.gguf --train-model DIR   # ... training on DIR, checked to be the same model
     dreamer chat -m PATH.gguf      # one chat on another GGUF, config unchanged
 
 One file is enough: a night dequantizes the chat's GGUF for training on first use
@@ -85,14 +86,21 @@ def model() -> None:
 
 @model.command("use")
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
-def use(path: Path) -> None:
-    """Chat and sleep on this GGUF from now on (sets `model`, clears `train_model` in config.toml)."""
-    from dreamer.lm.model_files import ModelFileError, gguf_facts, require_sleep_support
+@click.option("--train-model", type=click.Path(file_okay=False, path_type=Path),
+              help="train on this Hugging Face folder of the same model instead of the GGUF dequantized")
+def use(path: Path, train_model: Path | None) -> None:
+    """Chat and sleep on this GGUF from now on (sets `model`; `train_model` cleared, or --train-model)."""
+    from dreamer.lm.model_files import ModelFileError, gguf_facts, require_sleep_support, same_model
 
     path = path.expanduser().resolve()
     try:
         facts = gguf_facts(path)
         require_sleep_support(facts)
+        if train_model is not None:
+            train_model = train_model.expanduser().resolve()
+            if not (train_model / "config.json").is_file():
+                raise ModelFileError(f"{train_model}: not a Hugging Face model folder (no config.json)")
+            same_model(facts, train_model)
     except ModelFileError as err:
         raise DreamerError(str(err)) from None
     config = load_config()  # a broken config.toml is named before anything is written
@@ -109,6 +117,8 @@ def use(path: Path) -> None:
     cleared = re.search(r"^train_model\s*=.*$", text, flags=re.M) is not None
     text = re.sub(r"^(train_model|model)\s*=.*\n?", "", text, flags=re.M)
     text = f"model = {json.dumps(str(path))}\n" + text  # a JSON string is a valid TOML basic string
+    if train_model is not None:
+        text = f"train_model = {json.dumps(str(train_model))}\n" + text
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".partial")
     partial.write_text(text, encoding="utf-8")
@@ -118,7 +128,8 @@ def use(path: Path) -> None:
         partial.unlink()
         raise DreamerError(f"config.toml not changed: {err}") from None
     partial.replace(target)  # atomic: a crash leaves the old file
-    click.echo(f"model: {facts.name} ({facts.architecture}, {facts.parameters / 1e6:.0f}M parameters) from {path}"
-               + ("; train_model cleared: the first night dequantizes this file for training" if cleared else
-                  "; the first night dequantizes it for training"))
+    trains = (f"; nights train on {train_model} (the same model)" if train_model is not None else
+              "; train_model cleared: the first night dequantizes this file for training" if cleared else
+              "; the first night dequantizes it for training")
+    click.echo(f"model: {facts.name} ({facts.architecture}, {facts.parameters / 1e6:.0f}M parameters) from {path}{trains}")
     click.echo("a running chat keeps its model until it is restarted")
