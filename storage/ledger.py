@@ -156,7 +156,7 @@ def adapters(store: Store, status: str | None = None) -> list[dict]:
     where, args = ("status = ?", [status]) if status else (None, None)
     return [
         {**row, "metrics": json.loads(row["metrics"] or "{}")}
-        for row in store.db["adapters"].rows_where(where, args, order_by="night")
+        for row in map(store.localized, store.db["adapters"].rows_where(where, args, order_by="night"))
     ]
 
 

@@ -390,7 +390,24 @@ class Store:
             self.db["state"].upsert({"key": key, "value": value}, pk="key")
 
     def active_adapters(self) -> list[dict]:
-        return list(self.db["adapters"].rows_where("status = 'active'", order_by="night"))
+        return [self.localized(row) for row in self.db["adapters"].rows_where("status = 'active'", order_by="night")]
+
+    def localized(self, adapter: dict) -> dict:
+        """An adapter row whose files are this home's. A home copied or moved whole keeps rows naming
+        the original's folders by absolute path; where this home holds the same folder (under its
+        `adapters/`), that one is used, so a copy never reads (nor, forgetting, deletes) the original's."""
+        root = self.path.parent / "adapters"
+        row = dict(adapter)
+        for key in ("path", "gguf_path"):
+            stored = Path(row[key]) if row.get(key) else None
+            if stored is None or root in stored.parents or "adapters" not in stored.parts[:-1]:
+                continue
+            parts = stored.parts
+            inside = parts[len(parts) - 1 - parts[::-1].index("adapters") + 1:]  # after the last "adapters/"
+            local = root.joinpath(*inside)
+            if local.exists():
+                row[key] = str(local)
+        return row
 
     def memory_version(self) -> str:
         """What the status bar shows: the newest active night, or "none yet"."""

@@ -98,6 +98,13 @@ def test_a_copied_home_never_deletes_the_original_homes_experts(store, tiny_dir,
     copy = tmp_path / "copy"
     shutil.copytree(dreamer_home, copy)  # its database names the original's folders, by absolute path
     monkeypatch.setenv("DREAMER_HOME", str(copy))
+    from storage import Store
+
+    copied = Store(copy / "dreamer.db")
+    # the copy reads its own experts, never the original's
+    assert [Path(r["path"]) for r in ledger.adapters(copied, "active")] == [copy / "adapters" / p.name for p in originals]
+    assert all(str(copy) in r["path"] and str(copy) in r["gguf_path"] for r in copied.active_adapters())
+    copied.close()
     assert run("forget", str(first), "--yes").exit_code == 0
     assert all(p.is_dir() for p in originals)
     assert not (copy / "adapters" / "served").exists() or not list((copy / "adapters" / "served").glob("*.gguf"))
