@@ -77,6 +77,8 @@ class MemoryScreen(ModalScreen[int | None]):
             yield Static(id="facts")
             yield ProgressBar(id="recheck", show_eta=False)
             yield Label("", id="queue-title", classes="title")
+            yield Static("d / c: don't learn the highlighted message / its conversation (again: learn it) · "
+                         "f: forget its conversation · r: re-check the facts now", classes="hint", markup=False)
             yield OptionList(id="queue", markup=False)
         yield Footer()
 
@@ -95,8 +97,7 @@ class MemoryScreen(ModalScreen[int | None]):
         waiting = [m for m in self.queue if not m["excluded"]]
         self.query_one("#queue-title", Label).update(
             f"What I will learn tonight: {count(len(waiting), 'message')}"
-            + (f" ({len(self.queue) - len(waiting)} marked don't learn)" if len(waiting) < len(self.queue) else "")
-            + "  ·  d/c: don't learn this message/chat  ·  f: forget the chat")
+            + (f" ({len(self.queue) - len(waiting)} marked don't learn)" if len(waiting) < len(self.queue) else ""))
         queue = self.query_one("#queue", OptionList)
         highlighted = queue.highlighted
         queue.set_options([Option(self._line(m), id=str(m["id"])) for m in self.queue])
