@@ -173,12 +173,14 @@ def render_sampling(record: dict) -> str:
     for entry in record["settings"]:
         t, top_p, min_p, penalty = entry["setting"]
         chosen = " **(chosen)**" if entry["setting"] == record.get("chosen") else ""
-        first = " (the old default)" if entry is record["settings"][0] else ""
+        first = " (the old default)" if entry is record["settings"][0] and len(record["settings"]) > 1 else ""
         rows.append([f"{t}, {top_p}, {min_p}, {penalty}{first}{chosen}", f"{entry['good']:.0%}", f"{entry['english']:.0%}",
                      f"{entry['loop']:.0%}", f"{entry['cut']:.0%}", f"{entry['fact']:.0%}", f"{entry['mean_tokens']:.0f}"])
     replies = record["settings"][0]["replies"]
-    lines = [f"`{record['command'].strip()}` ({_machine(record)}; {record['turns']} turns x {len(record['seeds'])} seeds = "
-             f"{replies} replies a setting, max_reply_tokens {record['max_reply_tokens']})", "",
+    model = record.get("model", "embedded")
+    model = "the embedded SmolLM2-135M-Instruct" if model == "embedded" else Path(model).name
+    lines = [f"`{record['command'].strip()}` ({_machine(record)}; {model}; {record['turns']} turns x "
+             f"{len(record['seeds'])} seeds = {replies} replies a setting, max_reply_tokens {record['max_reply_tokens']})", "",
              *_table(["temperature, top_p, min_p, repeat_penalty", "#good", "#English kept", "#loops", "#cut at the limit",
                       "#fact named", "#mean tokens"], rows)]
     return "\n".join(lines) + "\n"
@@ -227,7 +229,7 @@ RENDERERS = {"kill_nights": render_kill_nights, "chat_threads": render_chat_thre
              "parity_gap_avx512": render_parity_gap, "parity_gap_avx2": render_parity_gap,
              "bench_synthetic": render_bench, "bench_heldout": render_bench, "bench_dreaming": render_bench,
              "bench_dreaming_seed1": render_bench, "fold_quality": render_fold_quality, "bench_long": render_bench,
-             "forget_quality": render_forget_quality, "merge_step": render_merge_step, "sampling": render_sampling,
+             "forget_quality": render_forget_quality, "merge_step": render_merge_step, "sampling": render_sampling, "sampling_gemma3": render_sampling,
              "fold_rms": render_fold_rms, "bench_phatic": render_paired_code}
 PLOTS = ROOT / "docs" / "bench"  # each bench block's plots, drawn again by every run of this command
 

@@ -3,6 +3,7 @@ answered by the embedded model through the chat's own prompt (agent.memory.build
 (llama.cpp), under each candidate setting, three seeds each.
 
     python -m benchmarks.sampling            # writes benchmarks/results/sampling.json; resumes a partial run
+    python -m benchmarks.sampling --model OTHER.gguf --only-default --out F   # another model, the default setting
 
 Each reply is judged by plain rules, written before the first run and never changed after it:
 - english: the reply keeps the user's language (English): at most 2% of its letters are outside
@@ -86,21 +87,24 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--model", type=Path, help="another GGUF (default: the embedded model)")
+    parser.add_argument("--only-default", action="store_true", help="only the chat's default setting")
     args = parser.parse_args(argv)
     config = Config()
     turns = [json.loads(line) for line in TURNS.read_text().splitlines() if line.strip()]
     record = json.loads(args.out.read_text()) if args.out.exists() else {
-        "command": command_line("benchmarks.sampling", argv or []), "machine": machine(load=True),
+        "command": command_line("benchmarks.sampling", argv), "machine": machine(load=True),
         "commit": git_commit(), "max_reply_tokens": config.max_reply_tokens, "seeds": list(SEEDS),
-        "turns": len(turns), "settings": []}
+        "turns": len(turns), "model": str(args.model or "embedded"), "settings": []}
     done = {tuple(s["setting"]) for s in record["settings"]}
-    for setting in SETTINGS:
+    default = (config.temperature, config.top_p, config.min_p, config.repeat_penalty)
+    for setting in [default] if args.only_default else SETTINGS:
         if setting in done:
             continue
         temperature, top_p, min_p, repeat_penalty = setting
         replies = []
         for seed in SEEDS:
-            runtime = LlamaRuntime(embedded_gguf_path(), n_threads=1, seed=seed)
+            runtime = LlamaRuntime(args.model or embedded_gguf_path(), n_threads=1, seed=seed)
             for turn in turns:
                 text = "".join(runtime.stream(prompt_for(turn, config, runtime.count_tokens), max_tokens=config.max_reply_tokens,
                                               temperature=temperature, top_p=top_p, min_p=min_p,
@@ -120,6 +124,8 @@ def main(argv=None) -> int:
         write_record(args.out, record)  # resumable: a setting is kept once all its replies are in
         print(f"{setting}: good {summary['good']:.0%} english {summary['english']:.0%} loop {summary['loop']:.0%} "
               f"cut {summary['cut']:.0%} fact {summary['fact']:.0%} tokens {summary['mean_tokens']:.0f}", flush=True)
+    if args.only_default:
+        return 0
     best = max(record["settings"], key=lambda s: (s["good"], -SETTINGS.index(tuple(s["setting"]))))
     record["chosen"] = best["setting"]
     write_record(args.out, record)
