@@ -145,7 +145,8 @@ class ChatSession:
         if not text or not text.strip():
             raise EmptyMessage("empty message: type something first")
         if self.conversation_id is None:
-            self.conversation_id = self.store.new_conversation()
+            self.conversation_id, message_id = self.store.new_conversation_with("user", text)
+            return message_id
         return self.store.add_message(self.conversation_id, "user", text)
 
     def reply(self, stop: threading.Event | None = None, on_token: Callable[[str], None] | None = None) -> Reply:

@@ -192,6 +192,12 @@ class Store:
         with self.write():
             return self.db["conversations"].insert(row).last_pk
 
+    def new_conversation_with(self, role: str, content: str) -> tuple[int, int]:
+        """A new conversation and its first message, in one transaction: never an empty conversation left."""
+        with self.write():
+            conversation_id = self.new_conversation()
+            return conversation_id, self.add_message(conversation_id, role, content)
+
     def conversation(self, conversation_id: int) -> dict:
         rows = list(self.db["conversations"].rows_where("id = ?", [conversation_id]))
         if not rows:

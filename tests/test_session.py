@@ -168,3 +168,17 @@ def test_a_new_conversation_is_stored_with_its_first_message(store):
     session.new_conversation()
     session.send("second")
     assert session.conversation_id != first and len(store.conversations()) == 2
+
+
+def test_a_failed_first_message_leaves_no_empty_conversation(store, monkeypatch):
+    from storage import StoreError
+
+    session = make_session(store)
+
+    def full_disk(*args, **kwargs):
+        raise StoreError("database or disk is full")
+
+    monkeypatch.setattr(store, "add_message", full_disk)
+    with pytest.raises(StoreError):
+        session.send("hello")
+    assert session.conversation_id is None and store.db["conversations"].count == 0
