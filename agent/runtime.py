@@ -56,7 +56,7 @@ class FakeRuntime:
     """A runtime that replies from a script, word by word; tokens are words.
 
     `enqueue("reply", ...)` queues replies; with an empty queue it echoes the last user turn; a
-reply longer than `max_tokens` words is cut there (`finish_reason` "length").
+    reply longer than `max_tokens` words is cut there (`finish_reason` "length").
     `fail_with` makes the next `stream` raise `ModelError`; `delay` slows each word so a test
     can cancel mid-reply; every prompt it was given is kept in `prompts`.
     """

@@ -40,7 +40,7 @@ def facts_kept(store: Store) -> tuple[int, int]:
     """(facts the active memory still answers, facts checked on it): the status bar's glance."""
     from storage import ledger
 
-    states = [f["state"] for night in ledger.memory_facts(store) for f in night["facts"]]
+    states = [f["state"] for night in ledger.memory_facts(store, dreams=False) for f in night["facts"]]
     checked = [s for s in states if s != "not checked"]
     return sum(s in ("kept", "fading") for s in checked), len(checked)
 
@@ -124,12 +124,12 @@ class ChatSession:
         if self.conversation_id is None:
             raise StoreError("this conversation is still empty: there is nothing to keep from sleep")
         learn = self.store.excluded(self.conversation_id)
-        result = self.store.exclude(conversation_id=self.conversation_id, undo=learn)
+        learned = self.store.exclude(conversation_id=self.conversation_id, undo=learn)
         if learn:
             return "this conversation will be learned again at night (what of it waits)"
         line = "no night will learn this conversation; it stays in the log (ctrl+l again to undo)"
-        if result["learned"]:
-            line += (f"; {count(len(result['learned']), 'message')} of it were learned already: "
+        if learned:
+            line += (f"; {count(len(learned), 'message')} of it were learned already: "
                      "ctrl+f forgets them")
         return line
 

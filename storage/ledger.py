@@ -99,43 +99,46 @@ def replay_probes(store: Store) -> list[dict]:
 
 
 def save_checks(store: Store, checks: list[dict], version: int | None = None) -> int:
-    """Record what stack `version` (default: the active one) answers to the probes: each check names its
-    probe by id (a check without one, by (day, question, answer) among the active nights' probes).
-    Returns how many."""
+    """Record what stack `version` (default: the active one) answers to the probes, each check naming
+    its probe by `probe_id`. Returns how many."""
     version = active_version(store) if version is None else version
-    ids = {(p["day"], p["question"], p["answer"]): p["id"] for p in replay_probes(store)}
     stamp = store.now().isoformat()
-    rows = [{"probe_id": c.get("probe_id") or ids.get((c["day"], c["question"], c["answer"])), "version": version,
-             "checked_at": stamp, "chosen": c["chosen"], "p_answer": round(float(c["p_answer"]), 4),
-             "correct": int(bool(c["correct"]))} for c in checks]
-    rows = [r for r in rows if r["probe_id"] is not None]
     with store.write():
-        store.db["probe_checks"].insert_all(rows)
-    return len(rows)
+        store.db["probe_checks"].insert_all(
+            {"probe_id": c["probe_id"], "version": version, "checked_at": stamp, "chosen": c["chosen"],
+             "p_answer": round(float(c["p_answer"]), 4), "correct": int(bool(c["correct"]))} for c in checks)
+    return len(checks)
 
 
-def memory_facts(store: Store) -> list[dict]:
+def memory_facts(store: Store, dreams: bool = True) -> list[dict]:
     """Night by night (the active stack's), each probe with what the active memory answers now and what
     it answered right after its own night: the Memory screen and `dreamer memory --facts`.
 
     Each night: {"night", "day", "facts": [{"id", "question", "answer", "kind", "now", "first", "state"}],
     "dreams": [{"request", "reply"}: the night's rewarded dreams shown in its report, when it dreamed]},
     `now`/`first` a check ({"chosen", "p_answer", "correct", "version", "checked_at"}) or None, and
-    `state` one of kept | fading | lost | not learned | not checked (see `fact_state`)."""
+    `state` one of kept | fading | lost | not learned | not checked (see `fact_state`). `dreams=False`
+    skips reading the runs' metrics (the status bar needs only the states)."""
     version = active_version(store)
+    active = "select p.id from probes p join adapters a on a.run_id = p.run_id where a.status = 'active'"
+    checks: dict[int, list[dict]] = {}
+    for check in store.db.query(f"select * from probe_checks where probe_id in ({active}) order by id"):
+        checks.setdefault(check["probe_id"], []).append(check)
     nights = []
     for adapter in store.active_adapters():
         facts = []
         for probe in store.db["probes"].rows_where("run_id = ? and kind != 'general'", [adapter["run_id"]], order_by="id"):
-            checks = list(store.db["probe_checks"].rows_where("probe_id = ?", [probe["id"]], order_by="id"))
-            now = next((c for c in reversed(checks) if c["version"] == version), None)
+            history = checks.get(probe["id"], [])
+            first = history[0] if history else None
+            now = next((c for c in reversed(history) if c["version"] == version), None)
             facts.append({"id": probe["id"], "question": probe["question"], "answer": probe["answer"],
-                          "kind": probe["kind"], "now": now, "first": checks[0] if checks else None,
-                          "state": fact_state(checks[0] if checks else None, now)})
-        run = json.loads(store.db["sleep_runs"].get(adapter["run_id"])["metrics"] or "{}")
-        dreams = [{"request": d["request"], "reply": d["reply"]}
-                  for d in ((run.get("dreaming") or {}).get("examples") or {}).get("rewarded", [])]
-        nights.append({"night": adapter["night"], "day": adapter["day"], "facts": facts, "dreams": dreams})
+                          "kind": probe["kind"], "now": now, "first": first, "state": fact_state(first, now)})
+        night = {"night": adapter["night"], "day": adapter["day"], "facts": facts, "dreams": []}
+        if dreams:
+            run = json.loads(store.db["sleep_runs"].get(adapter["run_id"])["metrics"] or "{}")
+            night["dreams"] = [{"request": d["request"], "reply": d["reply"]}
+                               for d in ((run.get("dreaming") or {}).get("examples") or {}).get("rewarded", [])]
+        nights.append(night)
     return nights
 
 
@@ -202,12 +205,11 @@ def versions(store: Store) -> list[dict]:
 
 
 def active_version(store: Store) -> int:
-    row = next(iter(store.db.query("select value from state where key = 'active_version'")), None)
-    return int(row["value"]) if row else 0
+    return int(store.state("active_version") or 0)
 
 
 def _set_active_version(store: Store, version: int) -> None:
-    store.db["state"].upsert({"key": "active_version", "value": str(version)}, pk="key")
+    store.set_state("active_version", str(version))
 
 
 def activate(store: Store, version: int) -> dict:

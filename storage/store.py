@@ -306,10 +306,10 @@ class Store:
         return [row["day"] for row in self.db.query(sql)]
 
     # --- "don't learn this" ---------------------------------------------------------
-    def exclude(self, *, conversation_id: int | None = None, message_ids=(), undo: bool = False) -> dict:
+    def exclude(self, *, conversation_id: int | None = None, message_ids=(), undo: bool = False) -> list[int]:
         """Mark a conversation (its turns to come too) or single turns (a user turn with the replies
-        that answer it) as never to be learned, or (`undo`) learnable again. Returns {"changed": n, "learned": [turn ids a night already
-        learned]}: those are in the weights already, and only `dreamer forget` takes them out."""
+        that answer it) as never to be learned, or (`undo`) learnable again. Returns the ids of the
+        turns a night already learned: those are in the weights, and only `dreamer forget` takes them out."""
         stamp = None if undo else self.now().isoformat()
         with self.write():
             if conversation_id is not None:
@@ -318,17 +318,14 @@ class Store:
                 self.db["conversations"].update(conversation_id, {"excluded_at": stamp})
                 if undo:  # the conversation's own turns marked one by one come back too
                     self.db.execute("update messages set excluded_at = null where conversation_id = ?", [conversation_id])
-                changed = len(ids)
             else:
                 ids = list(message_ids)
                 self.message_ids_exist(ids)
                 ids += self._replies_to(ids)
                 for pk in ids:
                     self.db["messages"].update(pk, {"excluded_at": stamp})
-                changed = len(ids)
-            learned = [r["id"] for r in self.db.query(
+            return [r["id"] for r in self.db.query(
                 f"select id from messages where id in ({','.join('?' * len(ids))}) and not {WAITING}", ids)] if ids else []
-        return {"changed": changed, "learned": learned}
 
     def queue(self) -> list[dict]:
         """Tonight's queue as the user sees it: finished messages no active night has learned, oldest
@@ -337,9 +334,8 @@ class Store:
             select m.id, m.conversation_id, m.role, m.content, m.day, c.title,
                    (m.excluded_at is not null or c.excluded_at is not null) as excluded,
                    m.excluded_at is not null as message_excluded, c.excluded_at is not null as conversation_excluded
-            from messages m join conversations c on c.id = m.conversation_id
-            where {WAITING.replace('consolidated_run_id', 'm.consolidated_run_id')}
-              and m.status = 'complete' and m.content != '' order by m.id
+            from messages m join conversations c on c.id = m.conversation_id  -- WAITING's column is messages' alone
+            where {WAITING} and m.status = 'complete' and m.content != '' order by m.id
         """
         return list(self.db.query(sql))
 

@@ -50,7 +50,7 @@ def test_two_processes_making_the_cache_at_once_both_get_it(tmp_path, monkeypatc
         make_tiny_model_dir(folder)
         make_tiny_model_dir(target)  # the other lane renamed its copy into place meanwhile
 
-    monkeypatch.setattr(weights, "write_embedded", write_while_another_finishes)
+    monkeypatch.setattr(weights, "write_dequantized", write_while_another_finishes)
     assert embedded_training_dir(tmp_path) == target
     assert sorted(p.name for p in tmp_path.iterdir()) == [EMBEDDED_CACHE]  # no partial folder is left
     assert not (tmp_path / f"{EMBEDDED_CACHE}.partial-{os.getpid()}").exists()

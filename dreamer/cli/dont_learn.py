@@ -35,9 +35,9 @@ def dont_learn(conversations: tuple[int, ...], turns: tuple[int, ...], undo: boo
             store.conversation(conversation_id)  # all named ids exist, or nothing changes
         store.message_ids_exist(list(turns))
         for conversation_id in conversations:
-            learned += store.exclude(conversation_id=conversation_id, undo=undo)["learned"]
+            learned += store.exclude(conversation_id=conversation_id, undo=undo)
         if turns:
-            learned += store.exclude(message_ids=list(turns), undo=undo)["learned"]
+            learned += store.exclude(message_ids=list(turns), undo=undo)
     except StoreError as err:
         raise DreamerError(str(err)) from None
     what = ", ".join([*(f"conversation {c}" for c in conversations), *(f"message {t}" for t in turns)])

@@ -25,9 +25,6 @@ from dreamer.cli.errors import DreamerError
 from storage import ConfigError, dreamer_home, load_config
 from storage.paths import config_path
 
-CPU_BYTES_PER_PARAMETER = 3030 * 2**20 / 134_515_008  # cpu-tiny's measured peak on the embedded model
-
-
 def machine_memory() -> tuple[float, str | None, float]:
     """(RAM GiB, CUDA device name or None, its memory GiB)."""
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
@@ -45,7 +42,7 @@ def models() -> None:
     from agent.models import ModelError, resolve_chat_model
     from dreamer.cli.common import open_store
     from dreamer.lm.model_files import ModelFileError, gguf_facts
-    from dreamer.sleep.estimate import estimate_night
+    from dreamer.sleep.estimate import REFERENCE, estimate_night
 
     config = load_config()
     try:
@@ -65,7 +62,8 @@ def models() -> None:
     ram, gpu, vram = machine_memory()
     click.echo(f"this machine: {os.cpu_count()} cores, {ram:.1f} GiB RAM, "
                + (f"{gpu} with {vram:.1f} GiB" if gpu else "no CUDA GPU"))
-    need = facts.parameters * CPU_BYTES_PER_PARAMETER / 2**30
+    measured = REFERENCE["cpu-tiny"]  # the embedded model's measured night, scaled by parameters
+    need = facts.parameters * measured["peak_mb"] * 2**20 / measured["parameters"] / 2**30
     store = open_store(config, write=False)
     cpu_fits = "fits" if need < 0.8 * ram else "does not fit"
     click.echo(f"  cpu-tiny   {cpu_fits}: a night needs about {need:.1f} GiB (scaled from the 135M model's measured "

@@ -115,7 +115,7 @@ def dequantized_dir(target: Path, gguf: Path | None) -> Path:
             shutil.rmtree(stale, ignore_errors=True)
     partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
-    write_embedded(partial, gguf)
+    write_dequantized(partial, gguf)
     drop_gguf_quantization(partial / "config.json")
     try:
         partial.rename(target)  # a crash mid-way leaves only the .partial folder, removed next time
@@ -126,7 +126,7 @@ def dequantized_dir(target: Path, gguf: Path | None) -> Path:
     return target
 
 
-def write_embedded(folder: Path, gguf: Path | None = None) -> None:
+def write_dequantized(folder: Path, gguf: Path | None = None) -> None:
     """Dequantize `gguf` (default: the embedded GGUF) into `folder` as float32 safetensors with its tokenizer."""
     gguf = Path(gguf) if gguf else embedded_gguf_path()
     # The GGUF-loaded model refuses save_pretrained: copy its dequantized weights into a model

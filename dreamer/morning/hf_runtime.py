@@ -94,7 +94,7 @@ class TransformersRuntime:
 
                 sampling["logits_processor"] = LogitsProcessorList([RecentRepeatPenalty(repeat_penalty)])
             self.finish_reason = None
-            produced: list[int] = []
+            produced: list[tuple[int, int]] = []  # (tokens generated, the last one)
             errors: list[BaseException] = []
 
             def run() -> None:

@@ -20,12 +20,18 @@ from storage import Store, ledger
 DISTILL_PHASE = "distil into a new expert"
 # The 14-night run's first five nights (benchmarks/results/bench_long.json): cpu-tiny on the embedded
 # SmolLM2-135M, a 2-core Intel Xeon, one training thread, beside one other benchmark.
-REFERENCE = {"cpu-tiny": {"fixed_s": 100.0, "step_s": 13.3, "peak_mb": 3030.0,
+REFERENCE = {"cpu-tiny": {"fixed_s": 100.0, "step_s": 13.3, "peak_mb": 3030.0, "parameters": 134_515_008,
                           "where": "the reference 2-core Intel Xeon (no night of this preset has run in this home yet)"}}
 
 
+def model_identity(config) -> str:
+    """The model a night trains: its configured files (the embedded model when none); each night
+    records it, so an estimate learns only from nights of the same model."""
+    return f"{config.model or 'embedded'}|{config.train_model}"
+
+
 def measured(store: Store, preset: str, model: str | None = None, limit: int = 5) -> list[dict]:
-    """The newest finished nights of `preset` on `model` (dreamer.sleep.stages.model_identity; nights
+    """The newest finished nights of `preset` on `model` (`model_identity`; nights
     from before it was recorded count) that recorded their phases and steps, newest last."""
     runs = [r for r in ledger.finished_runs(store) if r["status"] in ("promoted", "rejected") and r["preset"] == preset
             and (model is None or r["metrics"].get("model", model) == model)]
@@ -36,8 +42,6 @@ def measured(store: Store, preset: str, model: str | None = None, limit: int = 5
 
 def estimate_night(store: Store, preset: str, steps: int, config) -> str:
     """One phrase: "about 26 min and 3.0 GB peak (from the last 3 nights here)", or why there is none."""
-    from dreamer.sleep.stages import model_identity
-
     nights = measured(store, preset, model_identity(config))
     embedded_model = not config.model and not config.train_model
     if nights:

@@ -86,8 +86,7 @@ def measure(model, tokenizer, stack: list[str], today: list[dict], old: list[dic
                 figures["old_before"] = accuracy(multiple_choice(model, tokenizer, old_probes, system)) if old_probes else None
             else:  # per probe, kept: a promoted night's closed-book check of every fact (the Memory screen)
                 checks = choice_checks(model, tokenizer, today_probes + old_probes, system)
-                figures["checks"] = [{**check, "probe_id": row.get("id"), "day": row["day"], "question": row["question"],
-                                      "answer": row["answer"]} for check, row in zip(checks, today + old)]
+                figures["checks"] = [{**check, "probe_id": row["id"]} for check, row in zip(checks, today + old)]
                 figures["today_after"] = accuracy([c["correct"] for c in checks[:len(today_probes)]])
                 figures["old_after"] = accuracy([c["correct"] for c in checks[len(today_probes):]]) if old_probes else None
         # Replies for the morning report, the question alone in the prompt as in evaluate.generation,

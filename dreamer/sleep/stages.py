@@ -45,6 +45,7 @@ from dreamer.morning.export_gguf import base_config_summary, check_exportable, e
 from dreamer.morning.fold import chat_model_to_fold, fold_stack, remove_stale
 from dreamer.sleep import gate as gate_stage
 from dreamer.sleep.config import ASSETS, SleepConfig
+from dreamer.sleep.estimate import model_identity
 from dreamer.sleep.lock import signals_deferred
 from dreamer.sleep.outcome import SleepOutcome
 from dreamer.sleep.report import morning_report, peak_memory_mb
@@ -239,11 +240,6 @@ def earlier_reward_rates(store: Store) -> list[dict]:
     return [{"run": row["id"], "day": row["day"], "status": row["status"],
              "reward_rate": row["metrics"]["dreaming"]["reward_rate"]} for row in ledger.finished_runs(store)
             if (row["metrics"].get("dreaming") or {}).get("reward_rate") is not None]
-
-
-def model_identity(config) -> str:
-    """The model a night trains: its configured files (the embedded model when none)."""
-    return f"{config.model or 'embedded'}|{config.train_model}"
 
 
 def report(night: Night) -> None:
