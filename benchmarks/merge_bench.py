@@ -18,16 +18,24 @@ from pathlib import Path
 from dreamer.bench.arms import ARMS
 
 
+def difference(run: dict, first: dict) -> str | None:
+    """What makes `run` another benchmark than `first` (days with their probes, format, sleep config,
+    bench settings other than the arms), or None: the check of `merge` and benchmarks.paired_code."""
+    for key in ("days", "config", "format"):
+        if run[key] != first[key]:
+            return f"its {key} differ"
+    if {k: v for k, v in run["bench"].items() if k != "arms"} != {k: v for k, v in first["bench"].items() if k != "arms"}:
+        return "its bench settings differ"
+    return None
+
+
 def merge(runs: list[tuple[str, dict]]) -> dict:
     first_name, first = runs[0]
     merged = {**first, "units": {}, "sessions": [], "loadavg": []}
     for name, run in runs:
-        for key in ("days", "config", "format"):
-            if run[key] != first[key]:
-                raise SystemExit(f"{name}: its {key} differ from {first_name}'s: not the same benchmark")
-        settings = {k: v for k, v in run["bench"].items() if k != "arms"}
-        if settings != {k: v for k, v in first["bench"].items() if k != "arms"}:
-            raise SystemExit(f"{name}: its bench settings differ from {first_name}'s")
+        different = difference(run, first)
+        if different:
+            raise SystemExit(f"{name}: {different} from {first_name}'s: not the same benchmark")
         for unit, value in run["units"].items():
             if unit in merged["units"]:
                 raise SystemExit(f"{name}: {unit} is in two runs")

@@ -20,15 +20,18 @@ import re
 from pathlib import Path
 
 from benchmarks.machine import command_line, write_record
+from benchmarks.merge_bench import difference
 from dreamer.bench.report import cell
 
 GREETING = re.compile(r"^\W*(hello|hi|hey|good (morning|afternoon|evening))\b", re.I)
 
 
 def same_benchmark(before: dict, after: dict) -> None:
-    for key in ("days", "config", "bench"):
-        if before[key] != after[key]:
-            raise SystemExit(f"the runs' {key} differ: not paired nights")
+    """The merge's check (benchmarks.merge_bench.difference), and the same arms."""
+    different = difference(after, before) or (None if after["bench"]["arms"] == before["bench"]["arms"]
+                                              else "its arms differ")
+    if different:
+        raise SystemExit(f"the after run: {different} from the before run's: not paired nights")
 
 
 def night_figures(result: dict, arm: str, night: int) -> dict | None:

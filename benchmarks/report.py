@@ -201,18 +201,18 @@ def render_fold_rms(record: dict) -> str:
 
 def render_paired_code(record: dict) -> str:
     """benchmarks/paired_code.py: one arm, the same days and seeds, before and after a code change."""
-    def pc(v):
-        return "-" if v is None else f"{100 * v:.0f}%"
+    from dreamer.bench.report import pct
 
     rows = []
     for n in record["nights"]:
         a, b, pairs = n["before"], n["after"], n["recall_gen_pairs"]
-        rows.append([n["night"], f"{pc(a['recall_gen'])} → {pc(b['recall_gen'])}",
-                     f"{pairs['only_before']} / {pairs['only_after']}", f"{pc(a['recall_mc'])} → {pc(b['recall_mc'])}",
-                     f"{pc(a['day1_gen'])} → {pc(b['day1_gen'])}", f"{pc(a['day1_mc'])} → {pc(b['day1_mc'])}",
-                     f"{pc(a['implication_gen'])} → {pc(b['implication_gen'])}",
-                     f"{pc(a['general_gen'])} → {pc(b['general_gen'])}",
-                     f"{a['greeting_replies']}/{a['replies']} → {b['greeting_replies']}/{b['replies']}",
+
+        def change(key: str) -> str:
+            return f"{pct(a[key])} → {pct(b[key])}"
+
+        rows.append([n["night"], change("recall_gen"), f"{pairs['only_before']} / {pairs['only_after']}",
+                     change("recall_mc"), change("day1_gen"), change("day1_mc"), change("implication_gen"),
+                     change("general_gen"), f"{a['greeting_replies']}/{a['replies']} → {b['greeting_replies']}/{b['replies']}",
                      f"{a['drift_kl']:.4f} → {b['drift_kl']:.4f}"])
     runs = record["runs"]
     where = "; ".join(f"{name}: code {r['commit']}, {r['machine']['cpu']}" for name, r in runs.items())
