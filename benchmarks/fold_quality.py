@@ -16,6 +16,10 @@ HOME is a dreamer home with promoted experts (e.g. a `dreamer bench` arm's home)
    of 14 nights costs), and each folded model.
 3. Folding: seconds and bytes per type; the chat's swap (`LlamaRuntime.load_model`, base to
    the Q8_0 fold and back, n_ctx 4096 as the chat opens it).
+4. Part folds (`--shares`): only the tensors the stack moves most, relative to their own size
+   (RMS of the change over RMS of the weight), folded at Q8_0 up to that share of the changed
+   weights; the other changed tensors keep the base's Q4_1 bytes and lose their change. The
+   question they answer: how much memory does it cost to buy back the Q8_0 fold's decode speed?
 """
 
 from __future__ import annotations
@@ -62,11 +66,40 @@ def hf_logits(model, tokens: list[int]) -> np.ndarray:
         return model(input_ids=torch.tensor([tokens])).logits[0].double().numpy()
 
 
+def ranked_tensors(model_path: Path, experts: list[tuple[Path, float]]) -> list[tuple[str, int, float]]:
+    """(tensor, weights, RMS of the stack's change / RMS of the weight) for each tensor the experts
+    change, the most moved first."""
+    import gguf
+
+    from dreamer.morning.fold import expert_deltas
+
+    reader = gguf.GGUFReader(str(model_path))
+    by_name = {t.name: t for t in reader.tensors}
+    rows = []
+    for name, parts in expert_deltas(experts).items():
+        tensor = by_name[name]
+        weight = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
+        change = sum(np.float32(factor) * (b @ a) for b, a, factor in parts)
+        rows.append((name, weight.size, float(np.sqrt((change ** 2).mean() / (weight ** 2).mean()))))
+    return sorted(rows, key=lambda row: -row[2])
+
+
+def share_of(ranked: list[tuple[str, int, float]], share: float) -> set[str]:
+    """The most-moved tensors, in order, while their weights stay within `share` of all changed weights."""
+    total, used, chosen = sum(n for _, n, _ in ranked), 0, set()
+    for name, size, _ in ranked:
+        if used + size <= share * total:
+            chosen.add(name)
+            used += size
+    return chosen
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--home", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "fold_quality.json")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--shares", default="0.5,0.75", help="part folds: shares of the changed weights at Q8_0")
     args = parser.parse_args(argv)
 
     import torch
@@ -98,6 +131,14 @@ def main(argv: list[str] | None = None) -> None:
         folded[qtype] = result.path
         record["fold"][qtype] = {"seconds": round(result.seconds, 2), "mib": round(result.bytes / 2**20, 1),
                                  "tensors": result.tensors}
+    ranked = ranked_tensors(base_gguf, [(Path(e["path"]), float(e["scale"])) for e in experts])
+    for share in [float(x) for x in args.shares.split(",") if x]:
+        name = f"Q8_0, {share:.0%} of the changed weights"
+        result = fold(base_gguf, [(Path(e["path"]), float(e["scale"])) for e in experts], work / f"part{share}.gguf",
+                      "Q8_0", only=share_of(ranked, share))
+        folded[name] = result.path
+        record["fold"][name] = {"seconds": round(result.seconds, 2), "mib": round(result.bytes / 2**20, 1),
+                                "tensors": result.tensors}
     record["fold"]["base_mib"] = round(base_gguf.stat().st_size / 2**20, 1)
 
     store = Store(args.home / "dreamer.db")

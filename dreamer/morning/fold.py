@@ -94,14 +94,16 @@ def expert_deltas(experts: list[tuple[Path, float]]) -> dict[str, list[tuple[np.
 
 
 def fold(model_path: Path, experts: list[tuple[Path, float]], out: Path, qtype: str = FOLD_TYPE,
-         names: list[str] | None = None) -> Folded:
+         names: list[str] | None = None, only: set[str] | None = None) -> Folded:
     """Write `model_path` with `experts` ((PEFT folder, scale), oldest first) merged in, to `out`;
-    the file's `dreamer.folded_experts` lists `names` (default: the folders' names)."""
+    the file's `dreamer.folded_experts` lists `names` (default: the folders' names). With `only`,
+    the tensors outside it keep the source's bytes, their change dropped (benchmarks.fold_quality
+    measures what that costs)."""
     import gguf
 
     started = time.monotonic()
     target = gguf.GGMLQuantizationType[qtype]
-    deltas = expert_deltas(experts)
+    deltas = {name: parts for name, parts in expert_deltas(experts).items() if only is None or name in only}
     reader = gguf.GGUFReader(str(model_path))
     by_name = {t.name: t for t in reader.tensors}
     missing = sorted(set(deltas) - set(by_name))
