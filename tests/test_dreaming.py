@@ -47,6 +47,15 @@ def held_out_probe(monkeypatch):
     monkeypatch.setattr(stage, "split_probes", lambda probes, wanted, rng: ([PROBE], probes))
 
 
+@pytest.fixture
+def grounded(monkeypatch):
+    """The tiny model's replies are random tokens and name no fact of the day, so no dream would be
+    grounded: here every dream is, by its first word (tests of the night's plumbing past the writer)."""
+    from dreamer.sleep.dreaming import write
+
+    monkeypatch.setattr(write, "ground", lambda request, reply, words: (words[0], reply) if words else None)
+
+
 def night(store, tiny_dir, home, judge, dreaming=None, **kwargs):
     cfg = sleep_config_from_dict({**SMALL, "dreaming": dreaming or dict(DREAMING)}, preset="test")
     config = Config(train_model=str(tiny_dir), model=str(tiny_dir / "model.gguf"))  # its chat twin, for the fold
@@ -157,6 +166,34 @@ def test_dreams_are_written_with_replies_and_rehearsals_of_earlier_nights(model)
     assert all(d.reply for d in dreams) and all(d.writer_prompt for d in dreams if d.kind != "rehearsal")
 
 
+def test_a_night_whose_dreams_name_no_fact_is_stage_one_and_says_why(day_store, tiny_dir, dreamer_home, fake_judge,
+                                                                      monkeypatch):
+    # Replies that name nothing the day said (the 135M writer's "I'm here to help"): nothing is
+    # scored or rehearsed, stage 1 stands, and the report says why.
+    from dreamer.sleep.dreaming import stage as dream_stage, write
+
+    monkeypatch.setattr(gate_stage, "measure", lambda *a, **k: dict(GOOD_FIGURES))
+    monkeypatch.setattr(write, "ground", lambda request, reply, words: None)
+    rewards = []
+    monkeypatch.setattr(dream_stage, "reward_dreams", lambda *a, **k: rewards.append(1) or 0.5)
+    outcome = night(day_store, tiny_dir, dreamer_home, fake_judge)
+    assert outcome.status == "promoted" and not rewards
+    dreams = outcome.metrics["dreaming"]
+    assert dreams["written"] > 0 and dreams["grounded"] == dreams["kept"] == 0
+    assert "was grounded" in dreams["error"] and "was grounded" in outcome.report
+
+
+def test_only_grounded_dreams_are_kept_and_their_replies_end_at_the_fact(model):
+    from dreamer.sleep.dreaming.write import day_words, ground
+
+    words = day_words([{"messages": [{"role": "user", "content": "My parrot is called Kiwi and my sister lives in Lisbon."}]}])
+    assert {"Kiwi", "Lisbon"} <= set(words)
+    assert ground("What is my parrot called?", "Your parrot is Kiwi. Parrots are clever birds.", words) == \
+        ("Kiwi", "Your parrot is Kiwi.")
+    assert ground("Is my parrot called Kiwi?", "Yes, Kiwi.", words) is None  # the request gives it away
+    assert ground("Where does my sister live?", "I'm here to help you with anything!", words) is None
+
+
 def every_dream_helps(monkeypatch) -> None:
     """tau rises with every measurement, so every kept dream is rewarded and the writer learns."""
     real_tau, calls = score_step.tau, []
@@ -197,7 +234,7 @@ def test_dreaming_off_is_the_stage_one_night_bit_for_bit(tiny_dir, tmp_path, fak
 
 
 def test_a_failing_dream_phase_leaves_stage_one_and_says_so(day_store, tiny_dir, dreamer_home, fake_judge,
-                                                            monkeypatch, tmp_path):
+                                                            monkeypatch, tmp_path, grounded):
     monkeypatch.setattr(gate_stage, "measure", lambda *a, **k: dict(GOOD_FIGURES))
 
     def broken(*args, **kwargs):
@@ -212,13 +249,13 @@ def test_a_failing_dream_phase_leaves_stage_one_and_says_so(day_store, tiny_dir,
 
 
 def test_a_dreaming_night_saves_its_writer_which_the_next_night_loads(day_store, tiny_dir, dreamer_home, fake_judge,
-                                                                     monkeypatch):
+                                                                     monkeypatch, grounded):
     monkeypatch.setattr(gate_stage, "measure", lambda *a, **k: dict(GOOD_FIGURES))
     every_dream_helps(monkeypatch)
     first = night(day_store, tiny_dir, dreamer_home, fake_judge)
     assert first.status == "promoted", first.message
     dreams = first.metrics["dreaming"]
-    assert dreams["written"] >= dreams["kept"] > 0 and dreams["rewarded"] == dreams["kept"]
+    assert dreams["written"] >= dreams["grounded"] >= dreams["kept"] > 0 and dreams["rewarded"] == dreams["kept"]
     assert dreams["writer"]["trained"] and dreams["rehearsal"]["steps"] == DREAMING["rehearse_steps"]
     assert "## Dreams" in first.report and "rewarded dream" in first.report
     writer = dreamer_home / "adapters" / "run-0001" / "writer"
@@ -238,7 +275,8 @@ def test_a_dreaming_night_saves_its_writer_which_the_next_night_loads(day_store,
     assert "dream writer" in result.output and "rewarded" in result.output
 
 
-def test_an_interrupted_dream_phase_changes_nothing(day_store, tiny_dir, dreamer_home, fake_judge, monkeypatch):
+def test_an_interrupted_dream_phase_changes_nothing(day_store, tiny_dir, dreamer_home, fake_judge, monkeypatch,
+                                                   grounded):
     monkeypatch.setattr(gate_stage, "measure", lambda *a, **k: dict(GOOD_FIGURES))
     every_dream_helps(monkeypatch)
     assert night(day_store, tiny_dir, dreamer_home, fake_judge).status == "promoted"

@@ -142,7 +142,7 @@ def dreaming_lines(result: dict) -> list[str]:
 
 
 def dreams_table(result: dict) -> list[str]:
-    """Each `dream` night: what Dreaming wrote, kept and rewarded, and where the night's time went."""
+    """Each `dream` night: what Dreaming wrote, grounded, kept and rewarded, and where the night's time went."""
     rows = []
     for k in range(1, nights(result) + 1):
         train = result["units"].get(f"dream/{k}", {}).get("train") or {}
@@ -151,14 +151,15 @@ def dreams_table(result: dict) -> list[str]:
             continue
         writer = dreams.get("writer") or {}
         dream_s = sum(v for name, v in phases.items() if name.startswith("dream:"))
-        rows.append([str(k), train["status"], str(dreams["written"]), str(dreams["kept"]), str(dreams["rewarded"]),
+        rows.append([str(k), train["status"], str(dreams["written"]), str(dreams.get("grounded", "-")),
+                     str(dreams["kept"]), str(dreams["rewarded"]),
                      pct(dreams.get("reward_rate")), "yes" if writer.get("trained") else "no",
                      dreams.get("error") or "-", f"{dream_s / 60:.1f}",
                      ", ".join(f"{name} {v / 60:.1f}" for name, v in phases.items()),
                      "-" if train.get("wall_s") is None else f"{train['wall_s'] / 60:.1f}"])
     if not rows:
         return []
-    return _table(["night", "outcome", "written", "kept", "rewarded", "reward rate", "writer learned", "error",
+    return _table(["night", "outcome", "written", "grounded", "kept", "rewarded", "reward rate", "writer learned", "error",
                    "Dreaming min", "phases (min; the last one runs until the report)", "night min"], rows)
 
 

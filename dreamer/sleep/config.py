@@ -144,7 +144,7 @@ class DreamingConfig:
     """Stage 2 of the night (dreamer.sleep.dreaming): dream, score, learn to dream, rehearse."""
 
     enabled: bool = field(default=False, metadata={"help": "run Dreaming after stage 1; false = stage 1 alone, bit for bit"})
-    dreams: int = field(default=24, metadata={"help": "m: candidate dreams the writer samples a night"})
+    dreams: int = field(default=48, metadata={"help": "m: candidate dreams the writer samples a night (only grounded ones are scored)"})
     keep: int = field(default=6, metadata={"help": "k: dreams kept by the first filter (largest teacher-student loss gap)"})
     keep_random: int = field(default=2, metadata={"help": "b: further dreams kept at random, for exploration"})
     rehearsal_fraction: float = field(
@@ -159,7 +159,8 @@ class DreamingConfig:
     tau_old: int = field(default=6, metadata={"help": "earlier nights' probes the reward is measured on"})
     min_improvement: float = field(
         default=0.0, metadata={"help": "a dream is rewarded when tau (mean probability of the right answer) rises by more"})
-    rehearse_steps: int = field(default=20, metadata={"help": "steps of tonight's expert on the rewarded dreams"})
+    rehearse_epochs: float = field(default=4.0, metadata={"help": "passes of tonight's expert over the rewarded dreams"})
+    rehearse_steps: int = field(default=20, metadata={"help": "most steps of tonight's expert on the rewarded dreams"})
     rehearse_batch: int = field(default=4, metadata={"help": "rewarded dreams per rehearsal step"})
     rehearse_learning_rate: float = field(default=5e-4, metadata={"help": "learning rate of the rehearsal"})
     writer_rank: int = field(default=8, metadata={"help": "LoRA rank of the dream writer (never in the chat's stack)"})
@@ -179,7 +180,7 @@ class DreamingConfig:
             _check(_unit(getattr(self, name)), f"dreaming.{name} must be in [0, 1], got {getattr(self, name)!r}")
         _check(isinstance(self.temperature, (int, float)) and 0 < self.temperature <= 2,
                f"dreaming.temperature must be in (0, 2], got {self.temperature!r}")
-        for name in ("inner_learning_rate", "rehearse_learning_rate"):
+        for name in ("inner_learning_rate", "rehearse_learning_rate", "rehearse_epochs"):
             value = getattr(self, name)
             _check(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0,
                    f"dreaming.{name} must be > 0, got {value!r}")

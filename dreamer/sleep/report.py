@@ -77,8 +77,9 @@ def morning_report(*, night: int | None, days: list[str], status: str, reasons: 
 def dreams_section(dreams: dict, earlier: list[dict]) -> list[str]:
     """What Dreaming did tonight: counts, the reward rate against earlier nights, examples."""
     kinds = ", ".join(f"{k} {v['written']}" for k, v in dreams["kinds"].items() if v["written"])
-    lines = ["## Dreams", "", f"- {dreams['written']} written ({kinds or 'none'}), {dreams['kept']} kept by the "
-             f"loss-gap filter, {dreams['rewarded']} rewarded"]
+    grounded = f"{dreams['grounded']} grounded (the reply names a fact the request does not), " if "grounded" in dreams else ""
+    lines = ["## Dreams", "", f"- {dreams['written']} written ({kinds or 'none'}), {grounded}{dreams['kept']} kept by "
+             f"the loss-gap filter, {dreams['rewarded']} rewarded"]
     if dreams.get("error"):
         lines.append(f"- **Dreaming did not finish: {dreams['error']}.** Tonight's expert is stage 1's alone.")
     elif not dreams["rewarded"]:

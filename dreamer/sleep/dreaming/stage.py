@@ -1,7 +1,8 @@
 """Dreaming as one stage of the night, between stage 1 (distil) and the gate.
 
-    1. write     the writer samples `dreams` requests, the teacher answers them (write.py)
-    2. score     the loss-gap filter keeps `keep` + `keep_random`; each kept dream trains a
+    1. write     the writer samples `dreams` requests, the teacher answers them; only grounded
+                 dreams (the reply names a fact of the night the request does not) go on (write.py)
+    2. score     the loss-gap filter keeps `keep` + `keep_random` of them; each kept dream trains a
                  throwaway copy of tonight's expert and is rewarded if tau rises (score.py)
     3. writer    ReST-EM: the writer learns from its rewarded requests (writer.py)
     4. rehearse  tonight's expert trains on the rewarded dreams, drift term on (rehearse.py)
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dreamer.sleep.config import SleepConfig
-from dreamer.sleep.dreaming.rehearse import rehearse
+from dreamer.sleep.dreaming.rehearse import rehearsal_steps, rehearse
 from dreamer.sleep.dreaming.score import expert_state, first_filter, loss_gaps, restore_state, reward_dreams
 from dreamer.sleep.dreaming.write import INSTRUCTIONS, Dream, write_dreams
 from dreamer.sleep.dreaming.writer import attach_writer, detach_writer, train_writer
@@ -38,6 +39,7 @@ EXAMPLES = 3  # rewarded and rejected dreams shown in the morning report
 @dataclass
 class DreamResult:
     written: list[Dream] = field(default_factory=list)
+    grounded: list[Dream] = field(default_factory=list)
     kept: list[Dream] = field(default_factory=list)
     tau_today: list[dict] = field(default_factory=list)
     tau_old: list[dict] = field(default_factory=list)
@@ -60,12 +62,13 @@ class DreamResult:
         kinds = {}
         for kind in [*INSTRUCTIONS, "rehearsal"]:
             kinds[kind] = {"written": sum(d.kind == kind for d in self.written),
+                           "grounded": sum(d.kind == kind for d in self.grounded),
                            "kept": sum(d.kind == kind for d in self.kept),
                            "rewarded": sum(d.kind == kind for d in self.rewarded)}
         rejected = sorted((d for d in self.kept if not d.rewarded and d.tau_delta is not None), key=lambda d: d.tau_delta)
         best = sorted(self.rewarded, key=lambda d: d.tau_delta, reverse=True)
         return {
-            "written": len(self.written), "kept": len(self.kept), "rewarded": len(self.rewarded),
+            "written": len(self.written), "grounded": len(self.grounded), "kept": len(self.kept), "rewarded": len(self.rewarded),
             "reward_rate": len(self.rewarded) / len(self.kept) if self.kept and self.error is None else None,
             "kinds": kinds, "tau_probes": {"today": len(self.tau_today), "old": len(self.tau_old)},
             "tau_before": self.tau_before, "writer_from": self.writer_from, "writer": self.writer,
@@ -103,18 +106,21 @@ def dream(model, tokenizer, *, conversations: list[dict], base_system: str, stac
                                       stack=stack, old_probes=old_probes, cfg=dcfg,
                                       max_context_tokens=cfg.memories.max_context_tokens, rng=rng)
         advance()
+        result.grounded = [d for d in result.written if d.answer]
         probes = result.tau_today + result.tau_old
-        if not result.written or not probes:
-            result.error = "no dreams were written" if not result.written else "no held-out probes to score dreams on"
+        if not result.grounded or not probes:
+            result.error = ("no held-out probes to score dreams on" if not probes else "no dreams were written"
+                            if not result.written else f"none of the {len(result.written)} dreams was grounded "
+                            "(a reply naming a fact of the night that its request did not)")
             return result
-        loss_gaps(model, tokenizer, result.written, stack, base_system)
-        result.kept = first_filter(result.written, dcfg, rng)
+        loss_gaps(model, tokenizer, result.grounded, stack, base_system)
+        result.kept = first_filter(result.grounded, dcfg, rng)
         advance = begin("dream: score", len(result.kept))
         result.tau_before = reward_dreams(model, tokenizer, result.kept, probes, stack, base_system, dcfg, advance)
         advance = begin("dream: learn to dream", 1)
         result.writer = train_writer(model, tokenizer, result.rewarded, stack, dcfg, rng)
         advance()
-        advance = begin("dream: rehearse", dcfg.rehearse_steps if result.rewarded else 0)
+        advance = begin("dream: rehearse", rehearsal_steps(len(result.rewarded), dcfg))
         result.rehearsal = rehearse(model, tokenizer, result.rewarded, stack=stack, system=base_system,
                                     general_texts=general_texts, drift_weight=cfg.distill.drift_weight,
                                     drift_batch=cfg.distill.drift_batch, max_len=cfg.load.max_seq_len, cfg=dcfg,
