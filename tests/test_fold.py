@@ -96,6 +96,25 @@ def test_a_small_delta_survives_q8_0_but_not_a_second_q4_1_rounding(tiny_pair, t
     assert kept["Q4_1"] < 0.3 and kept["Q8_0"] > 0.7, kept
 
 
+def test_a_part_fold_changes_only_the_chosen_tensors_and_keeps_the_others_bytes(tiny_pair, tmp_path):
+    """benchmarks.fold_quality's part folds: the chosen tensors as in a whole fold, every other
+    tensor byte for byte the source's (its change dropped)."""
+    model_dir, experts = tiny_pair
+    source = gguf.GGUFReader(str(model_dir / "model.gguf"))
+    chosen = {t.name for t in source.tensors if "ffn_up" in t.name}
+    whole = tensors(fold(model_dir / "model.gguf", [(e, 1.0) for e in experts], tmp_path / "whole.gguf", "F32").path)
+    part = fold(model_dir / "model.gguf", [(e, 1.0) for e in experts], tmp_path / "part.gguf", "F32", only=chosen)
+    assert chosen and part.tensors == len(chosen)
+    written = {t.name: t for t in gguf.GGUFReader(str(part.path)).tensors}
+    folded = tensors(part.path)
+    for tensor in source.tensors:
+        if tensor.name in chosen:
+            np.testing.assert_array_equal(folded[tensor.name], whole[tensor.name])
+        else:
+            assert written[tensor.name].tensor_type == tensor.tensor_type
+            assert bytes(written[tensor.name].data) == bytes(tensor.data), tensor.name
+
+
 def test_experts_of_another_model_are_refused(tiny_pair, tmp_path):
     model_dir, experts = tiny_pair
     config = AutoModelForCausalLM.from_pretrained(model_dir).config
