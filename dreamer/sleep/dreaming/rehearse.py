@@ -1,12 +1,13 @@
 """Dreaming, step 4: rehearse the rewarded dreams into tonight's expert.
 
 The same expert stage 1 trained keeps training (a night stays one expert): `rehearse_epochs`
-passes over the rewarded dreams, at most `rehearse_steps` steps, each on `rehearse_batch` of them (cross-entropy on the teacher's reply, closed
-book, the chat's system prompt), plus stage 1's drift term on general text with stage 1's weight
-(`distill.drift_weight`), so a rehearsal moves general text no more freely than the distillation
-did. The gate then measures the expert as rehearsal left it. Steps follow the number of rewarded
-dreams: a fixed count over three dreams was 27 passes over each, which learned their wording
-(loss 1.45 -> 0.02) and with it their chatty replies.
+passes over the rewarded dreams, at most `rehearse_steps` steps, each on `rehearse_batch` of
+them (cross-entropy on the teacher's reply, closed book, the chat's system prompt), plus stage
+1's drift term on general text with stage 1's weight (`distill.drift_weight`), so a rehearsal
+moves general text no more freely than the distillation did. The gate then measures the expert
+as rehearsal left it. Steps follow the number of rewarded dreams: a fixed 20 steps over three
+dreams was 27 passes over each, which learned their wording (loss 1.45 -> 0.02) and with it
+their chatty replies.
 
     dreamer sleep --now      # with [dreaming] enabled = true
 """

@@ -68,7 +68,8 @@ class DreamResult:
         rejected = sorted((d for d in self.kept if not d.rewarded and d.tau_delta is not None), key=lambda d: d.tau_delta)
         best = sorted(self.rewarded, key=lambda d: d.tau_delta, reverse=True)
         return {
-            "written": len(self.written), "grounded": len(self.grounded), "kept": len(self.kept), "rewarded": len(self.rewarded),
+            "written": len(self.written), "grounded": len(self.grounded), "kept": len(self.kept),
+            "rewarded": len(self.rewarded),
             "reward_rate": len(self.rewarded) / len(self.kept) if self.kept and self.error is None else None,
             "kinds": kinds, "tau_probes": {"today": len(self.tau_today), "old": len(self.tau_old)},
             "tau_before": self.tau_before, "writer_from": self.writer_from, "writer": self.writer,
