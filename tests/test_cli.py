@@ -115,7 +115,7 @@ def test_sleep_dry_run_trains_nothing(tmp_path):
     assert "Dreaming off" in result.output  # the presets leave it off until it is measured
     assert "none yet" in run("memory").output
     result = run("sleep", "--now", "--dry-run", "--dreaming")
-    assert result.exit_code == 0 and "Dreaming on: 24 dreams written, 8 scored" in result.output, result.output
+    assert result.exit_code == 0 and "Dreaming on: 48 dreams written, 8 scored" in result.output, result.output
 
 
 def test_dreaming_in_config_toml_and_on_the_command_line(tmp_path, dreamer_home):
