@@ -126,19 +126,19 @@ def main(argv: list[str] | None = None) -> None:
     base_gguf = embedded_gguf_path()
     work = Path(tempfile.mkdtemp(prefix="fold-"))
     folded, record["fold"] = {}, {}
-    for qtype in TYPES:
-        result = fold(base_gguf, [(Path(e["path"]), float(e["scale"])) for e in experts], work / f"{qtype}.gguf", qtype)
-        folded[qtype] = result.path
-        record["fold"][qtype] = {"seconds": round(result.seconds, 2), "mib": round(result.bytes / 2**20, 1),
-                                 "tensors": result.tensors}
-    ranked = ranked_tensors(base_gguf, [(Path(e["path"]), float(e["scale"])) for e in experts])
-    for share in [float(x) for x in args.shares.split(",") if x]:
-        name = f"Q8_0, {share:.0%} of the changed weights"
-        result = fold(base_gguf, [(Path(e["path"]), float(e["scale"])) for e in experts], work / f"part{share}.gguf",
-                      "Q8_0", only=share_of(ranked, share))
+    scaled = [(Path(e["path"]), float(e["scale"])) for e in experts]
+
+    def fold_as(name: str, qtype: str, only: set[str] | None = None) -> None:
+        result = fold(base_gguf, scaled, work / f"{len(folded)}.gguf", qtype, only=only)
         folded[name] = result.path
         record["fold"][name] = {"seconds": round(result.seconds, 2), "mib": round(result.bytes / 2**20, 1),
                                 "tensors": result.tensors}
+
+    for qtype in TYPES:
+        fold_as(qtype, qtype)
+    ranked = ranked_tensors(base_gguf, scaled)
+    for share in [float(x) for x in args.shares.split(",") if x]:
+        fold_as(f"Q8_0, {share:.0%} of the changed weights", "Q8_0", share_of(ranked, share))
     record["fold"]["base_mib"] = round(base_gguf.stat().st_size / 2**20, 1)
 
     store = Store(args.home / "dreamer.db")

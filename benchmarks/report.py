@@ -228,8 +228,9 @@ def render_paired_code(record: dict) -> str:
 RENDERERS = {"kill_nights": render_kill_nights, "chat_threads": render_chat_threads,
              "parity_gap_avx512": render_parity_gap, "parity_gap_avx2": render_parity_gap,
              "bench_synthetic": render_bench, "bench_heldout": render_bench, "bench_dreaming": render_bench,
-             "bench_dreaming_seed1": render_bench, "bench_dreaming_grounded": render_bench, "fold_quality": render_fold_quality, "bench_long": render_bench,
-             "forget_quality": render_forget_quality, "merge_step": render_merge_step, "sampling": render_sampling, "sampling_gemma3": render_sampling,
+             "bench_dreaming_seed1": render_bench, "bench_dreaming_grounded": render_bench, "bench_long": render_bench,
+             "fold_quality": render_fold_quality, "forget_quality": render_forget_quality,
+             "merge_step": render_merge_step, "sampling": render_sampling, "sampling_gemma3": render_sampling,
              "fold_rms": render_fold_rms, "bench_phatic": render_paired_code}
 PLOTS = ROOT / "docs" / "bench"  # each bench block's plots, drawn again by every run of this command
 

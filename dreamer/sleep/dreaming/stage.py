@@ -109,10 +109,14 @@ def dream(model, tokenizer, *, conversations: list[dict], base_system: str, stac
         advance()
         result.grounded = [d for d in result.written if d.answer]
         probes = result.tau_today + result.tau_old
-        if not result.grounded or not probes:
-            result.error = ("no held-out probes to score dreams on" if not probes else "no dreams were written"
-                            if not result.written else f"none of the {len(result.written)} dreams was grounded "
+        if not probes:
+            result.error = "no held-out probes to score dreams on"
+        elif not result.written:
+            result.error = "no dreams were written"
+        elif not result.grounded:
+            result.error = (f"none of the {len(result.written)} dreams was grounded "
                             "(a reply naming a fact of the night that its request did not)")
+        if result.error:
             return result
         loss_gaps(model, tokenizer, result.grounded, stack, base_system)
         result.kept = first_filter(result.grounded, dcfg, rng)

@@ -64,6 +64,7 @@ class Dream:
     reply: str = ""
     writer_prompt: list[dict] | None = None  # what the writer saw (None: a rehearsal, written by no writer)
     teacher_view: list[dict] = field(default_factory=list)  # the prompt the reply was written under
+    expected: str | None = None  # a rehearsal's earlier probe answer, the word its reply must name
     answer: str | None = None  # the word the reply names and the request does not (None: not grounded)
     gap: float | None = None  # student minus teacher loss on the reply (the first filter)
     tau_delta: float | None = None  # change of tau after a throwaway copy trained on it
@@ -187,10 +188,8 @@ def write_dreams(model, tokenizer, *, conversations: list[dict], base_system: st
             if request and request.lower() not in seen:
                 seen.add(request.lower())
                 dreams.append(Dream(kind, request, writer_prompt=prompt, teacher_view=opened))
-    old_answers = {}
     for topic, answer in rehearsal_topics(old_probes, rng, rehearsals):
-        dreams.append(Dream("rehearsal", REHEARSE_ASK.format(topic=topic), teacher_view=closed))
-        old_answers[id(dreams[-1])] = answer
+        dreams.append(Dream("rehearsal", REHEARSE_ASK.format(topic=topic), teacher_view=closed, expected=answer))
     # The replies: greedy, by the teacher (the active stack; the day in context for today's kinds),
     # in two batches so that today's share the day's cached prefix.
     for group in ([d for d in dreams if d.kind != "rehearsal"], [d for d in dreams if d.kind == "rehearsal"]):
@@ -200,7 +199,7 @@ def write_dreams(model, tokenizer, *, conversations: list[dict], base_system: st
             dream.reply = reply[0]
     words = day_words(conversations)
     for dream in dreams:
-        grounded = ground(dream.request, dream.reply, [old_answers[id(dream)]] if dream.kind == "rehearsal" else words)
+        grounded = ground(dream.request, dream.reply, [dream.expected] if dream.expected else words)
         if grounded:
             dream.answer, dream.reply = grounded
     return [d for d in dreams if d.reply]
