@@ -286,6 +286,34 @@ def test_nf4_path_trains_the_expert(tiny_dir):
     assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if n in before)
 
 
+def test_a_night_merged_into_nf4_is_erased_and_kept_in_bf16(tiny_dir):
+    """What benchmarks/nf4_merge.py measures rests on two things: its NF4 rounding is exactly what
+    load_base holds in NF4, and a night-sized change (a tenth of NF4's own rounding error) added
+    to NF4 weights is lost when they are quantized again and kept when they stay in bf16."""
+    from bitsandbytes.functional import dequantize_4bit
+
+    from benchmarks.nf4_merge import nf4_round, quantized_layers
+
+    fp32 = dict(load_base(str(tiny_dir), plan_device(LoadConfig(device="cpu")))[0].named_modules())
+    nf4 = dict(load_base(str(tiny_dir), plan_device(LoadConfig(device="cpu", quantization="nf4")))[0].named_modules())
+    names = quantized_layers(fp32[""])
+    assert names and "lm_head" not in names
+    for name in names:
+        held = nf4[name].weight
+        assert torch.equal(dequantize_4bit(held.data, held.quant_state).float(), nf4_round(fp32[name].weight.detach()))
+
+    weight = fp32[names[-1]].weight.detach()
+    base = nf4_round(weight)
+    torch.manual_seed(0)
+    change = 0.1 * (base - weight).abs().mean() * torch.randn_like(weight)
+
+    def kept(merged: torch.Tensor) -> float:  # the share of the change the merged weights carry
+        return float(((merged - base) * change).sum() / (change * change).sum())
+
+    assert kept(nf4_round(base + change)) < 0.25
+    assert kept((base + change).to(torch.bfloat16).float()) > 0.9
+
+
 def test_prompt_cache_changes_nothing_but_speed(tiny_dir):
     from dreamer.sleep.seeding.distill import reply_logits, teacher_logits
     from dreamer.lm.generation import sample
