@@ -289,6 +289,31 @@ def test_dreaming_lines_average_paired_nights():
     assert "reward rate by night: 25%" in lines[2] and "40 min against 30 min" in lines[3]
 
 
+def test_missed_replies_are_classed_by_what_they_name_instead():
+    from dreamer.bench.misses import CLASSES, misses, misses_table
+
+    def probe(pid, day, answer, distractors=("Oslo", "Rome")):
+        return {"id": pid, "day": day, "kind": "recall", "answer": answer, "distractors": list(distractors),
+                "question": f"q{pid}"}
+
+    day1 = [probe("1:0", "d1", "Lisbon"), probe("1:1", "d1", "cello"), probe("1:2", "d1", "Mochi"),
+            probe("1:3", "d1", "Tofu"), probe("1:4", "d1", "harp"), probe("1:5", "d1", "Lyon")]
+    day2 = [probe("2:0", "d2", "Krakow"), probe("2:1", "d2", "Lisbon")]  # a shared answer is nobody's "other"
+    replies = {"1:0": ("She lives in Oslo, I think.", False), "1:1": ("You play it in Krakow.", False),
+               "1:2": ("Tofu!", False), "1:3": ("I'm not sure.", False), "1:4": ("Dear friend, ...", False),
+               "1:5": ("Lyon", True), "2:0": ("Lisbon", False), "2:1": ("Lisbon", True)}
+    rows = [{"id": i, "kind": "recall", "day": "d1" if i[0] == "1" else "d2", "gen": g, "mc": True, "reply": r}
+            for i, (r, g) in replies.items()]
+    result = {"days": [{"day": "d1", "probes": day1}, {"day": "d2", "probes": day2}],
+              "units": {"sleep/2": {"score": {"probes": rows}}}}
+    m = misses(result, "sleep", 2)
+    # Only the earlier day's probes count: day 2's own miss ("Lisbon" for Krakow) is not in it.
+    assert (m["asked"], m["missed"]) == (6, 5)
+    assert [m[c] for c in CLASSES] == [1, 1, 1, 1, 1]
+    assert misses(result, "sleep", 1) is None and misses(result, "sleep", 3) is None
+    assert misses_table(result)[2] == "| 2 | 5/6 | 1 | 1 | 1 | 1 | 1 | - |"
+
+
 def test_lanes_never_run_two_nights_of_one_arm_and_keep_each_arms_order():
     import threading
 

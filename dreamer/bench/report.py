@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dreamer.bench.misses import misses_table
 from dreamer.eval.probes import KINDS
 
 CONTROLS = ("inday", "generic")
@@ -314,6 +315,8 @@ def markdown(result: dict) -> str:
              *days_table(result), ""]
     if table := served_table(result):
         lines += ["## What the chat serves after each night (deep sleep)", "", *table, ""]
+    if nights(result) >= 5 and (table := misses_table(result)):
+        lines += ["## What the replies say instead of an earlier day's fact", "", *table, ""]
     if table := dreams_table(result):
         lines += ["## Dreaming, night by night", "", *table, "",
                   f"Dreams of night {last_scored(result, 'dream')}:", "",

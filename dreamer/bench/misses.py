@@ -1,0 +1,73 @@
+"""What the chat says instead, when its reply misses an earlier day's fact: the long run's reading.
+
+Over many nights, multiple choice can keep a fact that the reply no longer names. Each missed
+recall probe of an earlier day (told before the night just slept) is put in the first class it
+fits, checked with the scorer's own matcher (dreamer.bench.score.names):
+
+- a distractor: the reply names one of the probe's own wrong options (a plausible value, never told);
+- another day's fact: it names the answer of a probe of another told day (interference);
+- another fact of its day: the answer of another probe of the same day;
+- does not know: it abstains (the scorer's abstain phrases);
+- something else: none of these (an invented value, the persona, a template letter, a loop).
+
+A fact's own answer never counts as "another" fact, even when two probes share it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from dreamer.bench.score import ABSTAIN_PHRASES, names
+
+CLASSES = ("a distractor", "another day's fact", "another fact of its day", "does not know", "something else")
+
+
+def miss_class(reply: str, probe: dict, told: list[dict]) -> str:
+    """The class of one missed reply; `told` is every probe of the days told so far."""
+    text = reply.casefold().replace("’", "'")
+    if any(names(text, d) for d in probe["distractors"]):
+        return CLASSES[0]
+    others = [p for p in told if p["id"] != probe["id"] and p["answer"].casefold() != probe["answer"].casefold()
+              and p["kind"] != "abstain" and names(text, p["answer"])]
+    if any(p["day"] != probe["day"] for p in others):
+        return CLASSES[1]
+    if others:
+        return CLASSES[2]
+    if any(phrase in text for phrase in ABSTAIN_PHRASES):
+        return CLASSES[3]
+    return CLASSES[4]
+
+
+def misses(result: dict, arm: str, night: int) -> dict | None:
+    """{"asked", "missed", classes..., "repeated": (reply, count)} for the earlier days' recall
+    probes after `night`; None if the night is not scored or has no earlier day."""
+    score = result["units"].get(f"{arm}/{night}", {}).get("score")
+    days = result["days"][:night]
+    if not score or night < 2:
+        return None
+    told = [p for d in days for p in d["probes"]]
+    by_id = {p["id"]: p for p in told}
+    earlier = {d["day"] for d in days[:-1]}
+    rows = [r for r in score["probes"] if r["kind"] == "recall" and r["day"] in earlier and r["id"] in by_id]
+    missed = [r for r in rows if not r["gen"]]
+    counts = Counter(miss_class(r["reply"], by_id[r["id"]], told) for r in missed)
+    replies = Counter(" ".join(r["reply"].split()) for r in missed)
+    top = replies.most_common(1)
+    return {"asked": len(rows), "missed": len(missed), **{c: counts.get(c, 0) for c in CLASSES},
+            "repeated": top[0] if top and top[0][1] > 1 else None}
+
+
+def misses_table(result: dict, arm: str = "sleep") -> list[str]:
+    """Night by night: the earlier days' recall probes the reply missed, by what it said instead."""
+    rows = []
+    for night in range(2, len(result["days"]) + 1):
+        m = misses(result, arm, night)
+        if m is None:
+            continue
+        repeated = f'"{m["repeated"][0][:40]}" ({m["repeated"][1]})' if m["repeated"] else "-"
+        rows.append([str(night), f"{m['missed']}/{m['asked']}", *[str(m[c]) for c in CLASSES], repeated])
+    if not rows:
+        return []
+    header = ["after night", "missed", *CLASSES, "the most repeated miss"]
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *["| " + " | ".join(row) + " |" for row in rows]]
