@@ -174,13 +174,14 @@ def render_merge_step(record: dict) -> str:
 def render_nf4_merge(record: dict) -> str:
     """benchmarks/nf4_merge.py: the stack merged into an NF4 base, quantized again or kept in bf16."""
     rows = [[name, f"{c['kl_general']:.4f}", f"{c['kl_probes']:.4f}", f"{c['kl_probes_to_today']:.4f}",
-             f"{c['answer_loss']:.3f}", f"{c['mc_right']}/{record['probes']}", f"{c['memory_kept']:.0%}"]
+             f"{c['answer_loss']:.3f}", f"{c['mc_right']}/{record['probes']}",
+             "-" if c["memory_kept"] is None else f"{c['memory_kept']:.0%}"]
             for name, c in record["conditions"].items()]
     check = record["nf4_check"]
     return "\n".join([
         f"`{record['command']}` ({_machine(record)}; {record['experts']} experts changing {record['changed_layers']} "
-        f"layers, {record['texts']['general']} general texts, {record['probes']} probes; the NF4 weights equal what "
-        f"`load_base` holds in NF4 to {check['max_abs_gap']:.1e} on {check['layer']})", "",
+        f"layers, {record['texts']['general']} general texts, {record['probes']} probes; the NF4 weights of all "
+        f"{check['layers']} quantized layers equal what `load_base` holds in NF4 to {check['max_abs_gap']:.1e})", "",
         *_table(["weights", "#KL general", "#KL probes", "#KL probes to today's CUDA night", "#answer loss",
                  "#multiple choice", "#memory kept"], rows)]) + "\n"
 
@@ -246,9 +247,10 @@ def render_paired_code(record: dict) -> str:
 RENDERERS = {"kill_nights": render_kill_nights, "chat_threads": render_chat_threads,
              "parity_gap_avx512": render_parity_gap, "parity_gap_avx2": render_parity_gap,
              "bench_synthetic": render_bench, "bench_heldout": render_bench, "bench_dreaming": render_bench,
-             "bench_dreaming_seed1": render_bench, "bench_dreaming_grounded": render_bench, "bench_long": render_bench,
-             "fold_quality": render_fold_quality, "forget_quality": render_forget_quality,
-             "merge_step": render_merge_step, "nf4_merge": render_nf4_merge, "sampling": render_sampling, "sampling_gemma3": render_sampling,
+             "bench_dreaming_seed1": render_bench, "bench_dreaming_grounded": render_bench,
+             "bench_long": render_bench, "fold_quality": render_fold_quality,
+             "forget_quality": render_forget_quality, "merge_step": render_merge_step,
+             "nf4_merge": render_nf4_merge, "sampling": render_sampling, "sampling_gemma3": render_sampling,
              "fold_rms": render_fold_rms, "bench_phatic": render_paired_code}
 PLOTS = ROOT / "docs" / "bench"  # each bench block's plots, drawn again by every run of this command
 

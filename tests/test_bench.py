@@ -290,7 +290,7 @@ def test_dreaming_lines_average_paired_nights():
 
 
 def test_missed_replies_are_classed_by_what_they_name_instead():
-    from dreamer.bench.misses import CLASSES, misses, misses_table
+    from dreamer.bench.misses import CLASSES, miss_class, misses, misses_table
 
     def probe(pid, day, answer, distractors=("Oslo", "Rome")):
         return {"id": pid, "day": day, "kind": "recall", "answer": answer, "distractors": list(distractors),
@@ -298,8 +298,10 @@ def test_missed_replies_are_classed_by_what_they_name_instead():
 
     day1 = [probe("1:0", "d1", "Lisbon"), probe("1:1", "d1", "cello"), probe("1:2", "d1", "Mochi"),
             probe("1:3", "d1", "Tofu"), probe("1:4", "d1", "harp"), probe("1:5", "d1", "Lyon")]
-    day2 = [probe("2:0", "d2", "Krakow"), probe("2:1", "d2", "Lisbon")]  # a shared answer is nobody's "other"
-    replies = {"1:0": ("She lives in Oslo, I think.", False), "1:1": ("You play it in Krakow.", False),
+    general = {"id": "1:9", "day": "d1", "kind": "general", "answer": "Paris", "distractors": [], "question": "q"}
+    day1.append(general)  # the bench's general probes sit on day 1: not something the user told
+    day2 = [probe("2:0", "d2", "Krakow", ("Lyon", "Rome")), probe("2:1", "d2", "Lisbon")]
+    replies = {"1:0": ("She lives in Oslo, or Paris.", False), "1:1": ("You play it in Krakow.", False),
                "1:2": ("Tofu!", False), "1:3": ("I'm not sure.", False), "1:4": ("Dear friend, ...", False),
                "1:5": ("Lyon", True), "2:0": ("Lisbon", False), "2:1": ("Lisbon", True)}
     rows = [{"id": i, "kind": "recall", "day": "d1" if i[0] == "1" else "d2", "gen": g, "mc": True, "reply": r}
@@ -310,6 +312,12 @@ def test_missed_replies_are_classed_by_what_they_name_instead():
     # Only the earlier day's probes count: day 2's own miss ("Lisbon" for Krakow) is not in it.
     assert (m["asked"], m["missed"]) == (6, 5)
     assert [m[c] for c in CLASSES] == [1, 1, 1, 1, 1]
+    # A distractor that is also another day's fact counts as interference.
+    cello = probe("1:1", "d1", "cello", ("Krakow", "harp"))
+    assert miss_class("Krakow", cello, day1 + day2) == "another day's fact"
+    assert miss_class("Paris", cello, day1 + day2) == "something else"  # a general probe's answer
+    # "Lisbon" is day 2's fact too, but it is 1:0's own answer: never "another" fact.
+    assert miss_class("Lisbon or Oslo", day1[0], day1 + day2) == "a distractor"
     assert misses(result, "sleep", 1) is None and misses(result, "sleep", 3) is None
     assert misses_table(result)[2] == "| 2 | 5/6 | 1 | 1 | 1 | 1 | 1 | - |"
 

@@ -1,16 +1,19 @@
 """What the chat says instead, when its reply misses an earlier day's fact: the long run's reading.
 
-Over many nights, multiple choice can keep a fact that the reply no longer names. Each missed
-recall probe of an earlier day (told before the night just slept) is put in the first class it
-fits, checked with the scorer's own matcher (dreamer.bench.score.names):
+Over many nights, multiple choice can keep a fact that the reply no longer names. After night N,
+each missed recall probe of days 1..N-1 is put in the first class it fits, checked with the
+scorer's own matcher (dreamer.bench.score.names):
 
-- a distractor: the reply names one of the probe's own wrong options (a plausible value, never told);
-- another day's fact: it names the answer of a probe of another told day (interference);
-- another fact of its day: the answer of another probe of the same day;
+- another day's fact: the reply names the answer of a told fact (a recall, implication or
+  update probe) of another day up to N (interference);
+- another fact of its day: the answer of another told fact of the same day;
+- a distractor: one of the probe's own wrong options (drawn from the same pools as the facts,
+  so a distractor that is also a told fact is counted above, as interference);
 - does not know: it abstains (the scorer's abstain phrases);
 - something else: none of these (an invented value, the persona, a template letter, a loop).
 
-A fact's own answer never counts as "another" fact, even when two probes share it.
+An answer equal to the probe's own never counts as "another" fact (a reply naming its own answer
+misses only by also naming a distractor).
 """
 
 from __future__ import annotations
@@ -19,19 +22,20 @@ from collections import Counter
 
 from dreamer.bench.score import ABSTAIN_PHRASES, names
 
-CLASSES = ("a distractor", "another day's fact", "another fact of its day", "does not know", "something else")
+CLASSES = ("another day's fact", "another fact of its day", "a distractor", "does not know", "something else")
+FACT_KINDS = ("recall", "implication", "update")  # what the user told; not the general or abstain probes
 
 
 def miss_class(reply: str, probe: dict, told: list[dict]) -> str:
     """The class of one missed reply; `told` is every probe of the days told so far."""
     text = reply.casefold().replace("’", "'")
-    if any(names(text, d) for d in probe["distractors"]):
-        return CLASSES[0]
-    others = [p for p in told if p["id"] != probe["id"] and p["answer"].casefold() != probe["answer"].casefold()
-              and p["kind"] != "abstain" and names(text, p["answer"])]
+    others = [p for p in told if p["kind"] in FACT_KINDS and p["id"] != probe["id"]
+              and p["answer"].casefold() != probe["answer"].casefold() and names(text, p["answer"])]
     if any(p["day"] != probe["day"] for p in others):
-        return CLASSES[1]
+        return CLASSES[0]
     if others:
+        return CLASSES[1]
+    if any(names(text, d) for d in probe["distractors"]):
         return CLASSES[2]
     if any(phrase in text for phrase in ABSTAIN_PHRASES):
         return CLASSES[3]

@@ -152,7 +152,8 @@ def load(night: Night) -> None:
 def merges_stack(night: Night) -> bool:
     """Whether the earlier experts are merged into the training weights (LoadConfig.merge_stack):
     exact up to float rounding on an unquantized base; quantized to NF4 again the merge erases the
-    nights (benchmarks/nf4_merge.py), so an NF4 base keeps them as adapters; and Dreaming's novelty drops one expert at a time, which a merged stack cannot."""
+    nights (benchmarks/nf4_merge.py), so an NF4 base keeps them as adapters; and Dreaming's
+    novelty drops one expert at a time, which a merged stack cannot."""
     dreaming = night.cfg.dreaming
     return (night.cfg.load.merge_stack and night.plan.quantization == "none"
             and not (dreaming.enabled and dreaming.novelty > 0))
