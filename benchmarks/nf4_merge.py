@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.fold_quality import kl
 from benchmarks.machine import command_line, git_commit, machine, write_record
 
 
@@ -50,12 +51,6 @@ def quantized_layers(model) -> list[str]:
     """The linear layers transformers' bitsandbytes loading turns into NF4: every one but lm_head."""
     return [name for name, module in model.named_modules()
             if isinstance(module, torch.nn.Linear) and not name.endswith("lm_head")]
-
-
-def token_kl(reference: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """Per-position KL(reference || other) of two [positions, vocabulary] logit rows."""
-    p, q = reference.double().log_softmax(-1), other.double().log_softmax(-1)
-    return (p.exp() * (p - q)).sum(-1)
 
 
 def experts_change(source: str, experts: list[Path], model, layers: list[str]) -> dict[str, torch.Tensor]:
@@ -138,7 +133,8 @@ def main(argv: list[str] | None = None) -> None:
         return sum(losses) / len(losses), right
 
     def mean_kl(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-        return round(float(torch.cat([token_kl(x, y) for x, y in zip(a, b)]).mean()), 5)
+        sums = [kl(x.double().numpy(), y.double().numpy()) for x, y in zip(a, b)]
+        return round(sum(t for t, _ in sums) / sum(n for _, n in sums), 5)
 
     # The reference's and today's logits are kept (a general text's are 256 x 49152 floats); every
     # other condition's are reduced to its figures as soon as they are made.

@@ -84,7 +84,6 @@ def render_parity_gap(record: dict) -> str:
 def render_bench(record: dict) -> str:
     """A `dreamer bench` run (its bench.json, committed as is): the headline, then every table of its report."""
     from dreamer.bench import report
-    from dreamer.bench.misses import misses_table
 
     from dreamer.bench.arms import ARMS
 
@@ -112,7 +111,7 @@ def render_bench(record: dict) -> str:
              *report.days_table(record)]
     if table := report.served_table(record):
         lines += ["", "What the chat serves after each night (deep sleep):", "", *table]
-    if b.get("days", 0) >= 5 and (table := misses_table(record)):
+    if b.get("days", 0) >= 5 and (table := report.misses_table(record)):
         lines += ["", "What the replies say instead of an earlier day's fact (`dreamer.bench.misses`: the earlier "
                       "days' recall probes the reply missed, by the first class that fits):", "", *table]
     if table := report.dreams_table(record):

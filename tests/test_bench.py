@@ -290,7 +290,8 @@ def test_dreaming_lines_average_paired_nights():
 
 
 def test_missed_replies_are_classed_by_what_they_name_instead():
-    from dreamer.bench.misses import CLASSES, miss_class, misses, misses_table
+    from dreamer.bench.misses import CLASSES, miss_class, misses
+    from dreamer.bench.report import misses_table
 
     def probe(pid, day, answer, distractors=("Oslo", "Rome")):
         return {"id": pid, "day": day, "kind": "recall", "answer": answer, "distractors": list(distractors),

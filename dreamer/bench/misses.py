@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from dreamer.bench.score import ABSTAIN_PHRASES, names
+from dreamer.bench.score import abstains, names, said
 
 CLASSES = ("another day's fact", "another fact of its day", "a distractor", "does not know", "something else")
 FACT_KINDS = ("recall", "implication", "update")  # what the user told; not the general or abstain probes
@@ -28,7 +28,7 @@ FACT_KINDS = ("recall", "implication", "update")  # what the user told; not the 
 
 def miss_class(reply: str, probe: dict, told: list[dict]) -> str:
     """The class of one missed reply; `told` is every probe of the days told so far."""
-    text = reply.casefold().replace("’", "'")
+    text = said(reply)
     others = [p for p in told if p["kind"] in FACT_KINDS and p["id"] != probe["id"]
               and p["answer"].casefold() != probe["answer"].casefold() and names(text, p["answer"])]
     if any(p["day"] != probe["day"] for p in others):
@@ -37,7 +37,7 @@ def miss_class(reply: str, probe: dict, told: list[dict]) -> str:
         return CLASSES[1]
     if any(names(text, d) for d in probe["distractors"]):
         return CLASSES[2]
-    if any(phrase in text for phrase in ABSTAIN_PHRASES):
+    if abstains(text):
         return CLASSES[3]
     return CLASSES[4]
 
@@ -59,19 +59,3 @@ def misses(result: dict, arm: str, night: int) -> dict | None:
     top = replies.most_common(1)
     return {"asked": len(rows), "missed": len(missed), **{c: counts.get(c, 0) for c in CLASSES},
             "repeated": top[0] if top and top[0][1] > 1 else None}
-
-
-def misses_table(result: dict, arm: str = "sleep") -> list[str]:
-    """Night by night: the earlier days' recall probes the reply missed, by what it said instead."""
-    rows = []
-    for night in range(2, len(result["days"]) + 1):
-        m = misses(result, arm, night)
-        if m is None:
-            continue
-        repeated = f'"{m["repeated"][0][:40]}" ({m["repeated"][1]})' if m["repeated"] else "-"
-        rows.append([str(night), f"{m['missed']}/{m['asked']}", *[str(m[c]) for c in CLASSES], repeated])
-    if not rows:
-        return []
-    header = ["after night", "missed", *CLASSES, "the most repeated miss"]
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *["| " + " | ".join(row) + " |" for row in rows]]

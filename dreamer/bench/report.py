@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dreamer.bench.misses import misses_table
+from dreamer.bench.misses import CLASSES as MISS_CLASSES
+from dreamer.bench.misses import misses
 from dreamer.eval.probes import KINDS
 
 CONTROLS = ("inday", "generic")
@@ -236,6 +237,17 @@ def forgetting_table(result: dict) -> list[str]:
             if c:
                 rows.append([arm, str(k)] + [pct(c["days"][d]["gen"]) if d in c["days"] else "" for d in days])
     return _table(["arm", "after night"] + [f"day {i + 1} ({d})" for i, d in enumerate(days)], rows)
+
+
+def misses_table(result: dict, arm: str = "sleep") -> list[str]:
+    """Night by night: the earlier days' recall probes the reply missed, by what it said instead
+    (dreamer.bench.misses)."""
+    rows = []
+    for night in range(2, nights(result) + 1):
+        if m := misses(result, arm, night):
+            repeated = f'"{m["repeated"][0][:40]}" ({m["repeated"][1]})' if m["repeated"] else "-"
+            rows.append([str(night), f"{m['missed']}/{m['asked']}", *[str(m[c]) for c in MISS_CLASSES], repeated])
+    return _table(["after night", "missed", *MISS_CLASSES, "the most repeated miss"], rows) if rows else []
 
 
 def days_table(result: dict) -> list[str]:

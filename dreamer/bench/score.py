@@ -61,13 +61,23 @@ def names(text: str, value: str) -> bool:
                          rf"(?<!\w){re.escape(form)}(?!\w)", text) for form in forms(value))
 
 
+def said(reply: str) -> str:
+    """A reply as the matchers read it: casefolded, typographic apostrophes plain."""
+    return reply.casefold().replace("’", "'")
+
+
+def abstains(text: str) -> bool:
+    """`text` (from `said`) declines to answer."""
+    return any(phrase in text for phrase in ABSTAIN_PHRASES)
+
+
 def reply_names(reply: str, probe: dict) -> bool:
     """The generation criterion (see the module docstring)."""
-    text = reply.casefold().replace("’", "'")
+    text = said(reply)
     if any(names(text, d) for d in probe["distractors"]):
         return False
     if probe["kind"] == "abstain":
-        return any(phrase in text for phrase in ABSTAIN_PHRASES)
+        return abstains(text)
     return names(text, probe["answer"])
 
 
