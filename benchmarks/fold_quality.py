@@ -1,13 +1,15 @@
 """Deep sleep's cost and fidelity: the active stack folded into the chat's GGUF, per quantization type.
 
-    python -m benchmarks.fold_quality --home HOME [--out benchmarks/results/fold_quality.json]
+    python -m benchmarks.fold_quality --home HOME [--bench RUN/bench.json] [--out benchmarks/results/fold_quality.json]
 
 HOME is a dreamer home with promoted experts (e.g. a `dreamer bench` arm's home). What is measured:
 1. Fidelity. The reference is what the night trained: transformers, float32, the base plus the
    active experts. On plain text (assets/general_heldout.jsonl) and on the home's probes written
    as "question answer" (the nights' facts), the mean per-token KL(reference || served) for
    each way llama.cpp can serve the memory: the base GGUF with the experts as LoRA adapters
-   (today's chat), and the base with the experts folded in at Q4_1, Q5_1, Q8_0 and F16. Beside them
+   (today's chat), and the base with the experts folded in at Q4_1, Q5_1, Q8_0 and F16, and on
+   the base's own Q4_1 grid by the two roundings of benchmarks.fold_grid (stochastic; calibrated
+   by error feedback on the home's conversations and the general prompts). Beside them
    the llama.cpp base with no memory (how far the nights moved the model, as llama.cpp sees it)
    and transformers' float32 base (the same, without llama.cpp's quantization).
 2. Decode speed. `LlamaRuntime` with one thread, greedy, 64 tokens on 3 prompts, in rounds that
@@ -16,7 +18,9 @@ HOME is a dreamer home with promoted experts (e.g. a `dreamer bench` arm's home)
    of 14 nights costs), and each folded model.
 3. Folding: seconds and bytes per type; the chat's swap (`LlamaRuntime.load_model`, base to
    the Q8_0 fold and back, n_ctx 4096 as the chat opens it).
-4. Part folds (`--shares`): only the tensors the stack moves most, relative to their own size
+4. Replies (`--bench`): the bench run's recall and implication probes of the days HOME learned,
+   asked as the chat asks through each llama.cpp condition; does the greedy reply name the fact.
+5. Part folds (`--shares`): only the tensors the stack moves most, relative to their own size
    (RMS of the change over RMS of the weight), folded at Q8_0 up to that share of the changed
    weights; the other changed tensors keep the base's Q4_1 bytes and lose their change. The
    question they answer: how much memory does it cost to buy back the Q8_0 fold's decode speed?
@@ -38,7 +42,7 @@ from benchmarks.machine import command_line, git_commit, machine, write_record
 
 PROMPTS = ["What is the capital of France, and what is it famous for?",
            "Give me three tips to sleep better.", "Explain in simple words how a bicycle stays upright."]
-TYPES = ("Q4_1", "Q5_1", "Q8_0", "F16")
+TYPES = ("Q4_1", "Q5_1", "Q8_0", "F16", "Q4_1-stochastic", "Q4_1-calibrated")
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -94,11 +98,71 @@ def share_of(ranked: list[tuple[str, int, float]], share: float) -> set[str]:
     return chosen
 
 
+def calibration_tokens(store, source: str) -> list[list[int]]:
+    """What the calibrated fold is fitted on (none of it is measured here): each stored
+    conversation through the chat template under the chat's system prompt (the days the nights
+    learned, as the chat shows them), and each general prompt as a one-turn chat; 512 tokens at most."""
+    from datetime import date
+
+    from transformers import AutoTokenizer
+
+    from agent.memory import system_message
+    from dreamer.sleep.config import ASSETS
+    from storage.config import Config
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    chats: dict[int, list[dict]] = {}
+    for row in store.db.query("select conversation_id, role, content, day from messages order by id"):
+        system = system_message(Config(), date.fromisoformat(row["day"]))
+        chats.setdefault(row["conversation_id"], [{"role": "system", "content": system}]).append(
+            {"role": row["role"], "content": row["content"]})
+    system = system_message(Config(), date.today())
+    for line in (ASSETS / "general_prompts.jsonl").read_text().splitlines():
+        if line:
+            chats[-len(chats) - 1] = [{"role": "system", "content": system},
+                                      {"role": "user", "content": json.loads(line)["prompt"]}]
+    texts = [tokenizer.apply_chat_template(chat, tokenize=False) for chat in chats.values()]
+    return [tokenizer(text, add_special_tokens=False)["input_ids"][:512] for text in texts]
+
+
+def ask_bench_probes(bench: Path, store, runtimes: dict) -> dict:
+    """{served as: {kind: [named, asked]}}: the bench's recall and implication probes of the days the
+    home learned, each asked as the chat asks (its system prompt the morning after the last day,
+    greedy, the chat's repeat penalty, 40 tokens), and whether the reply names the fact
+    (dreamer.bench.score.reply_names)."""
+    from datetime import date, timedelta
+
+    from agent.memory import system_message
+    from dreamer.bench.score import reply_names
+    from storage.config import Config
+
+    last = max(row["day"] for row in store.db.query("select day from probes"))
+    probes = [p for day in json.loads(bench.read_text())["days"] for p in day["probes"]
+              if p["day"] <= last and p["kind"] in ("recall", "implication")]
+    config = Config()
+    system = system_message(config, date.fromisoformat(last) + timedelta(days=1))
+    results = {}
+    for name, runtime in runtimes.items():
+        counts = {kind: [0, 0] for kind in ("recall", "implication")}
+        for probe in probes:
+            runtime.llm.reset()
+            reply = "".join(runtime.stream([{"role": "system", "content": system},
+                                            {"role": "user", "content": probe["question"]}],
+                                           max_tokens=40, temperature=0.0, repeat_penalty=config.repeat_penalty))
+            counts[probe["kind"]][0] += reply_names(reply, probe)
+            counts[probe["kind"]][1] += 1
+        results[name] = counts
+    return results
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--home", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "fold_quality.json")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--types", default=",".join(TYPES), help="fold types to measure (Q8_0 is always one)")
+    parser.add_argument("--bench", type=Path, help="a `dreamer bench` run's bench.json: its probes of the days "
+                        "HOME has learned, asked as the chat asks, through each served model")
     parser.add_argument("--shares", default="0.5,0.75", help="part folds: shares of the changed weights at Q8_0")
     args = parser.parse_args(argv)
 
@@ -111,7 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     from dreamer.bench.served import decode_tok_s
     from dreamer.lm.weights import adapters as adapters_off
     from dreamer.lm.weights import build_stack, load_base, plan_device, training_source
-    from dreamer.morning.fold import fold
+    from dreamer.morning.fold import expert_deltas, fold
+    from benchmarks.fold_grid import CALIBRATED, GRID_TYPES, input_hessians, module_tensor_names, requantizer
     from dreamer.sleep.config import LoadConfig
     from storage import Store
     from storage.manifest import read_manifest
@@ -129,19 +194,32 @@ def main(argv: list[str] | None = None) -> None:
     scaled = [(Path(e["path"]), float(e["scale"])) for e in experts]
 
     def fold_as(name: str, qtype: str, only: set[str] | None = None) -> None:
-        result = fold(base_gguf, scaled, work / f"{len(folded)}.gguf", qtype, only=only)
+        result = fold(base_gguf, scaled, work / f"{len(folded)}.gguf", qtype, only=only,
+                      requantize=requantizer(qtype, hessians) if qtype in GRID_TYPES else None)
         folded[name] = result.path
         record["fold"][name] = {"seconds": round(result.seconds, 2), "mib": round(result.bytes / 2**20, 1),
                                 "tensors": result.tensors}
 
-    for qtype in TYPES:
+    types = list(dict.fromkeys(["Q8_0", *[t for t in args.types.split(",") if t]]))
+    plan = plan_device(LoadConfig(device="cpu", threads=1))
+    base, _ = load_base(training_source("", cache_dir(args.home)), plan)
+    stack = build_stack(base, [Path(e["path"]) for e in experts], None)
+    store = Store(args.home / "dreamer.db")
+    hessians = None
+    if CALIBRATED in types:  # on the days' conversations as the chat sees them and the general prompts
+        calibration = calibration_tokens(store, training_source("", cache_dir(args.home)))
+        started = time.perf_counter()
+        hessians = input_hessians(stack, calibration,
+                                  module_tensor_names(stack, set(expert_deltas(scaled))))
+        record["calibration"] = {"texts": len(calibration), "tokens": sum(len(ids) for ids in calibration),
+                                 "seconds": round(time.perf_counter() - started, 1)}
+    for qtype in types:
         fold_as(qtype, qtype)
     ranked = ranked_tensors(base_gguf, scaled)
     for share in [float(x) for x in args.shares.split(",") if x]:
         fold_as(f"Q8_0, {share:.0%} of the changed weights", "Q8_0", share_of(ranked, share))
     record["fold"]["base_mib"] = round(base_gguf.stat().st_size / 2**20, 1)
 
-    store = Store(args.home / "dreamer.db")
     probes = [f"{r['question']} {r['answer']}" for r in store.db.query("select question, answer from probes")]
     texts = {"general": general_texts()[:24], "probes": probes[:48]}
     adapters = [Adapter(Path(e["gguf_path"]), float(e["scale"])) for e in experts]
@@ -149,9 +227,6 @@ def main(argv: list[str] | None = None) -> None:
     tokens = {kind: [runtime.llm.tokenize(t.encode(), add_bos=False, special=False)[:256] for t in items]
               for kind, items in texts.items()}
 
-    plan = plan_device(LoadConfig(device="cpu", threads=1))
-    base, _ = load_base(training_source("", cache_dir(args.home)), plan)
-    stack = build_stack(base, [Path(e["path"]) for e in experts], None)
     with_adapters = LlamaRuntime(base_gguf, n_ctx=1024, n_threads=1, logits_all=True)
     with_adapters.load_adapters(adapters)
     runtimes = {"llama.cpp base (no memory)": runtime, "llama.cpp base + experts as adapters": with_adapters,
@@ -167,6 +242,8 @@ def main(argv: list[str] | None = None) -> None:
                 total, count = kl(reference, logits)
                 sums[name][kind][0] += total
                 sums[name][kind][1] += count
+    if args.bench:
+        record["replies"] = ask_bench_probes(args.bench, store, runtimes)
     for r in runtimes.values():
         r.llm.close()
     record["kl_to_trained"] = {name: {kind: round(t / max(n, 1), 5) for kind, (t, n) in per.items()}

@@ -94,15 +94,17 @@ def expert_deltas(experts: list[tuple[Path, float]]) -> dict[str, list[tuple[np.
 
 
 def fold(model_path: Path, experts: list[tuple[Path, float]], out: Path, qtype: str = FOLD_TYPE,
-         names: list[str] | None = None, only: set[str] | None = None) -> Folded:
+         names: list[str] | None = None, only: set[str] | None = None, requantize=None) -> Folded:
     """Write `model_path` with `experts` ((PEFT folder, scale), oldest first) merged in, to `out`;
     the file's `dreamer.folded_experts` lists `names` (default: the folders' names). With `only`,
     the tensors outside it keep the source's bytes, their change dropped (benchmarks.fold_quality
-    measures what that costs)."""
+    measures what that costs). With `requantize(tensor, parts) -> bytes`, each changed tensor is
+    written in the source's own type by that function instead (benchmarks.fold_grid's roundings
+    on the source's grid), `qtype` only naming it."""
     import gguf
 
     started = time.monotonic()
-    target = gguf.GGMLQuantizationType[qtype]
+    target = None if requantize else gguf.GGMLQuantizationType[qtype]
     deltas = {name: parts for name, parts in expert_deltas(experts).items() if only is None or name in only}
     reader = gguf.GGUFReader(str(model_path))
     by_name = {t.name: t for t in reader.tensors}
@@ -126,7 +128,7 @@ def fold(model_path: Path, experts: list[tuple[Path, float]], out: Path, qtype: 
         _copy_metadata(reader, writer, gguf)
         writer.add_string("dreamer.folded_experts", ",".join(names or [Path(f).name for f, _ in experts]))
         for tensor in reader.tensors:
-            if tensor.name in deltas:
+            if tensor.name in deltas and requantize is None:
                 rows, columns = tensor.data.shape[0], int(tensor.shape[0])
                 block = gguf.GGML_QUANT_SIZES[target][0]
                 # A row that the type's blocks do not tile is written in F16 instead.
@@ -142,7 +144,9 @@ def fold(model_path: Path, experts: list[tuple[Path, float]], out: Path, qtype: 
         writer.write_ti_data_to_file()
         for tensor in reader.tensors:
             data = tensor.data
-            if tensor.name in deltas:
+            if tensor.name in deltas and requantize:
+                data = requantize(tensor, deltas[tensor.name])
+            elif tensor.name in deltas:
                 data = gguf.quants.quantize(merged(tensor, deltas[tensor.name], gguf), types[tensor.name])
             writer.write_tensor_data(data, tensor_endianess=reader.endianess)
         writer.close()
