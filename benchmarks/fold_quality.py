@@ -127,23 +127,24 @@ def calibration_tokens(store, source: str) -> list[list[int]]:
 
 def ask_bench_probes(bench: Path, store, runtimes: dict) -> dict:
     """{served as: {kind: [named, asked]}}: the bench's recall and implication probes of the days the
-    home learned, each asked as the chat asks (its system prompt the morning after the last day,
+    home learned, and its general-knowledge probes (dreamer.bench.days.general_probes), each asked as the chat asks (its system prompt the morning after the last day,
     greedy, the chat's repeat penalty, 40 tokens), and whether the reply names the fact
     (dreamer.bench.score.reply_names)."""
     from datetime import date, timedelta
 
     from agent.memory import system_message
+    from dreamer.bench.days import general_probes
     from dreamer.bench.score import reply_names
     from storage.config import Config
 
     last = max(row["day"] for row in store.db.query("select day from probes"))
     probes = [p for day in json.loads(bench.read_text())["days"] for p in day["probes"]
-              if p["day"] <= last and p["kind"] in ("recall", "implication")]
+              if p["day"] <= last and p["kind"] in ("recall", "implication")] + general_probes()
     config = Config()
     system = system_message(config, date.fromisoformat(last) + timedelta(days=1))
     results = {}
     for name, runtime in runtimes.items():
-        counts = {kind: [0, 0] for kind in ("recall", "implication")}
+        counts = {kind: [0, 0] for kind in ("recall", "implication", "general")}
         for probe in probes:
             runtime.llm.reset()
             reply = "".join(runtime.stream([{"role": "system", "content": system},
