@@ -151,8 +151,8 @@ def render_fold_quality(record: dict) -> str:
     if "calibration" in record:
         c = record["calibration"]
         lines += ["", f"The calibrated fold is fitted on {c['texts']} texts ({c['tokens']} tokens: the home's "
-                      f"conversations under the chat's system prompt and the general prompts, none of them "
-                      f"measured here), in {c['seconds']} s."]
+                      f"conversations under the chat's system prompt, which tell the facts the probes ask, and the "
+                      f"general prompts; not the general texts measured), in {c['seconds']} s."]
     if many:
         lines += ["", f"The same memory spread over {many.split()[2]} adapters (a stack of that many nights) decodes at "
                       f"{speed[many]['median']:.1f} tok/s ({speed[many]['median'] / bare:.2f}x). The chat's swap to a "
