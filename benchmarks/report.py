@@ -262,7 +262,8 @@ RENDERERS = {"kill_nights": render_kill_nights, "chat_threads": render_chat_thre
              "bench_long": render_bench, "fold_quality": render_fold_quality,
              "forget_quality": render_forget_quality, "merge_step": render_merge_step,
              "nf4_merge": render_nf4_merge, "sampling": render_sampling, "sampling_gemma3": render_sampling,
-             "fold_rms": render_fold_rms, "bench_phatic": render_paired_code}
+             "fold_rms": render_fold_rms, "bench_phatic": render_paired_code,
+             "bench_rehearsal": render_paired_code}
 PLOTS = ROOT / "docs" / "bench"  # each bench block's plots, drawn again by every run of this command
 
 
