@@ -53,6 +53,8 @@ def requantizer(qtype: str, hessians: dict[str, np.ndarray] | None = None):
         for b, a, factor in parts:
             change += np.float32(factor) * (b @ a)
         if qtype == CALIBRATED:
+            if not hessians or tensor.name not in hessians:
+                raise FoldError(f"{qtype} needs the calibration statistics of {tensor.name}'s input, and has none")
             levels = calibrated_levels(d, m, levels, change, hessians[tensor.name])
         else:
             levels = stochastic_levels(tensor.name, d, levels, change)

@@ -43,12 +43,13 @@ def test_stochastic_rounding_keeps_a_small_change_on_average_where_nearest_round
 
 def test_a_grid_fold_keeps_each_block_s_scale_is_reproducible_and_needs_a_q4_1_base(tiny_pair, tmp_path):  # noqa: F811
     model_dir, quantized = q4_base(tiny_pair, tmp_path)
-    night = save_expert(model_dir, tmp_path / "night", seed=5, scale=0.01)
+    night = save_expert(model_dir, tmp_path / "night", seed=5, scale=0.1)
     base = AutoModelForCausalLM.from_pretrained(model_dir)
     changed = set(expert_deltas([(night, 1.0)]))
     hessians = input_hessians(base, [[1, 5, 9, 13, 2, 7], [3, 4, 8, 20, 11]], module_tensor_names(base, changed))
     assert set(hessians) == changed
     source = {t.name: t for t in gguf.GGUFReader(str(quantized)).tensors}
+    moved = {STOCHASTIC: 0, CALIBRATED: 0}
     for qtype, hessian_set in ((STOCHASTIC, None), (CALIBRATED, hessians)):
         once = fold(quantized, [(night, 1.0)], tmp_path / "a.gguf", qtype, requantize=requantizer(qtype, hessian_set))
         again = fold(quantized, [(night, 1.0)], tmp_path / "b.gguf", qtype, requantize=requantizer(qtype, hessian_set))
@@ -58,6 +59,8 @@ def test_a_grid_fold_keeps_each_block_s_scale_is_reproducible_and_needs_a_q4_1_b
                 assert tensor.tensor_type == gguf.GGMLQuantizationType.Q4_1
                 new, old = np.asarray(tensor.data).reshape(-1, 20), np.asarray(source[tensor.name].data).reshape(-1, 20)
                 np.testing.assert_array_equal(new[:, :4], old[:, :4])  # d and m, byte for byte
+                moved[qtype] += int((new[:, 4:] != old[:, 4:]).sum())
+    assert moved[STOCHASTIC] > 0 and moved[CALIBRATED] > 0, moved  # levels moved: the change is not dropped
     with pytest.raises(FoldError, match="own Q4_1 grid"):
         fold(model_dir / "model.gguf", [(night, 1.0)], tmp_path / "c.gguf", STOCHASTIC, requantize=requantizer(STOCHASTIC))
 
@@ -71,6 +74,8 @@ def test_calibrated_rounding_reproduces_part_of_a_small_change_on_its_inputs():
     raw = gguf.quants.quantize(rng.normal(0, 0.05, (rows, columns)).astype(np.float32), gguf.GGMLQuantizationType.Q4_1)
     d, m, levels = unpack(raw, rows, columns)
     np.testing.assert_array_equal(pack(raw, levels), raw)
+    np.testing.assert_allclose(np.repeat(d, 32, axis=1) * levels + np.repeat(m, 32, axis=1),  # the layout gguf reads
+                               gguf.quants.dequantize(raw, gguf.GGMLQuantizationType.Q4_1).reshape(rows, columns), atol=1e-6)
     x = rng.normal(size=(3000, 16)) @ rng.normal(size=(16, columns)) * 0.3 + rng.normal(size=(3000, columns)) * 0.1
     change = rng.normal(size=(rows, 2)) @ rng.normal(size=(2, columns))
     change *= 0.04 * d.mean() / np.sqrt((change ** 2).mean())
