@@ -1,6 +1,7 @@
 """Folds that keep the chat model's own Q4_1 grid (its size and decode speed), measured by
-benchmarks.fold_quality beside deep sleep's Q8_0 and not offered as a `fold_type`: they keep too
-little of the nights (docs/BENCHMARKS.md, "Deep sleep").
+benchmarks.fold_quality beside deep sleep's Q8_0 and not offered as a `fold_type`: the calibrated
+one keeps too little of the nights, the stochastic one adds noise that paired nights have not
+judged yet (docs/BENCHMARKS.md, "Deep sleep").
 
 Folding at Q8_0 keeps the nights but makes the chat's projections a third bigger (and its decode
 slower); folding at Q4_1 again rounds them away, because a night moves a weight by a few
@@ -21,7 +22,7 @@ inputs actually span. Each block keeps its d and m byte for byte; only 4-bit lev
 
 `STOCHASTIC` is the simpler unbiased alternative, measured beside it: each level rounded up or
 down at random in proportion (floor(q + change/d + u)); it keeps the change on average and adds
-noise of the size of the base's own quantization error.
+noise (measured: KL on general text three times the base's own quantization's).
 """
 
 from __future__ import annotations
@@ -42,16 +43,14 @@ def requantizer(qtype: str, hessians: dict[str, np.ndarray] | None = None):
     (CALIBRATED needs `hessians`, {tensor name: X^T X of its input})."""
     import gguf
 
-    from dreamer.morning.fold import FoldError
+    from dreamer.morning.fold import FoldError, expert_change
 
     def requantize(tensor, parts: list[tuple[np.ndarray, np.ndarray, float]]) -> np.ndarray:
         if tensor.tensor_type != gguf.GGMLQuantizationType.Q4_1:
             raise FoldError(f"{qtype} keeps the model's own Q4_1 grid, but {tensor.name} is {tensor.tensor_type.name}")
         rows, columns = tensor.data.shape[0], int(tensor.shape[0])
         d, m, levels = unpack(tensor.data, rows, columns)
-        change = np.zeros((rows, columns), dtype=np.float32)
-        for b, a, factor in parts:
-            change += np.float32(factor) * (b @ a)
+        change = expert_change(parts)
         if qtype == CALIBRATED:
             if not hessians or tensor.name not in hessians:
                 raise FoldError(f"{qtype} needs the calibration statistics of {tensor.name}'s input, and has none")

@@ -75,7 +75,7 @@ def ranked_tensors(model_path: Path, experts: list[tuple[Path, float]]) -> list[
     change, the most moved first."""
     import gguf
 
-    from dreamer.morning.fold import expert_deltas
+    from dreamer.morning.fold import expert_change, expert_deltas
 
     reader = gguf.GGUFReader(str(model_path))
     by_name = {t.name: t for t in reader.tensors}
@@ -83,7 +83,7 @@ def ranked_tensors(model_path: Path, experts: list[tuple[Path, float]]) -> list[
     for name, parts in expert_deltas(experts).items():
         tensor = by_name[name]
         weight = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
-        change = sum(np.float32(factor) * (b @ a) for b, a, factor in parts)
+        change = expert_change(parts)
         rows.append((name, weight.size, float(np.sqrt((change ** 2).mean() / (weight ** 2).mean()))))
     return sorted(rows, key=lambda row: -row[2])
 
@@ -113,9 +113,10 @@ def calibration_tokens(store, source: str) -> list[list[int]]:
     tokenizer = AutoTokenizer.from_pretrained(source)
     chats: dict[int, list[dict]] = {}
     for row in store.db.query("select conversation_id, role, content, day from messages order by id"):
-        system = system_message(Config(), date.fromisoformat(row["day"]))
-        chats.setdefault(row["conversation_id"], [{"role": "system", "content": system}]).append(
-            {"role": row["role"], "content": row["content"]})
+        if row["conversation_id"] not in chats:  # the system prompt of the conversation's first day
+            chats[row["conversation_id"]] = [{"role": "system",
+                                              "content": system_message(Config(), date.fromisoformat(row["day"]))}]
+        chats[row["conversation_id"]].append({"role": row["role"], "content": row["content"]})
     system = system_message(Config(), date.today())
     for line in (ASSETS / "general_prompts.jsonl").read_text().splitlines():
         if line:
@@ -202,13 +203,13 @@ def main(argv: list[str] | None = None) -> None:
                                 "tensors": result.tensors}
 
     types = list(dict.fromkeys(["Q8_0", *[t for t in args.types.split(",") if t]]))
-    plan = plan_device(LoadConfig(device="cpu", threads=1))
-    base, _ = load_base(training_source("", cache_dir(args.home)), plan)
+    source = training_source("", cache_dir(args.home))
+    base, _ = load_base(source, plan_device(LoadConfig(device="cpu", threads=1)))
     stack = build_stack(base, [Path(e["path"]) for e in experts], None)
     store = Store(args.home / "dreamer.db")
     hessians = None
     if CALIBRATED in types:  # on the days' conversations as the chat sees them and the general prompts
-        calibration = calibration_tokens(store, training_source("", cache_dir(args.home)))
+        calibration = calibration_tokens(store, source)
         started = time.perf_counter()
         hessians = input_hessians(stack, calibration,
                                   module_tensor_names(stack, set(expert_deltas(scaled))))

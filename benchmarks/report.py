@@ -126,6 +126,7 @@ def render_fold_quality(record: dict) -> str:
     kl, speed, fold = record["kl_to_trained"], record["decode_tok_s"], record["fold"]
     bare = speed["bare base"]["median"]
     replies = record.get("replies", {})  # older records have none
+    asked_kinds = [k for k in ("recall", "implication", "general") if replies and k in next(iter(replies.values()))]
     rows = []
     for name, figures in kl.items():
         qtype = name.removeprefix("folded ") if name.startswith("folded ") else None
@@ -134,8 +135,7 @@ def render_fold_quality(record: dict) -> str:
             decode = bare
         elif name == "llama.cpp base + experts as adapters":
             decode = speed.get(f"base + {record['experts']} adapters", {}).get("median")
-        asked = [f"{replies[name][k][0]}/{replies[name][k][1]}" if name in replies else "-"
-                 for k in ("recall", "implication", "general") if k in next(iter(replies.values()))] if replies else []
+        asked = [f"{replies[name][k][0]}/{replies[name][k][1]}" if name in replies else "-" for k in asked_kinds]
         rows.append([name, f"{figures['general']:.4f}", f"{figures['probes']:.4f}", *asked,
                      "-" if decode is None else f"{decode:.1f}", "-" if decode is None else f"{decode / bare:.2f}x",
                      f"{fold[qtype]['mib']}" if qtype else "-", f"{fold[qtype]['seconds']}" if qtype else "-"])
@@ -143,10 +143,10 @@ def render_fold_quality(record: dict) -> str:
     lines = [f"`{record['command']}` ({_machine(record)}; {record['experts']} experts of the home, "
              f"{record['texts']['general']} general texts and {record['texts']['probes']} probe sentences, "
              f"decode: median of {len(speed['bare base']['rounds'])} alternated rounds, one thread)", "",
-             *_table(["served as", "#KL general", "#KL probes", *[f"#{k} (reply)" for k in ("recall", "implication", "general") if replies and k in next(iter(replies.values()))],
+             *_table(["served as", "#KL general", "#KL probes", *[f"#{k} (reply)" for k in asked_kinds],
                       "#decode tok/s", "#vs bare", "#MiB", "#fold s"], rows)]
     if replies:
-        lines[0] = lines[0][:-1] + (f"; replies: the bench's recall and implication probes of the days the home "
+        lines[0] = lines[0][:-1] + ("; replies: the bench's recall and implication probes of the days the home "
                                     "learned and its general-knowledge probes, asked as the chat asks: reply names the answer / asked)")
     if "calibration" in record:
         c = record["calibration"]

@@ -93,6 +93,11 @@ def expert_deltas(experts: list[tuple[Path, float]]) -> dict[str, list[tuple[np.
     return deltas
 
 
+def expert_change(parts: list[tuple[np.ndarray, np.ndarray, float]]) -> np.ndarray:
+    """One tensor's change [out, in] from its `expert_deltas` parts: each B @ A times its factor, summed."""
+    return sum(np.float32(factor) * (b @ a) for b, a, factor in parts)
+
+
 def fold(model_path: Path, experts: list[tuple[Path, float]], out: Path, qtype: str = FOLD_TYPE,
          names: list[str] | None = None, only: set[str] | None = None, requantize=None) -> Folded:
     """Write `model_path` with `experts` ((PEFT folder, scale), oldest first) merged in, to `out`;
