@@ -16,8 +16,11 @@ the fold differs. For each night N (the experts of nights 1..N, as the manifest 
 3. general text (assets/general_heldout.jsonl, 24 texts, 256 tokens at most): perplexity through
    each llama.cpp model, and the mean per-token KL from what the night trained (transformers,
    float32, the base plus the experts);
-4. decode speed, one llama.cpp thread, greedy, 64 tokens on 3 prompts, in rounds whose order
-   rotates (so that no condition always runs first; identical files measure within 1%).
+4. decode speed, one llama.cpp thread, in rounds whose order rotates (so that no condition always
+   runs first; identical files measure within 1%), two ways: as the chat decodes (greedy, 64
+   tokens on 3 prompts: each model decodes its own reply, whose length and words differ), and
+   forced (the same 64 tokens of 3 general texts fed one at a time after their first 16: the
+   same work for every model, so the model's own cost per token).
 Results are written after every night; `--resume` skips the nights already in `--out`.
 """
 
@@ -62,22 +65,42 @@ def ask(runtime, probes: list[dict], system: str, repeat_penalty: float) -> list
     return named
 
 
+def forced_tok_s(runtime, texts: list[list[int]], prefix: int = 16) -> float:
+    """Median tokens/s over `texts`, each fed one token at a time after its first `prefix`."""
+    speeds = []
+    for tokens in texts:
+        runtime.llm.reset()
+        runtime._reset_cache()
+        runtime.llm.eval(tokens[:prefix])
+        started = time.perf_counter()
+        for token in tokens[prefix:]:
+            runtime.llm.eval([token])
+        speeds.append((len(tokens) - prefix) / (time.perf_counter() - started))
+    return statistics.median(speeds)
+
+
 def decode(paths: dict[str, Path], rounds: int) -> dict:
+    """{"generated" | "forced": {model: {"median", "ratio" (to the bare base), "rounds"}}}."""
     from agent.llama_runtime import LlamaRuntime
     from dreamer.bench.served import decode_tok_s
+    from dreamer.sleep.gate import general_texts
 
     runtimes = {name: LlamaRuntime(path, n_ctx=1024, n_threads=1) for name, path in paths.items()}
-    names, speeds = list(runtimes), {name: [] for name in runtimes}
+    tokenize = runtimes[BARE].llm.tokenize
+    texts = [tokenize(t.encode(), add_bos=False, special=False)[:80] for t in general_texts()[-3:]]
+    ways = {"generated": lambda r: decode_tok_s(r, PROMPTS, 64), "forced": lambda r: forced_tok_s(r, texts)}
+    names, speeds = list(runtimes), {way: {name: [] for name in runtimes} for way in ways}
     for name in names:
         decode_tok_s(runtimes[name], PROMPTS, 64)  # warm-up
     for turn in range(rounds):
         for name in names[turn % len(names):] + names[:turn % len(names)]:
-            speeds[name].append(round(decode_tok_s(runtimes[name], PROMPTS, 64), 1))
+            for way, measure in ways.items():
+                speeds[way][name].append(round(measure(runtimes[name]), 1))
     for runtime in runtimes.values():
         runtime.llm.close()
-    bare = statistics.median(speeds[BARE])
-    return {name: {"median": statistics.median(v), "ratio": round(statistics.median(v) / bare, 3), "rounds": v}
-            for name, v in speeds.items()}
+    return {way: {name: {"median": statistics.median(v), "rounds": v,
+                         "ratio": round(statistics.median(v) / statistics.median(per[BARE]), 3)}
+                  for name, v in per.items()} for way, per in speeds.items()}
 
 
 def one_night(night: int, experts: list[dict], days: list[dict], types: list[str], rounds: int,
@@ -173,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
             record["nights"][str(night)] = result
             write_record(args.out, record)
             named = {k: f"{v.count('1')}/{len(v)}" for k, v in result["named"].items()}
-            print(f"night {night}: named {named}, decode {[(k, v['ratio']) for k, v in result['decode_tok_s'].items()]}, "
+            print(f"night {night}: named {named}, decode {[(k, v['ratio']) for k, v in result['decode_tok_s']['forced'].items()]}, "
                   f"{result['seconds']} s", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
