@@ -1,14 +1,14 @@
-"""Folds that keep the chat model's own Q4_1 grid (its size and decode speed), measured by
-benchmarks.fold_quality beside deep sleep's Q8_0 and not offered as a `fold_type`: the calibrated
-one keeps too little of the nights, the stochastic one adds noise that paired nights have not
-judged yet (docs/BENCHMARKS.md, "Deep sleep").
+"""Folds on the chat model's own Q4_1 grid beside deep sleep's product ones, measured by
+benchmarks.fold_quality: plain stochastic rounding (`STOCHASTIC`: the product's `fold_type =
+"grid"`, dreamer.morning.grid_fold, without its MIN_STEP) and rounding by error feedback
+(`CALIBRATED`), not offered: it keeps too little of the nights (docs/BENCHMARKS.md, "Deep sleep").
 
 Folding at Q8_0 keeps the nights but makes the chat's projections a third bigger (and its decode
 slower); folding at Q4_1 again rounds them away, because a night moves a weight by a few
-hundredths of a grid step (docs/BENCHMARKS.md, "Deep sleep"). Rounding each weight on its own is
-the problem, not the grid: what the chat needs kept is each layer's *output*, W x, and a change
-too small for one weight is not too small for the sum over a row. So the weights are rounded
-together, with error feedback over the inputs (GPTQ, Frantar et al. 2022), on the base's grid:
+hundredths of a grid step. Rounding each weight on its own is the problem, not the grid: what the
+chat needs kept is each layer's *output*, W x, and a change too small for one weight is not too
+small for the sum over a row. So the weights are rounded together, with error feedback over the
+inputs (GPTQ, Frantar et al. 2022), on the base's grid:
 
     target T = dequantize(W) + the experts' change          # [out, in], what the night trained
     H = X^T X over calibration activations X of the layer's input, damped by 1% of its mean diagonal
@@ -19,22 +19,17 @@ together, with error feedback over the inputs (GPTQ, Frantar et al. 2022), on th
 
 so the rounding error of early columns is taken up by later ones in the directions the layer's
 inputs actually span. Each block keeps its d and m byte for byte; only 4-bit levels move.
-
-`STOCHASTIC` is the simpler unbiased alternative, measured beside it: each level rounded up or
-down at random in proportion (floor(q + change/d + u)); it keeps the change on average and adds
-noise (measured: KL on general text three times the base's own quantization's).
 """
 
 from __future__ import annotations
 
-import zlib
-
 import numpy as np
+
+from dreamer.morning.grid_fold import BLOCK, GRID, grid_levels, grid_requantize, pack, unpack
 
 CALIBRATED = "Q4_1-calibrated"
 STOCHASTIC = "Q4_1-stochastic"
-GRID_TYPES = (CALIBRATED, STOCHASTIC)
-BLOCK = 32  # weights per Q4_1 block: f16 d, f16 m, 16 bytes of nibbles
+GRID_TYPES = (CALIBRATED, STOCHASTIC, GRID)
 DAMP = 0.01
 
 
@@ -45,47 +40,31 @@ def requantizer(qtype: str, hessians: dict[str, np.ndarray] | None = None):
 
     from dreamer.morning.fold import FoldError, expert_change
 
+    if qtype == GRID:
+        return grid_requantize
+
     def requantize(tensor, parts: list[tuple[np.ndarray, np.ndarray, float]]) -> np.ndarray:
         if tensor.tensor_type != gguf.GGMLQuantizationType.Q4_1:
             raise FoldError(f"{qtype} keeps the model's own Q4_1 grid, but {tensor.name} is {tensor.tensor_type.name}")
         rows, columns = tensor.data.shape[0], int(tensor.shape[0])
-        d, m, levels = unpack(tensor.data, rows, columns)
+        d, levels = unpack(tensor.data, "Q4_1", rows, columns)
         change = expert_change(parts)
         if qtype == CALIBRATED:
             if not hessians or tensor.name not in hessians:
                 raise FoldError(f"{qtype} needs the calibration statistics of {tensor.name}'s input, and has none")
-            levels = calibrated_levels(d, m, levels, change, hessians[tensor.name])
+            levels = calibrated_levels(d, q4_1_minimums(tensor.data, rows, columns), levels, change,
+                                       hessians[tensor.name])
         else:
-            levels = stochastic_levels(tensor.name, d, levels, change)
-        return pack(tensor.data, levels)
+            levels = grid_levels(tensor.name, "Q4_1", d, levels, change, min_step=0.0)
+        return pack(tensor.data, "Q4_1", levels)
 
     return requantize
 
 
-def unpack(raw: np.ndarray, rows: int, columns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(d [rows, blocks], m [rows, blocks], levels [rows, columns]) of a Q4_1 tensor's bytes."""
+def q4_1_minimums(raw: np.ndarray, rows: int, columns: int) -> np.ndarray:
+    """m [rows, blocks] of a Q4_1 tensor's bytes (each block: f16 d, f16 m, 16 bytes of levels)."""
     blocks = np.asarray(raw).reshape(rows, columns // BLOCK, 20)
-    d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
-    m = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
-    nibbles = blocks[..., 4:]
-    levels = np.concatenate([nibbles & 0x0F, nibbles >> 4], axis=-1).reshape(rows, columns)
-    return d, m, levels
-
-
-def pack(raw: np.ndarray, levels: np.ndarray) -> np.ndarray:
-    """The tensor's bytes with new 4-bit levels, every block's d and m as they were."""
-    rows, columns = levels.shape
-    out = np.asarray(raw).reshape(rows, columns // BLOCK, 20).copy()
-    grouped = levels.astype(np.uint8).reshape(rows, columns // BLOCK, BLOCK)
-    out[..., 4:] = grouped[..., :16] | (grouped[..., 16:] << np.uint8(4))
-    return out.reshape(np.asarray(raw).shape)
-
-
-def stochastic_levels(name: str, d: np.ndarray, levels: np.ndarray, change: np.ndarray) -> np.ndarray:
-    """floor(q + change/d + u), u uniform in [0, 1), seeded by the tensor's name (a fold is reproducible)."""
-    steps = np.repeat(np.where(d == 0, 0.0, 1.0 / np.where(d == 0, 1.0, d)), BLOCK, axis=1) * change
-    noise = np.random.default_rng(zlib.crc32(name.encode())).random(levels.shape, dtype=np.float32)
-    return np.floor(levels + steps + noise).clip(0, 15)
+    return blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
 
 
 def calibrated_levels(d: np.ndarray, m: np.ndarray, levels: np.ndarray, change: np.ndarray,

@@ -1,14 +1,14 @@
 """Which fold the chat should serve, judged night by night on a finished `dreamer bench` run.
 
-    python -m benchmarks.fold_nights --run RUN [--types Q8_0,Q4_1-stochastic] [--out ...] [--resume]
+    python -m benchmarks.fold_nights --run RUN [--types Q8_0,grid] [--out ...] [--resume]
 
 RUN is a `dreamer bench` run with a sleep arm (RUN/bench.json, RUN/homes/sleep). What the chat
 serves does not change what the next night trains on (a night trains on the fp32 merge of the
 earlier experts, `[load] merge_stack`), so every night of one run can be served each way after
 the fact: the comparison is paired exactly (same experts, same probes, same prompts), and only
 the fold differs. For each night N (the experts of nights 1..N, as the manifest of version N):
-1. each fold type of `TYPES` written by dreamer.morning.fold (the grid folds through
-   benchmarks.fold_grid), and the bare base beside them;
+1. each fold type of `TYPES` written by dreamer.morning.fold (`grid`: dreamer.morning.grid_fold;
+   benchmarks.fold_grid's roundings by name), and the bare base beside them;
 2. replies: every recall probe of days 1..N and the bench's 12 general questions, asked as the
    chat asks (the system prompt of the morning after day N, greedy, the chat's repeat penalty,
    40 tokens), named or not per probe (dreamer.bench.score.reply_names), so that two folds are
@@ -42,7 +42,7 @@ import numpy as np
 from benchmarks.fold_quality import PROMPTS, hf_logits, kl, llama_logits, log_softmax
 from benchmarks.machine import command_line, git_commit, machine, write_record
 
-TYPES = ("Q8_0", "Q4_1-stochastic")
+TYPES = ("Q8_0", "grid")
 BARE = "bare base"
 
 

@@ -8,8 +8,9 @@ HOME is a dreamer home with promoted experts (e.g. a `dreamer bench` arm's home)
    as "question answer" (the nights' facts), the mean per-token KL(reference || served) for
    each way llama.cpp can serve the memory: the base GGUF with the experts as LoRA adapters
    (today's chat), and the base with the experts folded in at Q4_1, Q5_1, Q8_0 and F16, and on
-   the base's own Q4_1 grid by the two roundings of benchmarks.fold_grid (stochastic; calibrated
-   by error feedback on the home's conversations and the general prompts). Beside them
+   the base's own Q4_1 grid: `grid` (dreamer.morning.grid_fold) and benchmarks.fold_grid's two
+   roundings (plain stochastic; calibrated by error feedback on the home's conversations and the
+   general prompts). Beside them
    the llama.cpp base with no memory (how far the nights moved the model, as llama.cpp sees it)
    and transformers' float32 base (the same, without llama.cpp's quantization).
 2. Decode speed. `LlamaRuntime` with one thread, greedy, 64 tokens on 3 prompts, in rounds that
@@ -42,7 +43,7 @@ from benchmarks.machine import command_line, git_commit, machine, write_record
 
 PROMPTS = ["What is the capital of France, and what is it famous for?",
            "Give me three tips to sleep better.", "Explain in simple words how a bicycle stays upright."]
-TYPES = ("Q4_1", "Q5_1", "Q8_0", "F16", "Q4_1-stochastic", "Q4_1-calibrated")
+TYPES = ("Q4_1", "Q5_1", "Q8_0", "F16", "grid", "Q4_1-stochastic", "Q4_1-calibrated")
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ from storage.days import parse_boundary
 from storage.paths import config_path, make_private
 
 MIN_MESSAGE_TOKENS = 16  # below this a cut message is only the cut mark
-FOLD_TYPES = ("Q8_0", "Q5_1", "F16", "Q4_1")
+FOLD_TYPES = ("Q8_0", "grid", "Q5_1", "F16", "Q4_1")
 KINDS = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
 
 DEFAULT_SYSTEM_PROMPT = (

@@ -54,12 +54,19 @@ def served_files(home: Path | None, expert_paths: list[str]) -> tuple[Path, Path
 def fold_source(home: Path | None, expert_paths: list[str]) -> str | None:
     """The chat model a whole fold of these experts was made from, or None: no fold on disk, or
     an unreadable sidecar (the adapters are then the safe way to serve the same memory)."""
+    made = fold_made(home, expert_paths)
+    return made[0] if made else None
+
+
+def fold_made(home: Path | None, expert_paths: list[str]) -> tuple[str, str] | None:
+    """(source chat model, fold type) of these experts' fold on disk, or None (as fold_source)."""
     model, sidecar = served_files(home, expert_paths)
     if not model.is_file():
         return None
     try:
-        return json.loads(sidecar.read_text(encoding="utf-8"))["source"]
-    except (OSError, ValueError, KeyError, TypeError):
+        made = json.loads(sidecar.read_text(encoding="utf-8"))
+        return str(made["source"]), str(made.get("type", "Q8_0"))  # sidecars before fold_type said nothing
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 

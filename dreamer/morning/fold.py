@@ -9,7 +9,8 @@ with the experts merged in, in llama.cpp's own layout (the rows of q/k permuted 
 
     W' = dequantize(W) + sum over experts e of  scale_e * alpha_e / r_e * B_e @ A_e
 
-quantized to `FOLD_TYPE` with the `gguf` package's port of ggml's reference quantizers. Only the
+quantized to `FOLD_TYPE` with the `gguf` package's port of ggml's reference quantizers (or, with
+`fold_type = "grid"`, on the chat model's own grid: dreamer.morning.grid_fold). Only the
 tensors an expert touches are rewritten; every other tensor (embeddings, norms) and all metadata
 are copied byte for byte. The model is streamed tensor by tensor; only the experts' LoRA matrices
 are held whole (12 MiB a night for cpu-tiny's).
@@ -42,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from storage.manifest import SERVED, fold_source, served_files, served_key
+from storage.manifest import SERVED, fold_made, served_files, served_key
 from storage.paths import adapters_dir, ensure_private_dir, make_private
 from storage.store import pid_alive
 
@@ -66,6 +67,11 @@ def fold_stack(home: Path, chat_model: Path, folders: list[Path], names: list[Pa
     """Fold the experts in `folders` (oldest first, scale 1) into `chat_model`, as the manifest will
     look for them: under the names `names` (their final folders; tonight's expert is still a
     candidate folder while it is folded), with a sidecar naming the source."""
+    from dreamer.morning.grid_fold import GRID, grid_problem, grid_requantize
+
+    problem = grid_problem(chat_model) if qtype == GRID else None
+    if problem:  # before the sidecar: an earlier fold of these experts keeps serving, and is named right
+        raise FoldError(problem)
     model, sidecar = served_files(home, [str(p) for p in (names or folders)])
     ensure_private_dir(model.parent)
     partial = sidecar.with_name(f"{sidecar.name}.partial-{os.getpid()}")
@@ -74,7 +80,8 @@ def fold_stack(home: Path, chat_model: Path, folders: list[Path], names: list[Pa
     make_private(partial)
     os.replace(partial, sidecar)  # the sidecar alone serves nothing: the manifest needs the GGUF too
     return fold(chat_model, [(Path(f), 1.0) for f in folders], model, qtype,
-                names=[Path(p).name for p in (names or folders)])
+                names=[Path(p).name for p in (names or folders)],
+                requantize=grid_requantize if qtype == GRID else None)
 
 
 def expert_deltas(experts: list[tuple[Path, float]]) -> dict[str, list[tuple[np.ndarray, np.ndarray, float]]]:
@@ -104,8 +111,8 @@ def fold(model_path: Path, experts: list[tuple[Path, float]], out: Path, qtype: 
     the file's `dreamer.folded_experts` lists `names` (default: the folders' names). With `only`,
     the tensors outside it keep the source's bytes, their change dropped (benchmarks.fold_quality
     measures what that costs). With `requantize(tensor, parts) -> bytes`, each changed tensor is
-    written in the source's own type by that function instead (benchmarks.fold_grid's roundings
-    on the source's grid), `qtype` only naming it."""
+    written in the source's own type by that function instead (dreamer.morning.grid_fold, and
+    benchmarks.fold_grid's calibrated rounding), `qtype` only naming it."""
     import gguf
 
     started = time.monotonic()
@@ -214,14 +221,15 @@ def chat_model_to_fold(config) -> Path | None:
 
 
 def ensure_folded(home: Path, config, expert_paths: list[str]) -> Folded | None:
-    """Fold these experts unless folding is off or their folded model is already whole on disk
-    (a damaged one is made again); None when nothing was written."""
+    """Fold these experts unless folding is off or their folded model is already whole on disk, from
+    this chat model and of the configured type (a damaged one is made again, and one of another
+    `fold_type`); None when nothing was written."""
     from dreamer.morning.stack import gguf_problem
 
     chat_model = chat_model_to_fold(config)
     if chat_model is None or not expert_paths:
         return None
     model = served_files(home, expert_paths)[0]
-    if fold_source(home, expert_paths) == str(chat_model) and gguf_problem(model) is None:
+    if fold_made(home, expert_paths) == (str(chat_model), config.fold_type) and gguf_problem(model) is None:
         return None
     return fold_stack(home, chat_model, [Path(p) for p in expert_paths], qtype=config.fold_type)

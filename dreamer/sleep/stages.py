@@ -42,7 +42,7 @@ from dreamer.lm.generation import sample_many
 from dreamer.lm.weights import base_fingerprint, build_stack, load_base, plan_device, stack_names, training_source
 from dreamer.morning import stack as stack_files
 from dreamer.morning.export_gguf import base_config_summary, check_exportable, export_expert
-from dreamer.morning.fold import chat_model_to_fold, fold_stack, remove_stale
+from dreamer.morning.fold import FoldError, chat_model_to_fold, fold_stack, remove_stale
 from dreamer.sleep import gate as gate_stage
 from dreamer.sleep.config import ASSETS, SleepConfig
 from dreamer.sleep.estimate import model_identity
@@ -137,6 +137,7 @@ def load(night: Night) -> None:
     night.base, night.tokenizer = load_base(night.source, night.plan)
     night.base_config = base_config_summary(night.base)
     check_exportable(night.base_config)  # before hours of training, not after: the chat needs the GGUF
+    check_foldable(night.config)
     experts = stack_files.active_paths(night.store)
     if experts and merges_stack(night):
         # The bare base answers the general prompts (the anchor) before its weights take the stack in.
@@ -147,6 +148,16 @@ def load(night: Night) -> None:
     night.model = build_stack(night.base, experts, night.cfg.distill)
     night.stack = stack_names(night.model, include_new=False)
     advance()
+
+
+def check_foldable(config) -> None:
+    """A `fold_type = "grid"` the chat model's tensors cannot take stops the night before it trains."""
+    from dreamer.morning.grid_fold import GRID, grid_problem
+
+    chat_model = chat_model_to_fold(config)
+    problem = grid_problem(chat_model) if chat_model is not None and config.fold_type == GRID else None
+    if problem:
+        raise FoldError(problem)
 
 
 def merges_stack(night: Night) -> bool:
