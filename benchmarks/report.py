@@ -23,24 +23,14 @@ import re
 import sys
 from pathlib import Path
 
+from benchmarks.markdown import machine_line as _machine
+from benchmarks.markdown import table as _table
+from benchmarks.report_folds import render_fold_nights, render_fold_quality, render_fold_rms, render_grid_threshold
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 DOC = ROOT / "docs" / "BENCHMARKS.md"
 BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated -->)", re.S)
-
-
-def _machine(record: dict) -> str:
-    machine = record["machine"]
-    load = f", load {machine['load_at_start']:.1f} at the start" if "load_at_start" in machine else ""
-    commit = f", code {record['commit']}" if record.get("commit") else ""
-    return f"{machine['cpu']}, {machine['cores']} cores{load}{commit}"
-
-
-def _table(columns: list[str], rows: list[list]) -> list[str]:
-    """A Markdown table; a column whose title starts with "#" is right-aligned (the "#" is dropped)."""
-    lines = ["| " + " | ".join(c.lstrip("#") for c in columns) + " |",
-             "|" + "|".join("---:" if c.startswith("#") else "---" for c in columns) + "|"]
-    return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
 
 
 def render_kill_nights(record: dict) -> str:
@@ -121,46 +111,6 @@ def render_bench(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_fold_quality(record: dict) -> str:
-    """benchmarks/fold_quality.py: fidelity (KL to what the nights trained) and decode speed per way of serving."""
-    kl, speed, fold = record["kl_to_trained"], record["decode_tok_s"], record["fold"]
-    bare = speed["bare base"]["median"]
-    replies = record.get("replies", {})  # older records have none
-    asked_kinds = [k for k in ("recall", "implication", "general") if replies and k in next(iter(replies.values()))]
-    rows = []
-    for name, figures in kl.items():
-        qtype = name.removeprefix("folded ") if name.startswith("folded ") else None
-        decode = speed.get(name, {}).get("median")
-        if name == "llama.cpp base (no memory)":
-            decode = bare
-        elif name == "llama.cpp base + experts as adapters":
-            decode = speed.get(f"base + {record['experts']} adapters", {}).get("median")
-        asked = [f"{replies[name][k][0]}/{replies[name][k][1]}" if name in replies else "-" for k in asked_kinds]
-        rows.append([name, f"{figures['general']:.4f}", f"{figures['probes']:.4f}", *asked,
-                     "-" if decode is None else f"{decode:.1f}", "-" if decode is None else f"{decode / bare:.2f}x",
-                     f"{fold[qtype]['mib']}" if qtype else "-", f"{fold[qtype]['seconds']}" if qtype else "-"])
-    many = next((n for n in speed if n.startswith("base + ") and n != f"base + {record['experts']} adapters"), None)
-    lines = [f"`{record['command']}` ({_machine(record)}; {record['experts']} experts of the home, "
-             f"{record['texts']['general']} general texts and {record['texts']['probes']} probe sentences, "
-             f"decode: median of {len(speed['bare base']['rounds'])} alternated rounds, one thread)", "",
-             *_table(["served as", "#KL general", "#KL probes", *[f"#{k} (reply)" for k in asked_kinds],
-                      "#decode tok/s", "#vs bare", "#MiB", "#fold s"], rows)]
-    if replies:
-        lines[0] = lines[0][:-1] + ("; replies: the bench's recall and implication probes of the days the home "
-                                    "learned and its general-knowledge probes, asked as the chat asks: reply names the answer / asked)")
-    if "calibration" in record:
-        c = record["calibration"]
-        lines += ["", f"The calibrated fold is fitted on {c['texts']} texts ({c['tokens']} tokens: the home's "
-                      f"conversations under the chat's system prompt, which tell the facts the probes ask, and the "
-                      f"general prompts; not the general texts measured), in {c['seconds']} s."]
-    if many:
-        lines += ["", f"The same memory spread over {many.split()[2]} adapters (a stack of that many nights) decodes at "
-                      f"{speed[many]['median']:.1f} tok/s ({speed[many]['median'] / bare:.2f}x). The chat's swap to a "
-                      f"folded model (`LlamaRuntime.load_model`, n_ctx {record['swap_s']['n_ctx']}): median "
-                      f"{record['swap_s']['median']} s, at most {record['swap_s']['max']} s over {record['swap_s']['n']}."]
-    return "\n".join(lines) + "\n"
-
-
 def render_forget_quality(record: dict) -> str:
     """benchmarks/forget_quality.py: the forgotten conversation's probes and the others, step by step."""
     stages = list(next(iter(record["table"].values())))
@@ -216,19 +166,6 @@ def render_sampling(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_fold_rms(record: dict) -> str:
-    """benchmarks/fold_rms.py: a night's weight change in steps of the base's Q4_1 grid."""
-    nights = record["nights"]
-    medians = [n["median"] for n in nights]
-    p90s = [n["p90"] for n in nights]
-    stack = record["stack"]
-    return (f"`{record['command']}` ({_machine(record)}; the experts of {record['home']}): per Q4_1 block of the "
-            f"MLP projections, RMS of a night's change in steps of the block's grid: median {min(medians):.3f}-"
-            f"{max(medians):.3f}, 90th percentile {min(p90s):.3f}-{max(p90s):.3f} over {len(nights)} nights; the "
-            f"{stack['experts']} nights together (what a fold adds): median {stack['median']:.3f}, 90th percentile "
-            f"{stack['p90']:.3f}, largest {stack['max']:.2f}.\n")
-
-
 def render_paired_code(record: dict) -> str:
     """benchmarks/paired_code.py: one arm, the same days and seeds, before and after a code change."""
     from dreamer.bench.report import pct
@@ -263,7 +200,8 @@ RENDERERS = {"kill_nights": render_kill_nights, "chat_threads": render_chat_thre
              "forget_quality": render_forget_quality, "merge_step": render_merge_step,
              "nf4_merge": render_nf4_merge, "sampling": render_sampling, "sampling_gemma3": render_sampling,
              "fold_rms": render_fold_rms, "bench_phatic": render_paired_code,
-             "bench_rehearsal": render_paired_code}
+             "bench_rehearsal": render_paired_code, "fold_nights": render_fold_nights,
+             "grid_threshold": render_grid_threshold}
 PLOTS = ROOT / "docs" / "bench"  # each bench block's plots, drawn again by every run of this command
 
 
