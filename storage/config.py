@@ -80,7 +80,9 @@ class Config:
         "help": "deep sleep: each promotion folds the active experts into one chat GGUF (false: the chat applies "
                 "them as LoRA adapters, slower with every night)"})
     fold_type: str = field(default="Q8_0", metadata={
-        "help": "how the folded weights are stored: Q8_0, F16 or Q4_1 (docs/BENCHMARKS.md, \"Deep sleep\")"})
+        "help": "how the folded weights are stored: Q8_0 (keeps the nights, a third bigger and slower to decode "
+                "than a 4-bit model), grid (the chat model's own 4-bit grid, its size and speed, with some noise; "
+                "Q4_0, Q4_1 or Q8_0 models), Q5_1, F16, or Q4_1 (erases the nights) (docs/BENCHMARKS.md, \"Deep sleep\")"})
     scheduler_in_chat: bool = field(
         default=False, metadata={"help": "`dreamer chat` runs the nightly scheduler itself (no daemon needed)"}
     )

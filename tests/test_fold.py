@@ -174,7 +174,7 @@ def test_a_night_folds_and_rollback_serves_each_version(store, tiny_dir, dreamer
     result = CliRunner().invoke(cli, ["rollback", "2"])
     assert result.exit_code == 0, result.output
     assert read_manifest(dreamer_home)["served"]["model"] == two and Path(two).read_bytes() == two_bytes  # made again
-    assert "2 nights folded in" in CliRunner().invoke(cli, ["memory"]).output
+    assert "2 nights folded in as Q8_0" in CliRunner().invoke(cli, ["memory"]).output
     Path(two).unlink()  # lost: the chat would apply adapters, and says so; --fold makes it again
     assert "as adapters (not folded" in CliRunner().invoke(cli, ["memory"]).output
     result = CliRunner().invoke(cli, ["memory", "--fold"])
@@ -249,6 +249,35 @@ def test_llama_cpp_on_the_folded_model_matches_transformers_with_peft(embedded_f
     figures = f"base gap {np.round(base_gap, 4)}, folded {np.round(folded_gap, 4)}, none {np.round(no_memory, 4)}"
     assert float(np.mean(folded_gap)) < bound, figures
     assert float(np.mean(no_memory)) > bound, f"the bound cannot tell a lost memory apart: {figures}"
+
+
+@pytest.mark.integration
+def test_the_grid_fold_of_the_embedded_model_keeps_its_size_and_part_of_the_night(embedded_fold, tmp_path):
+    """fold_type "grid" on the embedded model's own Q4_1 grid: the base's size and tensor types,
+    llama.cpp loads it, and at the next token it is clearly nearer transformers + PEFT than the
+    model with no memory (measured 0.55 of the distance: this random expert moves weights by many
+    grid steps, past their block's range, where a night moves them by hundredths of a step, the
+    case tests/test_fold_grid.py holds to keeping the change on average)."""
+    from agent.llama_runtime import LlamaRuntime
+    from agent.models import embedded_gguf_path
+    from dreamer.morning.grid_fold import GRID, grid_requantize
+    from tests.test_export import PROMPTS, hf_logprobs, kl, llama_logprobs, llama_with
+
+    model, exported, runtime, _ = embedded_fold
+    grid = fold(embedded_gguf_path(), [(Path(exported).parent, 1.0)], tmp_path / "grid.gguf", GRID, requantize=grid_requantize)
+    assert abs(grid.bytes - embedded_gguf_path().stat().st_size) < 4096
+    source = {t.name: t.tensor_type for t in gguf.GGUFReader(str(embedded_gguf_path())).tensors}
+    assert {t.name: t.tensor_type for t in gguf.GGUFReader(str(grid.path)).tensors} == source
+    served = LlamaRuntime(grid.path, n_ctx=512, n_threads=1)
+    folded_gap, no_memory = [], []
+    for prompt in PROMPTS:
+        tokens = runtime.llm.tokenize(prompt.encode(), add_bos=False, special=True)
+        hf_adapted = hf_logprobs(model, tokens, True)
+        folded_gap.append(kl(hf_adapted, llama_logprobs(served, tokens)))
+        no_memory.append(kl(hf_adapted, llama_with(runtime, None, tokens)))
+    served.llm.close()
+    figures = f"grid {np.round(folded_gap, 4)}, none {np.round(no_memory, 4)}"
+    assert float(np.mean(folded_gap)) < 0.75 * float(np.mean(no_memory)), figures
 
 
 @pytest.mark.integration

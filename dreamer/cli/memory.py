@@ -133,8 +133,12 @@ def _served_line(store) -> None:
         return
     served = ledger.stack_manifest(store, dreamer_home())["served"]
     if served["model"]:
+        from storage.manifest import fold_made
+
         size = Path(served["model"]).stat().st_size / 2**20
-        click.echo(f"  the chat serves {served['model']} ({len(experts)} nights folded in, {size:.0f} MiB)")
+        made = fold_made(dreamer_home(), [str(e["path"]) for e in experts])
+        kind = f" as {made[1]}" if made else ""
+        click.echo(f"  the chat serves {served['model']} ({len(experts)} nights folded in{kind}, {size:.0f} MiB)")
     else:
         click.echo(f"  the chat applies the {len(experts)} experts as adapters (not folded: `dreamer memory --fold`, "
                    "or fold = false in config.toml)")
