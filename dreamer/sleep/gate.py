@@ -6,6 +6,11 @@ Three measurements, candidate (active stack + tonight's expert) against active:
 3. general drift: mean per-token KL(active || candidate) on held-out general text
    (assets/general_heldout.jsonl) must stay under `max_drift`.
 A failed gate changes nothing: the run is recorded as rejected with its reasons.
+
+Beside them, reported and not (yet) a rule: up to `OLD_REPLIES` earlier facts asked as the chat
+asks (its system prompt, greedy), does the reply contain the answer, before and after. Over 14
+nights multiple choice kept night 1's facts while the replies lost most of them
+(docs/BENCHMARKS.md, "Months of nights"); a threshold on this count needs its own paired nights.
 """
 
 from __future__ import annotations
@@ -13,11 +18,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from dreamer.eval.evaluate import choice_checks, general_drift, multiple_choice
+from dreamer.eval.evaluate import choice_checks, general_drift, multiple_choice, reply_correct
 from dreamer.lm.generation import sample_many
 from dreamer.eval.probes import Probe
 from dreamer.sleep.config import ASSETS, GateConfig
 from dreamer.lm.weights import NEW, adapters
+
+OLD_REPLIES = 12  # earlier facts asked by the reply: a few, spread over the nights (~30 s a night on a CPU)
 
 
 @dataclass
@@ -94,5 +101,26 @@ def measure(model, tokenizer, stack: list[str], today: list[dict], old: list[dic
         questions = [[{"role": "user", "content": p.question}] for p in today_probes]
         figures[f"replies_{label}"] = [r[0] for r in sample_many(model, tokenizer, questions, names, n=1,
                                                                  max_new_tokens=32, temperature=None)]
+    asked = spread(old, OLD_REPLIES)
+    if asked:  # earlier facts by the reply, as the chat asks (the module docstring)
+        chats = [[*([{"role": "system", "content": system}] if system else []), {"role": "user", "content": r["question"]}]
+                 for r in asked]
+        figures["old_replies_asked"] = len(asked)
+        for label, names in (("before", stack), ("after", stack + [NEW])):
+            replies = [r[0] for r in sample_many(model, tokenizer, chats, names, n=1, max_new_tokens=32, temperature=None)]
+            figures[f"old_replies_{label}"] = sum(reply_correct(r["answer"], reply) for r, reply in zip(asked, replies))
     figures["drift"] = general_drift(model, tokenizer, general_texts(), stack, stack + [NEW], max_len=max_len)
     return figures
+
+
+def spread(rows: list, count: int) -> list:
+    """At most `count` of `rows`, evenly spaced from the first (the oldest night's) on.
+
+    >>> spread(list(range(10)), 4)
+    [0, 2, 5, 7]
+    >>> spread([1, 2], 4)
+    [1, 2]
+    """
+    if len(rows) <= count:
+        return list(rows)
+    return [rows[i * len(rows) // count] for i in range(count)]

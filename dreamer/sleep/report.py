@@ -43,6 +43,9 @@ def morning_report(*, night: int | None, days: list[str], status: str, reasons: 
         f"{_pct(gate.get('today_after'))} |",
         f"| earlier nights' probes (n={gate.get('old_probes', 0)}) | {_pct(gate.get('old_before'))} | "
         f"{_pct(gate.get('old_after'))} |",
+        *([f"| earlier facts named by the reply, as the chat asks (n={gate['old_replies_asked']}; reported, "
+           f"not a rule) | {gate['old_replies_before']} | {gate['old_replies_after']} |"]
+          if gate.get("old_replies_asked") else []),
         f"| general drift, KL(active ‖ candidate) | 0 | {gate.get('drift', 0):.4f} |",
         "",
     ]
