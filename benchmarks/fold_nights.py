@@ -13,11 +13,11 @@ the fold differs. For each night N (the experts of nights 1..N, as the manifest 
    chat asks (the system prompt of the morning after day N, greedy, the chat's repeat penalty,
    40 tokens), named or not per probe (dreamer.bench.score.reply_names), so that two folds are
    compared probe by probe;
-3. general text (assets/general_heldout.jsonl, 24 texts, 256 tokens at most): perplexity through
+3. general text (assets/general_heldout.jsonl, its 12 texts, 256 tokens at most): perplexity through
    each llama.cpp model, and the mean per-token KL from what the night trained (transformers,
    float32, the base plus the experts);
 4. decode speed, one llama.cpp thread, in rounds whose order rotates (so that no condition always
-   runs first; identical files measure within 1%), two ways: as the chat decodes (greedy, 64
+   runs first), two ways: as the chat decodes (greedy, 64
    tokens on 3 prompts: each model decodes its own reply, whose length and words differ), and
    forced (the same 64 tokens of 3 general texts fed one at a time after their first 16: the
    same work for every model, so the model's own cost per token).
@@ -139,7 +139,7 @@ def one_night(night: int, experts: list[dict], days: list[dict], types: list[str
 
     base, _ = load_base(source, plan_device(LoadConfig(device="cpu", threads=1)))  # build_stack wraps it in place
     stack = build_stack(base, [Path(e["path"]) for e in experts], None)
-    texts = general_texts()[:24]
+    texts = general_texts()
     sums = {name: {"nll": [0.0, 0], "kl": [0.0, 0]} for name in runtimes}
     for text in texts:
         ids = runtimes[BARE].llm.tokenize(text.encode(), add_bos=False, special=False)[:256]

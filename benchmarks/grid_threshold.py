@@ -6,7 +6,7 @@ dreamer.morning.grid_fold moves a weight's 4-bit level at random in proportion t
 change c (in grid steps), only where |c| >= MIN_STEP. For each threshold here (0: plain
 stochastic rounding, every weight), the fold of HOME's active experts and the mean per-token
 KL from what the nights trained (transformers, float32, the base plus the experts), on general
-text (assets/general_heldout.jsonl, 24 texts) and on the home's own probes written as "question
+text (assets/general_heldout.jsonl, its 12 texts) and on the home's own probes written as "question
 answer" (48: the nights' facts); with `--bench`, the bench's recall, implication and general
 probes asked as the chat asks through each fold (benchmarks.fold_quality.ask_bench_probes) for
 the thresholds in `--replies`. The threshold is chosen here, on one home; it is judged on

@@ -110,7 +110,7 @@ def render_fold_nights(record: dict) -> str:
     return "\n".join([
         f"`{record['command']}` (the run {record['run']}; {sessions}; types {', '.join(types)}). Replies: named / "
         f"asked, recall probes of every day so far and the 12 general questions; perplexity and KL (from what the "
-        f"nights trained) on 24 general texts; decode against the bare base, median of "
+        f"nights trained) on the 12 general texts of assets/general_heldout.jsonl; decode against the bare base, median of "
         f"{len(first['decode_tok_s']['forced']['bare base']['rounds'])} rotated rounds, one thread:", "",
         *_table(columns, rows), "",
         f"Over the {len(nights)} nights, probe by probe: recall named by {names[0]} only {recall[names[0]]}, by "

@@ -22,7 +22,7 @@ from storage.days import parse_boundary
 from storage.paths import config_path, make_private
 
 MIN_MESSAGE_TOKENS = 16  # below this a cut message is only the cut mark
-FOLD_TYPES = ("Q8_0", "grid", "Q5_1", "F16", "Q4_1")
+FOLD_TYPES = ("auto", "Q8_0", "grid", "Q5_1", "F16", "Q4_1")
 KINDS = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -79,10 +79,11 @@ class Config:
     fold: bool = field(default=True, metadata={
         "help": "deep sleep: each promotion folds the active experts into one chat GGUF (false: the chat applies "
                 "them as LoRA adapters, slower with every night)"})
-    fold_type: str = field(default="Q8_0", metadata={
-        "help": "how the folded weights are stored: Q8_0 (keeps the nights, a third bigger and slower to decode "
-                "than a 4-bit model), grid (the chat model's own 4-bit grid, its size and speed, with some noise; "
-                "Q4_0, Q4_1 or Q8_0 models), Q5_1, F16, or Q4_1 (erases the nights) (docs/BENCHMARKS.md, \"Deep sleep\")"})
+    fold_type: str = field(default="auto", metadata={
+        "help": "how the folded weights are stored: auto (grid where the chat model's projections are Q4_0, Q4_1 "
+                "or Q8_0, else Q8_0), grid (the chat model's own grid: its size and decode speed, with some noise), "
+                "Q8_0 (keeps the nights; a third bigger and slower to decode than a 4-bit model), Q5_1, F16, or "
+                "Q4_1 (erases the nights) (docs/BENCHMARKS.md, \"Deep sleep\")"})
     scheduler_in_chat: bool = field(
         default=False, metadata={"help": "`dreamer chat` runs the nightly scheduler itself (no daemon needed)"}
     )

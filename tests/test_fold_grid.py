@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from benchmarks.fold_grid import (CALIBRATED, STOCHASTIC, calibrated_levels, input_hessians, module_tensor_names,
                                   q4_1_minimums, requantizer)
-from dreamer.morning.fold import FoldError, ensure_folded, expert_deltas, fold
+from dreamer.morning.fold import FoldError, ensure_folded, expert_deltas, fold, resolve_fold_type
 from dreamer.morning.grid_fold import GRID, LAYOUTS, MIN_STEP, grid_levels, grid_problem, pack, unpack
 from storage.manifest import fold_made, read_manifest
 from tests.test_fold import _promote, save_expert, tensors, tiny_pair  # noqa: F401 (a fixture)
@@ -158,6 +158,8 @@ def test_a_night_with_fold_type_grid_serves_the_chat_model_s_own_size_and_type(t
     assert ensure_folded(dreamer_home, real(model=str(chat), fold_type=GRID), paths) is None  # whole: kept
     again = ensure_folded(dreamer_home, real(model=str(chat), fold_type="Q8_0"), paths)  # another type: made again
     assert again is not None and fold_made(dreamer_home, paths) == (str(chat), "Q8_0")
+    assert ensure_folded(dreamer_home, real(model=str(chat)), paths).qtype == GRID  # the default, auto: its grid
+    assert resolve_fold_type("auto", chat) == GRID and resolve_fold_type("auto", tiny_dir / "model.gguf") == "Q8_0"
 
     monkeypatch.setattr("tests.test_sleep.Config",
                         lambda **kw: real(**kw, fold_type=GRID))  # the F32 twin: no grid to keep

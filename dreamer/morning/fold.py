@@ -48,6 +48,7 @@ from storage.paths import adapters_dir, ensure_private_dir, make_private
 from storage.store import pid_alive
 
 FOLD_TYPE = "Q8_0"
+AUTO = "auto"
 
 
 class FoldError(RuntimeError):
@@ -60,15 +61,29 @@ class Folded:
     tensors: int  # rewritten with the experts merged in
     seconds: float
     bytes: int
+    qtype: str = FOLD_TYPE
+
+
+def resolve_fold_type(fold_type: str, chat_model: Path) -> str:
+    """The type a fold is written in: `fold_type`, or for "auto" the chat model's own grid where
+    dreamer writes it (its size and decode speed, judged against Q8_0 on 14 paired nights:
+    docs/BENCHMARKS.md, "Deep sleep"), else Q8_0."""
+    from dreamer.morning.grid_fold import GRID, grid_problem
+
+    if fold_type != AUTO:
+        return fold_type
+    return GRID if grid_problem(chat_model) is None else FOLD_TYPE
 
 
 def fold_stack(home: Path, chat_model: Path, folders: list[Path], names: list[Path] | None = None,
                qtype: str = FOLD_TYPE) -> Folded:
     """Fold the experts in `folders` (oldest first, scale 1) into `chat_model`, as the manifest will
     look for them: under the names `names` (their final folders; tonight's expert is still a
-    candidate folder while it is folded), with a sidecar naming the source."""
+    candidate folder while it is folded), with a sidecar naming the source and the type (`qtype`,
+    "auto" resolved: resolve_fold_type)."""
     from dreamer.morning.grid_fold import GRID, grid_problem, grid_requantize
 
+    qtype = resolve_fold_type(qtype, chat_model)
     problem = grid_problem(chat_model) if qtype == GRID else None
     if problem:  # before the sidecar: an earlier fold of these experts keeps serving, and is named right
         raise FoldError(problem)
@@ -170,7 +185,7 @@ def fold(model_path: Path, experts: list[tuple[Path, float]], out: Path, qtype: 
         writer.close()
         partial.unlink(missing_ok=True)
         raise
-    return Folded(out, len(deltas), time.monotonic() - started, out.stat().st_size)
+    return Folded(out, len(deltas), time.monotonic() - started, out.stat().st_size, qtype)
 
 
 def merged(tensor, parts: list[tuple[np.ndarray, np.ndarray, float]], gguf) -> np.ndarray:
@@ -230,6 +245,7 @@ def ensure_folded(home: Path, config, expert_paths: list[str]) -> Folded | None:
     if chat_model is None or not expert_paths:
         return None
     model = served_files(home, expert_paths)[0]
-    if fold_made(home, expert_paths) == (str(chat_model), config.fold_type) and gguf_problem(model) is None:
+    wanted = (str(chat_model), resolve_fold_type(config.fold_type, chat_model))
+    if fold_made(home, expert_paths) == wanted and gguf_problem(model) is None:
         return None
     return fold_stack(home, chat_model, [Path(p) for p in expert_paths], qtype=config.fold_type)

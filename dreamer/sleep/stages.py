@@ -344,7 +344,7 @@ def fold_tonight(night: Night, candidate: Path, earlier: list[str]):
     folded = fold_stack(night.home, chat_model, [Path(p) for p in earlier] + [candidate],
                         [Path(p) for p in earlier] + [final], qtype=night.config.fold_type)
     night.metrics["fold"] = {"seconds": round(folded.seconds, 2), "mib": round(folded.bytes / 2**20, 1),
-                             "type": night.config.fold_type, "experts": len(earlier) + 1}
+                             "type": folded.qtype, "experts": len(earlier) + 1}
     return folded
 
 
