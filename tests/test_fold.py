@@ -73,7 +73,7 @@ def test_folded_weights_are_the_base_plus_every_expert(tiny_pair, tmp_path):
 
 
 def test_a_small_delta_survives_q8_0_but_not_a_second_q4_1_rounding(tiny_pair, tmp_path):
-    """Why the default type is Q8_0: on a base already on Q4_1's grid, a night's delta (RMS about
+    """Why a fold is not simply quantized again to the base's type: on a base already on Q4_1's grid, a night's delta (RMS about
     0.04 of a Q4_1 step, measured on the embedded model's nights: docs/BENCHMARKS.md "Deep sleep")
     is rounded away by Q4_1 again, while Q8_0 keeps most of it. Kept = the projection of the
     folded change on the exact change, over every projection."""

@@ -143,6 +143,8 @@ def test_a_night_with_fold_type_grid_serves_the_chat_model_s_own_size_and_type(t
     import dreamer.sleep.stages as stages
     from storage import Config
 
+    real_check = stages.check_foldable
+
     model_dir, _ = tiny_pair
     chat = dreamer_home / "chat-q4_1.gguf"  # the tiny model's Q4_1 twin: every projection on a 4-bit grid
     fold(tiny_dir / "model.gguf", [(save_expert(tiny_dir, dreamer_home / "zero", seed=1), 0.0)], chat, "Q4_1")
@@ -161,13 +163,21 @@ def test_a_night_with_fold_type_grid_serves_the_chat_model_s_own_size_and_type(t
     assert ensure_folded(dreamer_home, real(model=str(chat)), paths).qtype == GRID  # the default, auto: its grid
     assert resolve_fold_type("auto", chat) == GRID and resolve_fold_type("auto", tiny_dir / "model.gguf") == "Q8_0"
 
-    monkeypatch.setattr("tests.test_sleep.Config",
-                        lambda **kw: real(**kw, fold_type=GRID))  # the F32 twin: no grid to keep
+    from click.testing import CliRunner
+
+    from dreamer.cli.main import cli
+
+    # No active stack (so the start's repair folds nothing), and the F32 twin: no grid to keep.
+    (dreamer_home / "config.toml").write_text(f'model = "{chat}"\nfold_type = "grid"\n')
+    assert CliRunner().invoke(cli, ["rollback", "0"]).exit_code == 0
+    monkeypatch.setattr("tests.test_sleep.Config", lambda **kw: real(**kw, fold_type=GRID))
     monkeypatch.setattr(stages, "distill", lambda *a, **k: pytest.fail("trained before the fold check"))
+    checked = []
+    monkeypatch.setattr(stages, "check_foldable", lambda config: checked.append(1) or real_check(config))
     before = read_manifest(dreamer_home)
     conversation = store.new_conversation()
     store.add_message(conversation, "user", "My cat is called Miso.")
     waiting = store.unconsolidated_count()
     with pytest.raises(FoldError, match='fold_type "grid" keeps the chat model.s own grid.*set fold_type = "Q8_0"'):
         night(store, tiny_dir, dreamer_home, fake_judge)
-    assert read_manifest(dreamer_home) == before and store.unconsolidated_count() == waiting
+    assert checked and read_manifest(dreamer_home) == before and store.unconsolidated_count() == waiting

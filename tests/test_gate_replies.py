@@ -19,7 +19,7 @@ def rows(n: int) -> list[dict]:
 def test_earlier_facts_are_asked_as_the_chat_asks_and_counted_before_and_after(tiny_dir, monkeypatch):
     base, tokenizer = load_base(str(tiny_dir), plan_device(LoadConfig(device="cpu")))
     model = build_stack(base, [], DistillConfig(rank=4)).eval()
-    old = rows(30)
+    old = rows(30) + [{**rows(1)[0], "id": 99, "kind": "abstain", "answer": "I don't know"}]
     calls = []
 
     def replies(model, tokenizer, chats, names, **kwargs):
@@ -52,7 +52,8 @@ def test_the_morning_report_shows_them():
     assert "| earlier facts named by the reply, as the chat asks (n=12; reported, not a rule) | 4 | 6 |" in text
 
 
-def test_the_replies_are_really_decoded_on_the_tiny_model(tiny_dir):
+def test_the_replies_decode_on_a_real_model_with_the_gate_s_own_arguments(tiny_dir):
+    """A smoke test: the monkeypatched test above does not call sample_many itself."""
     base, tokenizer = load_base(str(tiny_dir), plan_device(LoadConfig(device="cpu")))
     model = build_stack(base, [], DistillConfig(rank=4)).eval()
     figures = gate_stage.measure(model, tokenizer, [], rows(2), rows(3), max_len=64, system=SYSTEM)

@@ -9,15 +9,17 @@ with the experts merged in, in llama.cpp's own layout (the rows of q/k permuted 
 
     W' = dequantize(W) + sum over experts e of  scale_e * alpha_e / r_e * B_e @ A_e
 
-quantized to `FOLD_TYPE` with the `gguf` package's port of ggml's reference quantizers (or, with
-`fold_type = "grid"`, on the chat model's own grid: dreamer.morning.grid_fold). Only the
+written on the chat model's own grid (`fold_type = "grid"`, the default where the chat model's
+projections are Q4_0, Q4_1 or Q8_0: dreamer.morning.grid_fold), or quantized to another type
+(Q8_0 by default elsewhere) with the `gguf` package's port of ggml's reference quantizers. Only the
 tensors an expert touches are rewritten; every other tensor (embeddings, norms) and all metadata
 are copied byte for byte. The model is streamed tensor by tensor; only the experts' LoRA matrices
 are held whole (12 MiB a night for cpu-tiny's).
 
-Why Q8_0 and not the base's Q4_1: a Q4_1 weight dequantizes onto its own 4-bit grid, and a
-night's delta is far below half a grid step, so quantizing again to Q4_1 rounds most of the
-night away; Q8_0 has ~16x finer steps. Measured with `python -m benchmarks.fold_quality`.
+Why not simply quantize again to the base's Q4_1: a Q4_1 weight dequantizes onto its own 4-bit
+grid, and a night's delta is far below half a grid step, so nearest rounding puts most of the
+night back; Q8_0 has ~16x finer steps, and the grid fold rounds at random in proportion. Measured
+with `python -m benchmarks.fold_quality` and `python -m benchmarks.fold_nights`.
 
 Where it lives (storage.manifest: the manifest's `served` entry names it, and the chat loads it
 instead of its configured model; both are named after the experts' folders, `served_key`):
@@ -89,14 +91,21 @@ def fold_stack(home: Path, chat_model: Path, folders: list[Path], names: list[Pa
         raise FoldError(problem)
     model, sidecar = served_files(home, [str(p) for p in (names or folders)])
     ensure_private_dir(model.parent)
+    # The sidecar last, and an old one (a fold of these experts of another type or source) gone
+    # first: a kill in between leaves a model without a sidecar, which is served as adapters and
+    # folded again, never a model labelled as what it is not.
+    sidecar.unlink(missing_ok=True)
+    folded = fold(chat_model, [(Path(f), 1.0) for f in folders], model, qtype,
+                  names=[Path(p).name for p in (names or folders)],
+                  requantize=grid_requantize if qtype == GRID else None)
     partial = sidecar.with_name(f"{sidecar.name}.partial-{os.getpid()}")
     partial.write_text(json.dumps({"source": str(chat_model), "type": qtype,
                                    "experts": [Path(p).name for p in (names or folders)]}, indent=1))
     make_private(partial)
-    os.replace(partial, sidecar)  # the sidecar alone serves nothing: the manifest needs the GGUF too
-    return fold(chat_model, [(Path(f), 1.0) for f in folders], model, qtype,
-                names=[Path(p).name for p in (names or folders)],
-                requantize=grid_requantize if qtype == GRID else None)
+    with open(partial, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(partial, sidecar)
+    return folded
 
 
 def expert_deltas(experts: list[tuple[Path, float]]) -> dict[str, list[tuple[np.ndarray, np.ndarray, float]]]:

@@ -2,7 +2,7 @@
 chat model's size and decode speed.
 
 A fold at Q8_0 keeps the nights but makes every changed projection bigger than the base's 4-bit
-one (SmolLM2's fold: 127 MiB against 94, decode 0.87-0.97x); a fold quantized to Q4_1 again
+one (SmolLM2's fold: 127 MiB against 94, decode 0.83-0.96x over 14 nights); a fold quantized to Q4_1 again
 rounds them away, because a night moves a weight by a few hundredths of its grid step d
 (docs/BENCHMARKS.md, "Deep sleep"). This fold keeps every block's scale (and minimum) byte for
 byte and moves only the integer levels q, so the file is the base's size and type:
@@ -16,9 +16,9 @@ over the many weights a layer's output sums, where nearest rounding keeps none o
 noise, about |c| (1 - |c|) d^2 per weight. Weights the nights moved by less than MIN_STEP of a step
 carry little of the change for their noise: leaving them as they were lowered the KL from what the
 night trained on both general text and the nights' probes (0.108 -> 0.066 and 0.129 -> 0.081 on a
-six-night home; `python -m benchmarks.fold_quality`). `u` is seeded by the tensor's name, so a
-fold is reproducible (a rollback folds the same file again) and a weight's level only moves when
-the summed change of the nights crosses its own threshold.
+six-night home; `python -m benchmarks.grid_threshold`). `u` is seeded by the tensor's name, so a
+fold is reproducible on one machine and numpy (a rollback folds the same file again) and a
+weight's level only moves when the summed change of the nights crosses its own threshold.
 
 Block types written (ggml's layouts, 32 weights a block): Q4_0 (f16 d, 16 bytes of nibbles;
 w = d (q - 8)), Q4_1 (f16 d, f16 m, 16 bytes; w = d q + m) and Q8_0 (f16 d, 32 int8; w = d q).

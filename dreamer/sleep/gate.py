@@ -7,8 +7,9 @@ Three measurements, candidate (active stack + tonight's expert) against active:
    (assets/general_heldout.jsonl) must stay under `max_drift`.
 A failed gate changes nothing: the run is recorded as rejected with its reasons.
 
-Beside them, reported and not (yet) a rule: up to `OLD_REPLIES` earlier facts asked as the chat
-asks (its system prompt, greedy), does the reply contain the answer, before and after. Over 14
+Beside them, reported and not (yet) a rule: up to `OLD_REPLIES` earlier recall facts asked as
+the chat asks (its system prompt, greedy, no repeat penalty), does the reply contain the answer
+(evaluate.reply_correct: plainer than the bench's reply_names), before and after. Over 14
 nights multiple choice kept night 1's facts while the replies lost most of them
 (docs/BENCHMARKS.md, "Months of nights"); a threshold on this count needs its own paired nights.
 """
@@ -101,7 +102,7 @@ def measure(model, tokenizer, stack: list[str], today: list[dict], old: list[dic
         questions = [[{"role": "user", "content": p.question}] for p in today_probes]
         figures[f"replies_{label}"] = [r[0] for r in sample_many(model, tokenizer, questions, names, n=1,
                                                                  max_new_tokens=32, temperature=None)]
-    asked = spread(old, OLD_REPLIES)
+    asked = spread([r for r in old if r.get("kind", "recall") == "recall"], OLD_REPLIES)
     if asked:  # earlier facts by the reply, as the chat asks (the module docstring)
         chats = [[*([{"role": "system", "content": system}] if system else []), {"role": "user", "content": r["question"]}]
                  for r in asked]

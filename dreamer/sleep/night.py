@@ -118,7 +118,7 @@ def sleep_now(store: Store, config: Config, cfg: SleepConfig, *, day: str | None
 
 def refold_if_missing(store: Store, config: Config, home: Path) -> list[str]:
     """The active stack's folded model, made again if it is missing or damaged (a killed fold, an
-    upgrade from before deep sleep, a file lost): one line, or none."""
+    upgrade from before deep sleep, a file lost) or of another `fold_type`: one line, or none."""
     from dreamer.morning.fold import ensure_folded
     from dreamer.morning.stack import active_paths
 

@@ -154,8 +154,8 @@ def check_foldable(config) -> None:
     """A `fold_type = "grid"` the chat model's tensors cannot take stops the night before it trains."""
     from dreamer.morning.grid_fold import GRID, grid_problem
 
-    chat_model = chat_model_to_fold(config)
-    problem = grid_problem(chat_model) if chat_model is not None and config.fold_type == GRID else None
+    chat_model = chat_model_to_fold(config) if config.fold_type == GRID else None
+    problem = grid_problem(chat_model) if chat_model is not None else None
     if problem:
         raise FoldError(problem)
 
