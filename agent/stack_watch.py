@@ -76,7 +76,8 @@ class StackWatcher:
             return None
         self._stamp = stamp
         manifest = read_manifest(self.home)
-        if self.loaded is not None and manifest["version"] == self.loaded["version"]:
+        if self.loaded is not None and manifest["version"] == self.loaded["version"] \
+                and manifest.get("served") == self.loaded.get("served"):  # the same stack, served the same way
             return None
         return manifest
 

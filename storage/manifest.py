@@ -75,10 +75,12 @@ def served_entry(home: Path | None, experts: list[dict]) -> dict:
     if not experts:
         return {"model": None, "source": None, "adapters": []}
     paths = [e["path"] for e in experts]
-    source = fold_source(home, paths)
-    if source is None:
+    made = fold_made(home, paths)
+    if made is None:
         return {"model": None, "source": None, "adapters": [e["gguf_path"] for e in experts]}
-    return {"model": str(served_files(home, paths)[0]), "source": source, "adapters": []}
+    # The type too: a fold of the same experts made again in another type is another model, and
+    # a running chat must see the manifest change to swap to it.
+    return {"model": str(served_files(home, paths)[0]), "source": made[0], "type": made[1], "adapters": []}
 
 
 def remove_folds_holding(home: Path | None, names: set[str]) -> list[str]:

@@ -112,9 +112,9 @@ async def test_a_folded_memory_swaps_the_model_between_replies_and_back(db, tmp_
     app = make_app(make_session(db, runtime))
     seen = record_notifications(app)
 
-    def folded(version, nights, source="fake.gguf", name="stack-a.gguf"):
+    def folded(version, nights, source="fake.gguf", name="stack-a.gguf", kind="Q8_0"):
         data = manifest(tmp_path, version, nights)
-        data["served"] = {"model": str(tmp_path / name), "source": source, "adapters": []}
+        data["served"] = {"model": str(tmp_path / name), "source": source, "type": kind, "adapters": []}
         write_manifest(data, tmp_path)
 
     async with app.run_test(size=SIZE) as pilot:
@@ -127,6 +127,8 @@ async def test_a_folded_memory_swaps_the_model_between_replies_and_back(db, tmp_
         await settle(pilot)
         await until(pilot, lambda: runtime.model_path == tmp_path / "stack-a.gguf" and runtime.adapters == [])
         await until(pilot, lambda: ("memory updated: night 2", "information") in seen)
+        folded(2, [1, 2], kind="grid")  # the same experts folded again in another type: another model
+        await until(pilot, lambda: seen.count(("memory updated: night 2", "information")) == 2)
         runtime.fail_model_with = "llama.cpp could not load stack-b.gguf"
         folded(3, [1, 2, 3], name="stack-b.gguf")
         await until(pilot, lambda: any("could not be loaded" in m for m, _ in seen))
