@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dreamer.morning.grid_fold import BLOCK, GRID, grid_levels, grid_requantize, pack, unpack
+from dreamer.morning.fold import grid_requantize
+from dreamer.morning.grid_fold import BLOCK, GRID, grid_levels, pack, unpack
 
 CALIBRATED = "Q4_1-calibrated"
 STOCHASTIC = "Q4_1-stochastic"

@@ -260,7 +260,8 @@ def test_the_grid_fold_of_the_embedded_model_keeps_its_size_and_part_of_the_nigh
     case tests/test_fold_grid.py holds to keeping the change on average)."""
     from agent.llama_runtime import LlamaRuntime
     from agent.models import embedded_gguf_path
-    from dreamer.morning.grid_fold import GRID, grid_requantize
+    from dreamer.morning.fold import grid_requantize
+    from dreamer.morning.grid_fold import GRID
     from tests.test_export import PROMPTS, hf_logprobs, kl, llama_logprobs, llama_with
 
     model, exported, runtime, _ = embedded_fold

@@ -83,7 +83,7 @@ def fold_stack(home: Path, chat_model: Path, folders: list[Path], names: list[Pa
     look for them: under the names `names` (their final folders; tonight's expert is still a
     candidate folder while it is folded), with a sidecar naming the source and the type (`qtype`,
     "auto" resolved: resolve_fold_type)."""
-    from dreamer.morning.grid_fold import GRID, grid_problem, grid_requantize
+    from dreamer.morning.grid_fold import GRID, grid_problem
 
     qtype = resolve_fold_type(qtype, chat_model)
     problem = grid_problem(chat_model) if qtype == GRID else None
@@ -122,6 +122,16 @@ def expert_deltas(experts: list[tuple[Path, float]]) -> dict[str, list[tuple[np.
             b = converted[name[:-1] + "b"]
             deltas.setdefault(name.removesuffix(".lora_a"), []).append((b, a, scale * alpha / a.shape[0]))
     return deltas
+
+
+def grid_requantize(tensor, parts: list[tuple[np.ndarray, np.ndarray, float]]) -> np.ndarray:
+    """`fold`'s `requantize` for fold_type "grid": the tensor's change on its own grid (dreamer.morning.grid_fold)."""
+    from dreamer.morning.grid_fold import GridError, grid_tensor
+
+    try:
+        return grid_tensor(tensor, expert_change(parts))
+    except GridError as err:
+        raise FoldError(str(err)) from None
 
 
 def expert_change(parts: list[tuple[np.ndarray, np.ndarray, float]]) -> np.ndarray:

@@ -77,17 +77,19 @@ def grid_levels(name: str, kind: str, d: np.ndarray, levels: np.ndarray, change:
     return np.where(np.abs(steps) >= min_step, moved, levels).astype(np.int16)
 
 
-def grid_requantize(tensor, parts) -> np.ndarray:
-    """dreamer.morning.fold.fold's `requantize` for GRID: one changed tensor's bytes, in its own type."""
-    from dreamer.morning.fold import FoldError, expert_change
+class GridError(ValueError):
+    """A tensor of a type this module does not write (dreamer.morning.fold turns it into a FoldError)."""
 
+
+def grid_tensor(tensor, change: np.ndarray) -> np.ndarray:
+    """One changed tensor's bytes (a gguf ReaderTensor) with `change` [out, in] folded on its own grid."""
     kind = tensor.tensor_type.name
     if kind not in LAYOUTS:
-        raise FoldError(f"fold_type \"grid\" writes {', '.join(LAYOUTS)} tensors, but {tensor.name} is {kind}: "
+        raise GridError(f"fold_type \"grid\" writes {', '.join(LAYOUTS)} tensors, but {tensor.name} is {kind}: "
                         "set fold_type = \"Q8_0\"")
     rows, columns = tensor.data.shape[0], int(tensor.shape[0])
     d, levels = unpack(tensor.data, kind, rows, columns)
-    return pack(tensor.data, kind, grid_levels(tensor.name, kind, d, levels, expert_change(parts)))
+    return pack(tensor.data, kind, grid_levels(tensor.name, kind, d, levels, change))
 
 
 def grid_problem(chat_model: Path) -> str | None:
