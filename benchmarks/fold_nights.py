@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.fold_quality import PROMPTS, hf_logits, kl, llama_logits, log_softmax
+from benchmarks.fold_quality import PROMPTS, hf_logits, kl, llama_logits, log_softmax, named_replies
 from benchmarks.machine import command_line, git_commit, machine, write_record
 
 TYPES = ("Q8_0", "grid")
@@ -50,19 +50,6 @@ def nll(logits: np.ndarray, tokens: list[int]) -> tuple[float, int]:
     """(summed negative log-likelihood of tokens[1:], count) from a text's logits."""
     logp = log_softmax(logits[:-1])
     return float(-logp[np.arange(len(tokens) - 1), tokens[1:]].sum()), len(tokens) - 1
-
-
-def ask(runtime, probes: list[dict], system: str, repeat_penalty: float) -> list[bool]:
-    from dreamer.bench.score import reply_names
-
-    named = []
-    for probe in probes:
-        runtime.llm.reset()
-        reply = "".join(runtime.stream([{"role": "system", "content": system},
-                                        {"role": "user", "content": probe["question"]}],
-                                       max_tokens=40, temperature=0.0, repeat_penalty=repeat_penalty))
-        named.append(reply_names(reply, probe))
-    return named
 
 
 def forced_tok_s(runtime, texts: list[list[int]], prefix: int = 16) -> float:
@@ -132,7 +119,7 @@ def one_night(night: int, experts: list[dict], days: list[dict], types: list[str
     config = Config()
     system = system_message(config, date.fromisoformat(last) + timedelta(days=1))
     runtimes = {name: LlamaRuntime(path, n_ctx=1024, n_threads=1, logits_all=True) for name, path in paths.items()}
-    named = {name: ask(r, probes, system, config.repeat_penalty) for name, r in runtimes.items()}
+    named = {name: named_replies(r, probes, system, config.repeat_penalty) for name, r in runtimes.items()}
     record["probes"] = [p["id"] if p["kind"] != "general" else f"general:{i}" for i, p in enumerate(probes)]
     record["kinds"] = [p["kind"] for p in probes]
     record["named"] = {name: "".join("1" if x else "0" for x in flags) for name, flags in named.items()}

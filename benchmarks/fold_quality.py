@@ -127,6 +127,21 @@ def calibration_tokens(store, source: str) -> list[list[int]]:
     return [tokenizer(text, add_special_tokens=False)["input_ids"][:512] for text in texts]
 
 
+def named_replies(runtime, probes: list[dict], system: str, repeat_penalty: float) -> list[bool]:
+    """Per probe, asked as the chat asks (`system`, greedy, `repeat_penalty`, 40 tokens): does the
+    reply name the fact (dreamer.bench.score.reply_names)."""
+    from dreamer.bench.score import reply_names
+
+    named = []
+    for probe in probes:
+        runtime.llm.reset()
+        reply = "".join(runtime.stream([{"role": "system", "content": system},
+                                        {"role": "user", "content": probe["question"]}],
+                                       max_tokens=40, temperature=0.0, repeat_penalty=repeat_penalty))
+        named.append(reply_names(reply, probe))
+    return named
+
+
 def ask_bench_probes(bench: Path, store, runtimes: dict) -> dict:
     """{served as: {kind: [named, asked]}}: the bench's recall and implication probes of the days the
     home learned, and its general-knowledge probes (dreamer.bench.days.general_probes), each asked as the chat asks (its system prompt the morning after the last day,
@@ -136,7 +151,6 @@ def ask_bench_probes(bench: Path, store, runtimes: dict) -> dict:
 
     from agent.memory import system_message
     from dreamer.bench.days import general_probes
-    from dreamer.bench.score import reply_names
     from storage.config import Config
 
     last = max(row["day"] for row in store.db.query("select day from probes"))
@@ -147,12 +161,8 @@ def ask_bench_probes(bench: Path, store, runtimes: dict) -> dict:
     results = {}
     for name, runtime in runtimes.items():
         counts = {kind: [0, 0] for kind in ("recall", "implication", "general")}
-        for probe in probes:
-            runtime.llm.reset()
-            reply = "".join(runtime.stream([{"role": "system", "content": system},
-                                            {"role": "user", "content": probe["question"]}],
-                                           max_tokens=40, temperature=0.0, repeat_penalty=config.repeat_penalty))
-            counts[probe["kind"]][0] += reply_names(reply, probe)
+        for probe, named in zip(probes, named_replies(runtime, probes, system, config.repeat_penalty)):
+            counts[probe["kind"]][0] += named
             counts[probe["kind"]][1] += 1
         results[name] = counts
     return results

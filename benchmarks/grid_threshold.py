@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     from benchmarks.fold_quality import ask_bench_probes, hf_logits, kl, llama_logits
     from dreamer.lm.weights import build_stack, load_base, plan_device, training_source
     from dreamer.morning.fold import expert_change, fold
-    from dreamer.morning.grid_fold import grid_levels, pack, unpack
+    from dreamer.morning.grid_fold import grid_tensor
     from dreamer.sleep.config import LoadConfig
     from dreamer.sleep.gate import general_texts
     from storage import Store
@@ -58,11 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     steps = [float(x) for x in args.steps.split(",") if x]
 
     def at(threshold: float):
-        def requantize(tensor, parts):
-            kind, rows, columns = tensor.tensor_type.name, tensor.data.shape[0], int(tensor.shape[0])
-            d, levels = unpack(tensor.data, kind, rows, columns)
-            return pack(tensor.data, kind, grid_levels(tensor.name, kind, d, levels, expert_change(parts), threshold))
-        return requantize
+        return lambda tensor, parts: grid_tensor(tensor, expert_change(parts), threshold)
 
     work = Path(tempfile.mkdtemp(prefix="grid-threshold-"))
     try:

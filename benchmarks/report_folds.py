@@ -82,14 +82,14 @@ def render_fold_nights(record: dict) -> str:
     names = [n for n in first["named"] if n != "bare base"]
     rows, pairs = [], {kind: {name: 0 for name in names} for kind in ("recall", "general")}
     for night, n in nights.items():
-        kinds = n["kinds"]
+        flags = {name: {kind: [f == "1" for f, k in zip(named, n["kinds"]) if k == kind] for kind in pairs}
+                 for name, named in n["named"].items()}
 
         def named(name: str, kind: str) -> str:
-            flags = [f == "1" for f, k in zip(n["named"][name], kinds) if k == kind]
-            return f"{sum(flags)}/{len(flags)}"
+            return f"{sum(flags[name][kind])}/{len(flags[name][kind])}"
 
         for kind in pairs:  # probes named by one fold and not the other
-            a, b = ([f == "1" for f, k in zip(n["named"][name], kinds) if k == kind] for name in names[:2])
+            a, b = flags[names[0]][kind], flags[names[1]][kind]
             pairs[kind][names[0]] += sum(x and not y for x, y in zip(a, b))
             pairs[kind][names[1]] += sum(y and not x for x, y in zip(a, b))
         text, forced = n["general_text"], n["decode_tok_s"]["forced"]

@@ -51,15 +51,10 @@ def served_files(home: Path | None, expert_paths: list[str]) -> tuple[Path, Path
     return folder / f"stack-{key}.gguf", folder / f"stack-{key}.json"
 
 
-def fold_source(home: Path | None, expert_paths: list[str]) -> str | None:
-    """The chat model a whole fold of these experts was made from, or None: no fold on disk, or
-    an unreadable sidecar (the adapters are then the safe way to serve the same memory)."""
-    made = fold_made(home, expert_paths)
-    return made[0] if made else None
-
-
 def fold_made(home: Path | None, expert_paths: list[str]) -> tuple[str, str] | None:
-    """(source chat model, fold type) of these experts' fold on disk, or None (as fold_source)."""
+    """(the chat model, the type) a whole fold of these experts was made from and in, or None: no
+    fold on disk, or an unreadable sidecar (the adapters are then the safe way to serve the same
+    memory)."""
     model, sidecar = served_files(home, expert_paths)
     if not model.is_file():
         return None

@@ -133,11 +133,8 @@ def _served_line(store) -> None:
         return
     served = ledger.stack_manifest(store, dreamer_home())["served"]
     if served["model"]:
-        from storage.manifest import fold_made
-
         size = Path(served["model"]).stat().st_size / 2**20
-        made = fold_made(dreamer_home(), [str(e["path"]) for e in experts])
-        kind = f" as {made[1]}" if made else ""
+        kind = f" as {served['type']}" if served.get("type") else ""
         click.echo(f"  the chat serves {served['model']} ({len(experts)} nights folded in{kind}, {size:.0f} MiB)")
     else:
         click.echo(f"  the chat applies the {len(experts)} experts as adapters (not folded: `dreamer memory --fold`, "

@@ -69,12 +69,16 @@ class Folded:
 def resolve_fold_type(fold_type: str, chat_model: Path) -> str:
     """The type a fold is written in: `fold_type`, or for "auto" the chat model's own grid where
     dreamer writes it (its size and decode speed, judged against Q8_0 on 14 paired nights:
-    docs/BENCHMARKS.md, "Deep sleep"), else Q8_0."""
+    docs/BENCHMARKS.md, "Deep sleep"), else Q8_0. FoldError for "grid" on a model whose grid
+    dreamer does not write."""
     from dreamer.morning.grid_fold import GRID, grid_problem
 
-    if fold_type != AUTO:
+    if fold_type not in (AUTO, GRID):
         return fold_type
-    return GRID if grid_problem(chat_model) is None else FOLD_TYPE
+    problem = grid_problem(chat_model)
+    if problem and fold_type == GRID:
+        raise FoldError(problem)
+    return FOLD_TYPE if problem else GRID
 
 
 def fold_stack(home: Path, chat_model: Path, folders: list[Path], names: list[Path] | None = None,
@@ -83,12 +87,9 @@ def fold_stack(home: Path, chat_model: Path, folders: list[Path], names: list[Pa
     look for them: under the names `names` (their final folders; tonight's expert is still a
     candidate folder while it is folded), with a sidecar naming the source and the type (`qtype`,
     "auto" resolved: resolve_fold_type)."""
-    from dreamer.morning.grid_fold import GRID, grid_problem
+    from dreamer.morning.grid_fold import GRID
 
-    qtype = resolve_fold_type(qtype, chat_model)
-    problem = grid_problem(chat_model) if qtype == GRID else None
-    if problem:  # before the sidecar: an earlier fold of these experts keeps serving, and is named right
-        raise FoldError(problem)
+    qtype = resolve_fold_type(qtype, chat_model)  # a FoldError here leaves an earlier fold as it was
     model, sidecar = served_files(home, [str(p) for p in (names or folders)])
     ensure_private_dir(model.parent)
     # The sidecar last, and an old one (a fold of these experts of another type or source) gone
@@ -267,4 +268,4 @@ def ensure_folded(home: Path, config, expert_paths: list[str]) -> Folded | None:
     wanted = (str(chat_model), resolve_fold_type(config.fold_type, chat_model))
     if fold_made(home, expert_paths) == wanted and gguf_problem(model) is None:
         return None
-    return fold_stack(home, chat_model, [Path(p) for p in expert_paths], qtype=config.fold_type)
+    return fold_stack(home, chat_model, [Path(p) for p in expert_paths], qtype=wanted[1])

@@ -81,7 +81,7 @@ class GridError(ValueError):
     """A tensor of a type this module does not write (dreamer.morning.fold turns it into a FoldError)."""
 
 
-def grid_tensor(tensor, change: np.ndarray) -> np.ndarray:
+def grid_tensor(tensor, change: np.ndarray, min_step: float = MIN_STEP) -> np.ndarray:
     """One changed tensor's bytes (a gguf ReaderTensor) with `change` [out, in] folded on its own grid."""
     kind = tensor.tensor_type.name
     if kind not in LAYOUTS:
@@ -89,7 +89,7 @@ def grid_tensor(tensor, change: np.ndarray) -> np.ndarray:
                         "set fold_type = \"Q8_0\"")
     rows, columns = tensor.data.shape[0], int(tensor.shape[0])
     d, levels = unpack(tensor.data, kind, rows, columns)
-    return pack(tensor.data, kind, grid_levels(tensor.name, kind, d, levels, change))
+    return pack(tensor.data, kind, grid_levels(tensor.name, kind, d, levels, change, min_step))
 
 
 def grid_problem(chat_model: Path) -> str | None:

@@ -25,7 +25,7 @@ from dreamer.eval.probes import Probe
 from dreamer.sleep.config import ASSETS, GateConfig
 from dreamer.lm.weights import NEW, adapters
 
-OLD_REPLIES = 12  # earlier facts asked by the reply: a few, spread over the nights (~30 s a night on a CPU)
+OLD_REPLIES = 12  # earlier facts asked by the reply: a few, spread over the nights (two batched greedy passes)
 
 
 @dataclass

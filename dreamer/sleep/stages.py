@@ -42,7 +42,7 @@ from dreamer.lm.generation import sample_many
 from dreamer.lm.weights import base_fingerprint, build_stack, load_base, plan_device, stack_names, training_source
 from dreamer.morning import stack as stack_files
 from dreamer.morning.export_gguf import base_config_summary, check_exportable, export_expert
-from dreamer.morning.fold import FoldError, chat_model_to_fold, fold_stack, remove_stale
+from dreamer.morning.fold import chat_model_to_fold, fold_stack, remove_stale, resolve_fold_type
 from dreamer.sleep import gate as gate_stage
 from dreamer.sleep.config import ASSETS, SleepConfig
 from dreamer.sleep.estimate import model_identity
@@ -152,12 +152,11 @@ def load(night: Night) -> None:
 
 def check_foldable(config) -> None:
     """A `fold_type = "grid"` the chat model's tensors cannot take stops the night before it trains."""
-    from dreamer.morning.grid_fold import GRID, grid_problem
+    from dreamer.morning.grid_fold import GRID
 
     chat_model = chat_model_to_fold(config) if config.fold_type == GRID else None
-    problem = grid_problem(chat_model) if chat_model is not None else None
-    if problem:
-        raise FoldError(problem)
+    if chat_model is not None:
+        resolve_fold_type(GRID, chat_model)
 
 
 def merges_stack(night: Night) -> bool:
