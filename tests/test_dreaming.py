@@ -50,9 +50,11 @@ def held_out_probe(monkeypatch):
 @pytest.fixture
 def grounded(monkeypatch):
     """The tiny model's replies are random tokens and name no fact of the day, so no dream would be
-    grounded: here every dream is, by its first word (tests of the night's plumbing past the writer)."""
+    grounded, nor read as "Question: ... Answer: ...": here every sample is a dream, and every dream
+    is grounded by its first word (tests of the night's plumbing past the writer)."""
     from dreamer.sleep.dreaming import write
 
+    monkeypatch.setattr(write, "parse_pair", lambda text: (f"What about {text[:24]!r}?", text or "nothing"))
     monkeypatch.setattr(write, "ground", lambda request, reply, words: (words[0], reply) if words else None)
 
 
@@ -140,7 +142,8 @@ def test_the_writer_learns_only_from_rewarded_dreams(model):
     attach_writer(model, [], DreamingConfig(writer_rank=4), DistillConfig(rank=4))
     assert stack_names(model) == [NEW]  # the writer is never part of the stack
     prompt = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Write one question."}]
-    dream = Dream("question", "What is my parrot called?", "Kiwi", writer_prompt=prompt)
+    dream = Dream("question", "What is my parrot called?", "Kiwi", writer_prompt=prompt,
+                  written="Question: What is my parrot called?\nAnswer: Kiwi")
     before = weights(model)
     cfg = DreamingConfig(writer_steps=3, writer_learning_rate=1e-2)
     assert train_writer(model, tokenizer, [], [], cfg, random.Random(0))["trained"] is False
@@ -154,16 +157,45 @@ def test_the_writer_learns_only_from_rewarded_dreams(model):
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {n for n in before if f".{NEW}." in n and "lora_" in n}
 
 
-def test_dreams_are_written_with_replies_and_rehearsals_of_earlier_nights(model):
+def test_dreams_are_written_with_replies_and_rehearsals_of_earlier_nights(model, monkeypatch):
+    from dreamer.sleep.dreaming import write
+
     model, tokenizer = model
     attach_writer(model, [], DreamingConfig(writer_rank=4), DistillConfig(rank=4))
-    conversations = [{"messages": [{"role": "user", "content": "My parrot is called Kiwi and my sister lives in Lisbon."}]}]
-    cfg = DreamingConfig(dreams=8, keep=2, rehearsal_fraction=0.25, max_new_tokens=12)
+    # The tiny model writes random tokens; read each sample as a pair, so that the written dreams
+    # can be checked (what the writer saw, what it is trained on, what its reply must name).
+    monkeypatch.setattr(write, "parse_pair", lambda text: (f"What about {text[:24]!r}?", text or "nothing"))
+    turns = ["My parrot is called Kiwi.", "My sister lives in Lisbon."]
+    conversations = [{"messages": [{"role": "user", "content": "Hello again."}] +
+                      [{"role": "user", "content": t} for t in turns]}]
+    cfg = DreamingConfig(dreams=12, keep=2, rehearsal_fraction=0.25, max_new_tokens=12)
     dreams = write_dreams(model, tokenizer, conversations=conversations, base_system=SYSTEM, stack=[],
-                          old_probes=[PROBE], cfg=cfg, max_context_tokens=256, rng=random.Random(0))
+                          old_probes=[PROBE], cfg=cfg, rng=random.Random(0))
     rehearsals = [d for d in dreams if d.kind == "rehearsal"]
     assert rehearsals and all("Kiwi" not in d.request for d in rehearsals)  # an old probe's words, never its answer
-    assert all(d.reply for d in dreams) and all(d.writer_prompt for d in dreams if d.kind != "rehearsal")
+    assert all(d.words == [PROBE["answer"]] and d.writer_prompt is None for d in rehearsals)
+    today = [d for d in dreams if d.kind != "rehearsal"]
+    assert len(today) == 9 and {d.kind for d in today} == set(write.KINDS)  # 12 minus 3 rehearsals, the kinds spread
+    for dream in today:
+        statement = dream.writer_prompt[-1]["content"]
+        turn = statement.removeprefix("Statement: ")
+        assert turn in turns and dream.words == write.turn_words(turn)  # it must name its own turn's fact
+        assert turn in dream.teacher_view[0]["content"] and "Hello again" not in dream.teacher_view[0]["content"]
+        assert dream.written == f"Question: {dream.request}\nAnswer: {dream.reply}" or dream.answer
+    assert all(d.reply for d in dreams)
+
+
+def test_the_writer_frame_reads_pairs_and_spreads_over_facts():
+    import doctest
+
+    from dreamer.sleep.dreaming import write
+
+    assert doctest.testmod(write).failed == 0
+    plan = write.plan_today(["a", "b", "c"], 12, random.Random(1))
+    assert sorted(plan) == sorted((k, t) for k in write.KINDS for t in "abc")  # each fact, each kind, once
+    prompt = write.writer_prompt("implication", "I moved to Rotterdam.")
+    assert prompt[-1] == {"role": "user", "content": "Statement: I moved to Rotterdam."}
+    assert all("Rotterdam" not in m["content"] for m in prompt[:-1])  # the examples are never the user's
 
 
 def test_a_night_whose_dreams_name_no_fact_is_stage_one_and_says_why(day_store, tiny_dir, dreamer_home, fake_judge,
@@ -173,6 +205,7 @@ def test_a_night_whose_dreams_name_no_fact_is_stage_one_and_says_why(day_store, 
     from dreamer.sleep.dreaming import stage as dream_stage, write
 
     monkeypatch.setattr(gate_stage, "measure", lambda *a, **k: dict(GOOD_FIGURES))
+    monkeypatch.setattr(write, "parse_pair", lambda text: (f"What about {text[:24]!r}?", text or "nothing"))
     monkeypatch.setattr(write, "ground", lambda request, reply, words: None)
     rewards = []
     monkeypatch.setattr(dream_stage, "reward_dreams", lambda *a, **k: rewards.append(1) or 0.5)
@@ -184,9 +217,9 @@ def test_a_night_whose_dreams_name_no_fact_is_stage_one_and_says_why(day_store, 
 
 
 def test_only_grounded_dreams_are_kept_and_their_replies_end_at_the_fact(model):
-    from dreamer.sleep.dreaming.write import day_words, ground
+    from dreamer.sleep.dreaming.write import ground, turn_words
 
-    words = day_words([{"messages": [{"role": "user", "content": "My parrot is called Kiwi and my sister lives in Lisbon."}]}])
+    words = turn_words("My parrot is called Kiwi and my sister lives in Lisbon.")
     assert {"Kiwi", "Lisbon"} <= set(words)
     assert ground("What is my parrot called?", "Your parrot is Kiwi. Parrots are clever birds.", words) == \
         ("Kiwi", "Your parrot is Kiwi.")

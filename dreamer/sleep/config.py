@@ -144,7 +144,7 @@ class DreamingConfig:
     """Stage 2 of the night (dreamer.sleep.dreaming): dream, score, learn to dream, rehearse."""
 
     enabled: bool = field(default=False, metadata={"help": "run Dreaming after stage 1; false = stage 1 alone, bit for bit"})
-    dreams: int = field(default=48, metadata={"help": "m: candidate dreams the writer samples a night (only grounded ones are scored)"})
+    dreams: int = field(default=48, metadata={"help": "m: candidate dreams a night, spread over the day's facts and the kinds (only grounded ones are scored)"})
     keep: int = field(default=6, metadata={"help": "k: dreams kept by the first filter (largest teacher-student loss gap)"})
     keep_random: int = field(default=2, metadata={"help": "b: further dreams kept at random, for exploration"})
     rehearsal_fraction: float = field(
@@ -152,7 +152,7 @@ class DreamingConfig:
     temperature: float = field(default=0.9, metadata={"help": "the writer's sampling temperature"})
     novelty: float = field(
         default=0.3, metadata={"help": "chance that a batch of dreams is written with one older expert dropped"})
-    max_new_tokens: int = field(default=40, metadata={"help": "longest dream request and reply, tokens"})
+    max_new_tokens: int = field(default=40, metadata={"help": "longest rehearsal reply, tokens; a written request and reply together get twice this"})
     inner_steps: int = field(default=3, metadata={"help": "steps of each throwaway copy of tonight's expert on its dream"})
     inner_learning_rate: float = field(default=1e-3, metadata={"help": "learning rate of the throwaway copies"})
     tau_today: int = field(default=12, metadata={"help": "today's held-out self-probes the reward is measured on"})

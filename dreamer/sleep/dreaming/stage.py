@@ -1,7 +1,8 @@
 """Dreaming as one stage of the night, between stage 1 (distil) and the gate.
 
-    1. write     the writer samples `dreams` requests, the teacher answers them; only grounded
-                 dreams (the reply names a fact of the night the request does not) go on (write.py)
+    1. write     the writer writes `dreams` requests with their replies, one fact (user turn) at a
+                 time, and the stack re-tells earlier nights; only grounded dreams (the reply names
+                 a fact of the night the request does not) go on (write.py)
     2. score     the loss-gap filter keeps `keep` + `keep_random` of them; each kept dream trains a
                  throwaway copy of tonight's expert and is rewarded if tau rises (score.py)
     3. writer    ReST-EM: the writer learns from its rewarded requests (writer.py)
@@ -29,7 +30,7 @@ from pathlib import Path
 from dreamer.sleep.config import SleepConfig
 from dreamer.sleep.dreaming.rehearse import rehearsal_steps, rehearse
 from dreamer.sleep.dreaming.score import expert_state, first_filter, loss_gaps, restore_state, reward_dreams
-from dreamer.sleep.dreaming.write import INSTRUCTIONS, Dream, write_dreams
+from dreamer.sleep.dreaming.write import KINDS, Dream, write_dreams
 from dreamer.sleep.dreaming.writer import attach_writer, detach_writer, train_writer
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class DreamResult:
 
     def summary(self) -> dict:
         kinds = {}
-        for kind in [*INSTRUCTIONS, "rehearsal"]:
+        for kind in [*KINDS, "rehearsal"]:
             kinds[kind] = {"written": sum(d.kind == kind for d in self.written),
                            "grounded": sum(d.kind == kind for d in self.grounded),
                            "kept": sum(d.kind == kind for d in self.kept),
@@ -104,8 +105,7 @@ def dream(model, tokenizer, *, conversations: list[dict], base_system: str, stac
         writer_from = attach_writer(model, experts, dcfg, cfg.distill)
         result.writer_from = str(writer_from) if writer_from else None
         result.written = write_dreams(model, tokenizer, conversations=conversations, base_system=base_system,
-                                      stack=stack, old_probes=old_probes, cfg=dcfg,
-                                      max_context_tokens=cfg.memories.max_context_tokens, rng=rng)
+                                      stack=stack, old_probes=old_probes, cfg=dcfg, rng=rng)
         advance()
         result.grounded = [d for d in result.written if d.answer]
         probes = result.tau_today + result.tau_old

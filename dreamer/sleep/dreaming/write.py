@@ -3,28 +3,32 @@
 A *dream* is one training item: a request the user could make and the reply the night wants the
 chat to give. Two ways to write one, no human label and nothing from outside the machine:
 
-- *Today's kinds* (question, implication, application, paraphrase). The **writer** (the active
-  stack plus its own persistent LoRA adapter, dreamer.sleep.dreaming.writer, with the day in its
-  context as the chat held it) samples requests, one instruction per kind ("Write one request
-  where something the user told you today should shape your answer"); the **teacher** (the active
-  stack with the day in context, no writer) answers each greedily. The writer only writes the
-  requests, so what it learns (ReST-EM) is which requests are worth training on.
+- *Today's kinds* (question, implication, application, paraphrase), written one fact at a time.
+  For each user turn that carries a fact (a turn with a stage-1 cloze word), the **writer** (the
+  active stack plus its own persistent LoRA adapter, dreamer.sleep.dreaming.writer) is shown the
+  turn as a statement after two worked examples of the kind (generic ones, in `EXAMPLES`; never
+  the user's words) and writes the request *and* its reply ("Question: ... / Answer: ..."). The
+  dream's teacher view (for the loss-gap filter) is the chat's short-term memory of that one
+  turn. Why one turn and a worked frame: shown the whole day and an instruction, the embedded
+  135M model wrote requests whose teacher replies named a fact of the day for 2 of 46 dreams
+  (the third paired night in docs/BENCHMARKS.md); shown one statement in this frame, its replies
+  name the turn's fact for about a third (`benchmarks/dream_writing.py`). The writer writes the
+  reply because the teacher, the day or the one turn in its prompt, names the fact less often
+  than the writer that has the statement right above its answer (same benchmark).
 - *Rehearsal* of earlier nights, closed book: the salient words of an earlier night's probe
   (not its answer) become "What do you remember about Ana?", and the active stack answers
   without any day in context. An old memory is re-told by the weights that hold it, not
   replayed from storage.
 
 A dream must be *grounded*: its reply names a word the night is about that its request does not
-(for today's kinds, one of the day's salient words, the cloze answers of stage 1; for a
-rehearsal, the earlier probe's own answer), and the reply is cut after the sentence that names
-it. A request that gives its answer away teaches nothing, and a reply that names no fact of the
-day (the 135M writer's usual "I'm here to help") teaches the chat to say that instead of the
-fact: on the first paired nights such dreams were most of the rewarded ones, and recall fell.
+(for today's kinds, a salient word of the turn it was written from, the cloze answers of stage
+1; for a rehearsal, the earlier probe's own answer), and the reply is cut after the sentence that
+names it. A request that gives its answer away teaches nothing, and a reply that names no fact
+(the 135M writer's usual "I'm here to help") teaches the chat to say that instead of the fact.
 Only grounded dreams go on to be scored.
 
-Novelty, after the paper's random extra expert: each batch of requests is sampled with
-temperature, and with probability `novelty` one older expert is dropped from the writer's stack
-for that batch.
+Novelty, after the paper's random extra expert: requests are sampled with temperature, and with
+probability `novelty` one older expert is dropped from the writer's stack for a kind's batch.
 
     dreamer sleep --now      # with [dreaming] enabled = true
 """
@@ -35,23 +39,32 @@ import random
 import re
 from dataclasses import dataclass, field
 
-from dreamer.lm.generation import sample, sample_many
+from dreamer.lm.generation import sample_many
 from dreamer.lm.prompt_cache import PromptCache
 from dreamer.lm.weights import WRITER
 from dreamer.sleep.config import DreamingConfig
-from dreamer.sleep.seeding.cloze import clozes
-from dreamer.sleep.seeding.day_text import STOPWORDS, teacher_system, topics
-from dreamer.sleep.seeding.memories import transcript
+from dreamer.sleep.seeding.cloze import clozes, focused_system
+from dreamer.sleep.seeding.day_text import STOPWORDS, topics
 
-INSTRUCTIONS = {
-    "question": ("Write one short question the user could ask you later to check that you remember something they "
-                 "told you today, in other words than theirs. Write only the question."),
-    "implication": ("Write one short question about what follows from something the user told you today for their "
-                    "plans or their life: where to go, what to buy, what to expect. Write only the question."),
-    "application": ("Write one short request the user could make later, for a suggestion, a plan or advice, where "
-                    "something they told you today should shape your answer. Write only the request."),
-    "paraphrase": "Write one short question that asks you to say again something the user told you today. Write only the question.",
+# Two worked examples per kind: (statement, request, reply). Generic people and facts, never the
+# user's; they show the frame, the user's turn fills it.
+EXAMPLES = {
+    "question": [("My sister Ana lives in Lisbon now.", "Where does my sister Ana live?", "Your sister Ana lives in Lisbon."),
+                 ("I drive an old blue Volvo.", "What car do I drive?", "You drive an old blue Volvo.")],
+    "implication": [("My sister Ana lives in Lisbon now.", "Which city should I fly to when I visit my sister?",
+                     "Fly to Lisbon, where Ana lives."),
+                    ("I'm allergic to peanuts.", "What should I check on a menu?", "Check for peanuts: you are allergic to them.")],
+    "application": [("My sister Ana lives in Lisbon now.", "Can you plan a weekend visiting my sister?",
+                     "A weekend in Lisbon with Ana: the old town, the river, and dinner together."),
+                    ("I'm allergic to peanuts.", "Suggest a snack for my hike.",
+                     "Dried fruit and cheese crackers, with no peanuts, since you are allergic.")],
+    "paraphrase": [("My sister Ana lives in Lisbon now.", "What did I tell you about my sister?",
+                    "You told me your sister Ana lives in Lisbon now."),
+                   ("I drive an old blue Volvo.", "What did I say about my car?", "You said you drive an old blue Volvo.")],
 }
+KINDS = list(EXAMPLES)
+WRITER_SYSTEM = "You write a question the user could ask about their statement, and its answer."
+PAIR = re.compile(r"\s*Question:\s*(?P<request>[^\n]+?)\s*\n+\s*Answer:\s*(?P<reply>[^\n]+)")
 REHEARSE_ASK = "What do you remember about {topic}?"
 QUOTED = re.compile(r'"(.*)"')
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -63,6 +76,8 @@ class Dream:
     request: str
     reply: str = ""
     writer_prompt: list[dict] | None = None  # what the writer saw (None: a rehearsal, written by no writer)
+    written: str | None = None  # what the writer wrote, the text ReST-EM trains it on
+    words: list[str] = field(default_factory=list)  # the facts its reply may name (its turn's salient words)
     teacher_view: list[dict] = field(default_factory=list)  # the prompt the reply was written under
     expected: str | None = None  # a rehearsal's earlier probe answer, the word its reply must name
     answer: str | None = None  # the word the reply names and the request does not (None: not grounded)
@@ -97,16 +112,67 @@ def mentions(text: str, word: str) -> bool:
     return re.search(rf"(?<![\w-]){re.escape(word.casefold())}(?![\w-])", text.casefold()) is not None
 
 
-def day_words(conversations: list[dict]) -> list[str]:
-    """The words a dream about today must carry: the salient words of the user's turns and their
-    phrases, the answers of stage 1's clozes.
+def turn_words(turn: str) -> list[str]:
+    """The words a dream about `turn` must carry: its salient words and their phrases, the answers
+    of stage 1's clozes.
 
-    >>> day_words([{"messages": [{"role": "user", "content": "Hello again."},
-    ...                          {"role": "user", "content": "I play water polo on Tuesdays."}]}])
+    >>> turn_words("I play water polo on Tuesdays.")
     ['Tuesdays', 'water', 'water polo']
+    >>> turn_words("Hello again.")
+    []
+    """
+    return list(dict.fromkeys(c.word for c in clozes([turn])))
+
+
+def fact_turns(conversations: list[dict]) -> list[str]:
+    """The user's turns that carry a fact (a cloze word), each once, in order.
+
+    >>> fact_turns([{"messages": [{"role": "user", "content": "Hello again."},
+    ...                           {"role": "user", "content": "I play water polo."},
+    ...                           {"role": "user", "content": "I play water polo."}]}])
+    ['I play water polo.']
     """
     turns = [m["content"] for c in conversations for m in c["messages"] if m["role"] == "user"]
-    return list(dict.fromkeys(c.word for c in clozes(turns)))
+    return [t for t in dict.fromkeys(turns) if turn_words(t)]
+
+
+def writer_prompt(kind: str, turn: str) -> list[dict]:
+    """The writer's chat: the kind's two worked examples, then the user's turn as the statement."""
+    messages = [{"role": "system", "content": WRITER_SYSTEM}]
+    for statement, request, reply in EXAMPLES[kind]:
+        messages += [{"role": "user", "content": f"Statement: {statement}"},
+                     {"role": "assistant", "content": f"Question: {request}\nAnswer: {reply}"}]
+    return messages + [{"role": "user", "content": f"Statement: {turn}"}]
+
+
+def parse_pair(text: str) -> tuple[str, str] | None:
+    """(request, reply) from the writer's "Question: ... / Answer: ...", or None.
+
+    >>> parse_pair("Question: What car do I drive?\\nAnswer: An old Mazda.\\nQuestion: more")
+    ('What car do I drive?', 'An old Mazda.')
+    >>> parse_pair("What car do I drive?") is None, parse_pair("Question: ok\\nAnswer: Mazda") is None
+    (True, True)
+    """
+    match = PAIR.match(text)
+    if not match:
+        return None
+    request, reply = clean_request(match["request"]), match["reply"].strip()
+    return (request, reply) if request and reply else None
+
+
+def plan_today(turns: list[str], count: int, rng: random.Random) -> list[tuple[str, str]]:
+    """`count` (kind, turn) pairs: the turns in a shuffled order, each turn's kinds before the
+    next turn's second round, so that every fact gets a dream before any gets two of a kind.
+
+    >>> plan = plan_today(["a", "b"], 10, random.Random(0))
+    >>> len(plan), sorted(set(plan)) == sorted((k, t) for k in KINDS for t in "ab")
+    (10, True)
+    """
+    if not turns or count <= 0:
+        return []
+    order = rng.sample(turns, len(turns))
+    cells = [(kind, turn) for turn in order for kind in KINDS]
+    return [cells[i % len(cells)] for i in range(count)]
 
 
 def ground(request: str, reply: str, words: list[str]) -> tuple[str, str] | None:
@@ -164,42 +230,44 @@ def rehearsal_topics(old_probes: list[dict], rng: random.Random, count: int) -> 
 
 
 def write_dreams(model, tokenizer, *, conversations: list[dict], base_system: str, stack: list[str],
-                 old_probes: list[dict], cfg: DreamingConfig, max_context_tokens: int,
-                 rng: random.Random) -> list[Dream]:
+                 old_probes: list[dict], cfg: DreamingConfig, rng: random.Random) -> list[Dream]:
     """Up to `cfg.dreams` dreams, each with its reply (fewer when samples repeat or read badly);
     the grounded ones carry their `answer`."""
-    day_text = transcript(conversations, tokenizer, max_context_tokens)
-    opened = [{"role": "system", "content": teacher_system(base_system, day_text)}]
     closed = [{"role": "system", "content": base_system}]
-    cache = PromptCache(tokenizer)
     rehearsals = round(cfg.dreams * cfg.rehearsal_fraction) if old_probes else 0
+    plan = plan_today(fact_turns(conversations), cfg.dreams - rehearsals, rng)
     dreams: list[Dream] = []
     seen: set[str] = set()
-    for kind, count in split_counts(cfg.dreams - rehearsals, list(INSTRUCTIONS)).items():
-        if not count:
+    for kind in KINDS:
+        cells = [turn for k, turn in plan if k == kind]
+        if not cells:
             continue
         writer_stack = list(stack)
         if writer_stack and rng.random() < cfg.novelty:
             writer_stack.remove(rng.choice(writer_stack))
-        prompt = opened + [{"role": "user", "content": INSTRUCTIONS[kind]}]
-        for text in sample(model, tokenizer, prompt, writer_stack + [WRITER], n=count,
-                           max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, cache=cache):
-            request = clean_request(text)
-            if request and request.lower() not in seen:
-                seen.add(request.lower())
-                dreams.append(Dream(kind, request, writer_prompt=prompt, teacher_view=opened))
-    for topic, answer in rehearsal_topics(old_probes, rng, rehearsals):
-        dreams.append(Dream("rehearsal", REHEARSE_ASK.format(topic=topic), teacher_view=closed, expected=answer))
-    # The replies: greedy, by the teacher (the active stack; the day in context for today's kinds),
-    # in two batches so that today's share the day's cached prefix.
-    for group in ([d for d in dreams if d.kind != "rehearsal"], [d for d in dreams if d.kind == "rehearsal"]):
-        replies = sample_many(model, tokenizer, [d.teacher_view + [{"role": "user", "content": d.request}] for d in group],
-                              stack or None, n=1, max_new_tokens=cfg.max_new_tokens, temperature=None, cache=cache)
-        for dream, reply in zip(group, replies):
-            dream.reply = reply[0]
-    words = day_words(conversations)
+        prompts = [writer_prompt(kind, turn) for turn in cells]
+        texts = sample_many(model, tokenizer, prompts, writer_stack + [WRITER], n=1, max_new_tokens=2 * cfg.max_new_tokens,
+                            temperature=cfg.temperature)
+        for turn, prompt, (text,) in zip(cells, prompts, texts):
+            pair = parse_pair(text)
+            if pair and pair[0].lower() not in seen:
+                seen.add(pair[0].lower())
+                request, reply = pair
+                dreams.append(Dream(kind, request, reply, writer_prompt=prompt,
+                                    written=f"Question: {request}\nAnswer: {reply}",
+                                    teacher_view=[{"role": "system", "content": focused_system(base_system, turn)}],
+                                    words=turn_words(turn)))
+    # A rehearsal's reply: greedy, by the active stack, closed book.
+    old = [Dream("rehearsal", REHEARSE_ASK.format(topic=topic), teacher_view=closed, expected=answer, words=[answer])
+           for topic, answer in rehearsal_topics(old_probes, rng, rehearsals)]
+    replies = sample_many(model, tokenizer, [d.teacher_view + [{"role": "user", "content": d.request}] for d in old],
+                          stack or None, n=1, max_new_tokens=cfg.max_new_tokens, temperature=None,
+                          cache=PromptCache(tokenizer))
+    for dream, reply in zip(old, replies):
+        dream.reply = reply[0]
+    dreams += old
     for dream in dreams:
-        grounded = ground(dream.request, dream.reply, [dream.expected] if dream.expected else words)
+        grounded = ground(dream.request, dream.reply, dream.words)
         if grounded:
             dream.answer, dream.reply = grounded
     return [d for d in dreams if d.reply]

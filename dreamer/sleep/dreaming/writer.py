@@ -1,12 +1,12 @@
 """Dreaming, step 3: learn to dream (ReST-EM).
 
 The dream writer is its own LoRA adapter (`writer`), applied over the active stack while it
-writes requests (dreamer.sleep.dreaming.write) and never part of what the chat serves. After the
-rewards are in, the writer trains `writer_steps` steps of cross-entropy on the requests of its
-*rewarded* dreams, under the very prompt it wrote them from (the day in context, the kind's
-instruction): the E-step keeps the samples that earned a reward, the M-step raises their
-likelihood. The day's part of that prompt is encoded once (a KV cache, no gradient through it). No rewarded dream, or `writer_learning_rate = 0` (the untrained baseline), and the
-writer is left exactly as it was.
+writes dreams (dreamer.sleep.dreaming.write) and never part of what the chat serves. After the
+rewards are in, the writer trains `writer_steps` steps of cross-entropy on what it wrote for its
+*rewarded* dreams (request and reply), under the very prompt it wrote them from (the kind's worked
+examples and the user's turn): the E-step keeps the samples that earned a reward, the M-step
+raises their likelihood. No rewarded dream, or `writer_learning_rate = 0` (the untrained
+baseline), and the writer is left exactly as it was.
 
 Where it lives: a promoted night whose writer learned saves it inside its own expert folder
 (`run-NNNN/writer/`), so it is renamed into place, promoted and rolled back together with that
@@ -63,16 +63,13 @@ def detach_writer(model) -> None:
 
 def train_writer(model, tokenizer, rewarded: list[Dream], stack: list[str], cfg: DreamingConfig,
                  rng: random.Random) -> dict:
-    """ReST-EM's M-step on the rewarded requests; the writer's loss before and after."""
-    items = [d for d in rewarded if d.writer_prompt is not None]
+    """ReST-EM's M-step on what the writer wrote for its rewarded dreams; its loss before and after."""
+    items = [d for d in rewarded if d.writer_prompt is not None and d.written]
     if not items or cfg.writer_learning_rate == 0:
         why = "no rewarded dream to learn from" if not items else "writer_learning_rate = 0 (untrained writer)"
         return {"trained": False, "why": why, "steps": 0}
     losses = []
     names = stack + [WRITER]
-    # The day in the writer's prompt (a thousand tokens and more) is encoded once, as the writer
-    # was before this training, and not differentiated through: the gradient reaches the writer
-    # through the instruction and the request, at a fraction of a full pass per step.
     cache = PromptCache(tokenizer)
     with adapters(model, names, trainable=WRITER):
         params = trainable_parameters(model)
@@ -82,7 +79,7 @@ def train_writer(model, tokenizer, rewarded: list[Dream], stack: list[str], cfg:
             if not order:
                 order = rng.sample(items, len(items))
             dream = order.pop()
-            target = continuation_ids(tokenizer, dream.request)
+            target = continuation_ids(tokenizer, dream.written)
             logits = teacher_logits(model, cache, dream.writer_prompt, names, target)
             loss = torch.nn.functional.cross_entropy(logits[0], torch.tensor(target, device=logits.device))
             loss.backward()
