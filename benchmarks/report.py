@@ -192,6 +192,27 @@ def render_paired_code(record: dict) -> str:
                  "replies opening with a greeting", "drift KL"], rows)]) + "\n"
 
 
+def render_dream_writing(record: dict) -> str:
+    frames = {"whole_day": "whole day, teacher replies (before)", "one_turn": "one turn, writer replies (now)",
+              "one_turn_teacher": "one turn, teacher replies"}
+    rows, totals = [], {f: [0, 0, 0] for f in frames}
+    for seed, result in record["seeds"].items():
+        cells = []
+        for frame in frames:
+            r = result[frame]
+            totals[frame] = [t + v for t, v in zip(totals[frame], (r["grounded"], r["on_a_fact"], r["written"]))]
+            cells.append(f"{r['grounded']} / {r['on_a_fact']} / {r['written']}")
+        rows.append([f"day of seed {seed}", *cells])
+    rows.append(["**all**", *(f"**{g} / {f} / {w}**" for g, f, w in totals.values())])
+    examples = [[d["kind"], d["request"].replace("|", "/"), d["reply"].replace("|", "/"), d["answer"]]
+                for d in next(iter(record["seeds"].values()))["one_turn"]["examples"]]
+    return "\n".join([f"`{record['command'].strip()}` ({_machine(record)}); {record['dreams']} dreams a day. "
+                      "Each cell: grounded / grounded on a told fact / written.", "",
+                      *_table(["day", *frames.values()], rows), "",
+                      "Grounded dreams of the first day, as written now:", "",
+                      *_table(["kind", "request", "reply", "grounded on"], examples)]) + "\n"
+
+
 RENDERERS = {"kill_nights": render_kill_nights, "chat_threads": render_chat_threads,
              "parity_gap_avx512": render_parity_gap, "parity_gap_avx2": render_parity_gap,
              "bench_synthetic": render_bench, "bench_heldout": render_bench, "bench_dreaming": render_bench,
@@ -201,7 +222,7 @@ RENDERERS = {"kill_nights": render_kill_nights, "chat_threads": render_chat_thre
              "nf4_merge": render_nf4_merge, "sampling": render_sampling, "sampling_gemma3": render_sampling,
              "fold_rms": render_fold_rms, "bench_phatic": render_paired_code,
              "bench_rehearsal": render_paired_code, "fold_nights": render_fold_nights,
-             "grid_threshold": render_grid_threshold}
+             "grid_threshold": render_grid_threshold, "dream_writing": render_dream_writing}
 PLOTS = ROOT / "docs" / "bench"  # each bench block's plots, drawn again by every run of this command
 
 

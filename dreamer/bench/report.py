@@ -172,7 +172,7 @@ def dream_examples(result: dict, night: int) -> list[str]:
         return []
     rows = [[label, d["kind"], d["request"].replace("|", "/")[:90], d["reply"].replace("|", "/").replace("\n", " ")[:90],
              f"{d['tau_delta']:+.4f}"] for label in ("rewarded", "rejected") for d in dreams["examples"][label]]
-    return _table(["", "kind", "request (the writer)", "reply (the teacher)", "tau change"], rows) if rows else []
+    return _table(["", "kind", "request", "reply", "tau change"], rows) if rows else []
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
