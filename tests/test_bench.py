@@ -211,7 +211,13 @@ def test_quick_runs_every_arm_and_writes_the_report_and_plots(quick_run):
             assert unit["served"]["folded"] and unit["served"]["adapters"] == 0  # which llama.cpp cannot chat with
             assert "could not load" in unit["served"]["error"]
         if arm == "dream":
-            assert unit["train"]["dreaming"]["written"] > 0 and "dream: write" in unit["train"]["phases"]
+            dreams = unit["train"]["dreaming"]
+            assert "dream: write" in unit["train"]["phases"]
+            # The tiny model's random tokens never read as "Question: ... Answer: ..." and its teacher
+            # keeps few probes, so its nights dream nothing and say why (tests/test_dreaming.py runs
+            # the stage past the writer).
+            assert dreams["written"] == 0 and dreams["error"] in ("no dreams were written",
+                                                                   "no held-out probes to score dreams on")
     context = result["units"]["context/2"]["score"]["probes"]
     recall = result["units"]["recall/2"]["score"]["probes"]
     assert max(r["memory_tokens"] for r in context) > max(r["memory_tokens"] for r in recall)
