@@ -225,6 +225,10 @@ def test_only_grounded_dreams_are_kept_and_their_replies_end_at_the_fact(model):
         ("Kiwi", "Your parrot is Kiwi.")
     assert ground("Is my parrot called Kiwi?", "Yes, Kiwi.", words) is None  # the request gives it away
     assert ground("Where does my sister live?", "I'm here to help you with anything!", words) is None
+    # The user's voice: rehearsed, "I live in Lisbon" teaches the chat to answer as the user.
+    assert ground("Where does my sister live?", "My sister lives in Lisbon.", words) is None
+    assert ground("Where does my sister live?", "Your sister lives in Lisbon. I hope you visit!", words) == \
+        ("Lisbon", "Your sister lives in Lisbon.")  # only what is kept must speak to the user
 
 
 def every_dream_helps(monkeypatch) -> None:

@@ -23,9 +23,12 @@ chat to give. Two ways to write one, no human label and nothing from outside the
 A dream must be *grounded*: its reply names a word the night is about that its request does not
 (for today's kinds, a salient word of the turn it was written from, the cloze answers of stage
 1; for a rehearsal, the earlier probe's own answer), and the reply is cut after the sentence that
-names it. A request that gives its answer away teaches nothing, and a reply that names no fact
-(the 135M writer's usual "I'm here to help") teaches the chat to say that instead of the fact.
-Only grounded dreams go on to be scored.
+names it; and what is kept must speak to the user, not as the user (no "I", "my": the writer
+often answers in the voice of the statement it was shown, "I play table tennis"). A request that
+gives its answer away teaches nothing; a reply that names no fact (the 135M model's usual "I'm
+here to help") teaches the chat to say that instead of the fact; a reply in the user's voice
+teaches it to answer "Where was I born?" with "I was born in ...", and then to make the rest up
+(the fourth paired night, docs/BENCHMARKS.md). Only grounded dreams go on to be scored.
 
 Novelty, after the paper's random extra expert: requests are sampled with temperature, and with
 probability `novelty` one older expert is dropped from the writer's stack for a kind's batch.
@@ -68,6 +71,9 @@ PAIR = re.compile(r"\s*Question:\s*(?P<request>[^\n]+?)\s*\n+\s*Answer:\s*(?P<re
 REHEARSE_ASK = "What do you remember about {topic}?"
 QUOTED = re.compile(r'"(.*)"')
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+# The first person singular: in a reply about the user's life it is the user's voice ("I play
+# table tennis", "I was born in Galway"), which rehearsed teaches the chat to answer as the user.
+FIRST_PERSON = re.compile(r"(?<![\w'-])(I|I'm|I've|I'd|I'll|me|my|mine|myself)(?![\w'-])", re.I)
 
 
 @dataclass
@@ -175,16 +181,29 @@ def plan_today(turns: list[str], count: int, rng: random.Random) -> list[tuple[s
     return [cells[i % len(cells)] for i in range(count)]
 
 
+def speaks_as_the_user(reply: str) -> bool:
+    """The reply says "I" or "my": the user's voice, not the chat's.
+
+    >>> speaks_as_the_user("I play table tennis."), speaks_as_the_user("You play table tennis.")
+    (True, False)
+    >>> speaks_as_the_user("You said your car is a Mazda I bought."), speaks_as_the_user("Fly to Lisbon, where Ana lives.")
+    (True, False)
+    """
+    return FIRST_PERSON.search(reply) is not None
+
+
 def ground(request: str, reply: str, words: list[str]) -> tuple[str, str] | None:
     """(the word the dream teaches, the reply cut after the sentence that names it), or None when
-    the reply names none of `words` that the request does not: the longest word first, so that
-    "water polo" wins over "water".
+    the reply names none of `words` that the request does not (the longest word first, so that
+    "water polo" wins over "water"), or when what is kept speaks as the user.
 
     >>> ground("Which sport do I play?", "You play water polo. It is a team sport.", ["water", "water polo"])
     ('water polo', 'You play water polo.')
     >>> ground("Do I play water polo?", "Yes, you play water polo.", ["water polo"]) is None
     True
     >>> ground("How can I help?", "I'm here to help with anything.", ["Lisbon"]) is None
+    True
+    >>> ground("Which sport do I play?", "I play water polo.", ["water polo"]) is None
     True
     """
     for word in sorted(words, key=len, reverse=True):
@@ -193,7 +212,8 @@ def ground(request: str, reply: str, words: list[str]) -> tuple[str, str] | None
             for sentence in SENTENCE_END.split(reply.strip()):
                 kept.append(sentence)
                 if mentions(sentence, word):
-                    return word, " ".join(kept)
+                    cut = " ".join(kept)
+                    return None if speaks_as_the_user(cut) else (word, cut)
     return None
 
 
