@@ -11,8 +11,8 @@ chat to give. Two ways to write one, no human label and nothing from outside the
   dream's teacher view (for the loss-gap filter) is the chat's short-term memory of that one
   turn. Why one turn and a worked frame: shown the whole day and an instruction, the embedded
   135M model wrote requests whose teacher replies named a fact of the day for 2 of 46 dreams
-  (the third paired night in docs/BENCHMARKS.md); shown one statement in this frame, its replies
-  name the turn's fact for about a third (`benchmarks/dream_writing.py`). The writer writes the
+  (the third paired night in docs/BENCHMARKS.md); shown one statement in this frame, about one
+  dream in four is grounded (`benchmarks/dream_writing.py`). The writer writes the
   reply because the teacher, the day or the one turn in its prompt, names the fact less often
   than the writer that has the statement right above its answer (same benchmark).
 - *Rehearsal* of earlier nights, closed book: the salient words of an earlier night's probe
