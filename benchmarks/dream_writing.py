@@ -35,7 +35,7 @@ from dreamer.lm.generation import sample, sample_many
 from dreamer.lm.prompt_cache import PromptCache
 from dreamer.lm.weights import WRITER, build_stack, load_base, plan_device, training_source
 from dreamer.sleep.config import DistillConfig, DreamingConfig, LoadConfig
-from dreamer.sleep.dreaming.write import ground, mentions, split_counts, turn_words, write_dreams
+from dreamer.sleep.dreaming.write import clean_request, ground, mentions, turn_words, write_dreams
 from dreamer.sleep.dreaming.writer import attach_writer
 from dreamer.sleep.seeding.day_text import teacher_system
 from dreamer.sleep.seeding.memories import transcript
@@ -63,9 +63,12 @@ def counted(dreams: list[dict], answers: list[str]) -> dict:
             "examples": grounded[:4]}
 
 
-def whole_day(model, tokenizer, day: dict, cfg: DreamingConfig, rng: random.Random) -> list[dict]:
-    from dreamer.sleep.dreaming.write import clean_request
+def split_counts(total: int, kinds: list[str]) -> dict[str, int]:
+    """`total` dreams spread over `kinds` as evenly as possible, the first kinds taking the rest (the old frame's plan)."""
+    return {kind: total // len(kinds) + (i < total % len(kinds)) for i, kind in enumerate(kinds)}
 
+
+def whole_day(model, tokenizer, day: dict, cfg: DreamingConfig) -> list[dict]:
     conversations = day["records"]
     opened = [{"role": "system", "content": teacher_system(SYSTEM, transcript(conversations, tokenizer, 1536))}]
     cache = PromptCache(tokenizer)
@@ -121,7 +124,7 @@ def main(argv=None) -> None:
         answers = sorted({str(p["answer"]) for p in day["probes"] if p["kind"] in ("recall", "implication")})
         started = time.monotonic()
         torch.manual_seed(seed)
-        old = whole_day(model, tokenizer, day, cfg, random.Random(seed))
+        old = whole_day(model, tokenizer, day, cfg)
         torch.manual_seed(seed)
         written, taught = one_turn(model, tokenizer, day, cfg, random.Random(seed))
         record["seeds"][str(seed)] = {name: counted(dreams, answers) for name, dreams in

@@ -47,6 +47,11 @@ def held_out_probe(monkeypatch):
     monkeypatch.setattr(stage, "split_probes", lambda probes, wanted, rng: ([PROBE], probes))
 
 
+def every_sample_a_pair(text: str) -> tuple[str, str]:
+    """parse_pair for the tiny model, whose random tokens never read as "Question: ... Answer: ..."."""
+    return f"What about {text[:24]!r}?", text or "nothing"
+
+
 @pytest.fixture
 def grounded(monkeypatch):
     """The tiny model's replies are random tokens and name no fact of the day, so no dream would be
@@ -54,7 +59,7 @@ def grounded(monkeypatch):
     is grounded by its first word (tests of the night's plumbing past the writer)."""
     from dreamer.sleep.dreaming import write
 
-    monkeypatch.setattr(write, "parse_pair", lambda text: (f"What about {text[:24]!r}?", text or "nothing"))
+    monkeypatch.setattr(write, "parse_pair", every_sample_a_pair)
     monkeypatch.setattr(write, "ground", lambda request, reply, words: (words[0], reply) if words else None)
 
 
@@ -164,7 +169,7 @@ def test_dreams_are_written_with_replies_and_rehearsals_of_earlier_nights(model,
     attach_writer(model, [], DreamingConfig(writer_rank=4), DistillConfig(rank=4))
     # The tiny model writes random tokens; read each sample as a pair, so that the written dreams
     # can be checked (what the writer saw, what it is trained on, what its reply must name).
-    monkeypatch.setattr(write, "parse_pair", lambda text: (f"What about {text[:24]!r}?", text or "nothing"))
+    monkeypatch.setattr(write, "parse_pair", every_sample_a_pair)
     turns = ["My parrot is called Kiwi.", "My sister lives in Lisbon."]
     conversations = [{"messages": [{"role": "user", "content": "Hello again."}] +
                       [{"role": "user", "content": t} for t in turns]}]
@@ -205,7 +210,7 @@ def test_a_night_whose_dreams_name_no_fact_is_stage_one_and_says_why(day_store, 
     from dreamer.sleep.dreaming import stage as dream_stage, write
 
     monkeypatch.setattr(gate_stage, "measure", lambda *a, **k: dict(GOOD_FIGURES))
-    monkeypatch.setattr(write, "parse_pair", lambda text: (f"What about {text[:24]!r}?", text or "nothing"))
+    monkeypatch.setattr(write, "parse_pair", every_sample_a_pair)
     monkeypatch.setattr(write, "ground", lambda request, reply, words: None)
     rewards = []
     monkeypatch.setattr(dream_stage, "reward_dreams", lambda *a, **k: rewards.append(1) or 0.5)

@@ -83,9 +83,8 @@ class Dream:
     reply: str = ""
     writer_prompt: list[dict] | None = None  # what the writer saw (None: a rehearsal, written by no writer)
     written: str | None = None  # what the writer wrote, the text ReST-EM trains it on
-    words: list[str] = field(default_factory=list)  # the facts its reply may name (its turn's salient words)
+    words: list[str] = field(default_factory=list)  # the facts its reply may name: its turn's salient words, or a rehearsal's earlier answer
     teacher_view: list[dict] = field(default_factory=list)  # the prompt the reply was written under
-    expected: str | None = None  # a rehearsal's earlier probe answer, the word its reply must name
     answer: str | None = None  # the word the reply names and the request does not (None: not grounded)
     gap: float | None = None  # student minus teacher loss on the reply (the first filter)
     tau_delta: float | None = None  # change of tau after a throwaway copy trained on it
@@ -217,15 +216,6 @@ def ground(request: str, reply: str, words: list[str]) -> tuple[str, str] | None
     return None
 
 
-def split_counts(total: int, kinds: list[str]) -> dict[str, int]:
-    """`total` dreams spread over `kinds` as evenly as possible, the first kinds taking the rest.
-
-    >>> split_counts(6, ["a", "b", "c", "d"])
-    {'a': 2, 'b': 2, 'c': 1, 'd': 1}
-    """
-    return {kind: total // len(kinds) + (i < total % len(kinds)) for i, kind in enumerate(kinds)}
-
-
 def rehearsal_topics(old_probes: list[dict], rng: random.Random, count: int) -> list[tuple[str, str]]:
     """(salient word, the probe's answer) of earlier nights' probe sentences, the word never the
     answer, shuffled: the rehearsal asks about the word, and is grounded if the stack's reply
@@ -278,7 +268,7 @@ def write_dreams(model, tokenizer, *, conversations: list[dict], base_system: st
                                     teacher_view=[{"role": "system", "content": focused_system(base_system, turn)}],
                                     words=turn_words(turn)))
     # A rehearsal's reply: greedy, by the active stack, closed book.
-    old = [Dream("rehearsal", REHEARSE_ASK.format(topic=topic), teacher_view=closed, expected=answer, words=[answer])
+    old = [Dream("rehearsal", REHEARSE_ASK.format(topic=topic), teacher_view=closed, words=[answer])
            for topic, answer in rehearsal_topics(old_probes, rng, rehearsals)]
     replies = sample_many(model, tokenizer, [d.teacher_view + [{"role": "user", "content": d.request}] for d in old],
                           stack or None, n=1, max_new_tokens=cfg.max_new_tokens, temperature=None,
