@@ -213,6 +213,52 @@ def render_dream_writing(record: dict) -> str:
                       *_table(["kind", "request", "reply", "grounded on"], examples)]) + "\n"
 
 
+def render_dream_reward(record: dict) -> str:
+    """benchmarks/dream_reward.py: each reward against what the user is asked, dream by dream."""
+    from benchmarks.dream_reward import spearman
+
+    names = {"tau": "tau, every held-out probe (was the default)", "tau_log": "the same, log-probability",
+             "tau_fact": "tau, the dream's own fact's probes", "tau_fact_log": "the same, log-probability",
+             "tau_other": "tau, the other facts' probes",
+             "guarded": "its own fact's tau up and the other facts' not down", "gap": "the first filter's loss gap"}
+    seeds = record["seeds"]
+    lines = [f"`{record['command'].strip()}` ({_machine(record)}); {record['dreams']} dreams written a day, every "
+             "grounded one scored. Per day: grounded dreams; held-out self-probes (the reward's) and the bench's "
+             "recall and implication probes (the truth's, never seen by a night); mean right-option probability "
+             "before; how many dreams raised the truth over all the day's probes / over the probes of the fact the "
+             "dream names (with such a probe), under the current inner setting:", ""]
+    first = record["inner"][0]
+    lines += _table(["day", "grounded", "probes: held-out / truth", "before: held-out / truth",
+                     "truth up / truth of its fact up"],
+                    [[f"seed {seed}", r["grounded"], f"{r['held_probes']} / {r['truth_probes']}",
+                      f"{r['before']['held']:.3f} / {r['before']['truth']:.3f}",
+                      f"{r['settings'][first]['truth_up']} / {r['settings'][first]['truth_fact_up']}"]
+                     for seed, r in seeds.items()])
+    lines += ["", "Per inner setting (steps:learning rate) and reward, both days pooled: the dreams it rewards "
+              "(change > 0) of those it can score; their mean truth change over all the day's probes (what "
+              "rehearsing them does to what the user is asked) and over their own fact's probes; the Spearman "
+              "correlation of the reward with each truth. The first row of a setting is every dream, unselected.", ""]
+    rows = []
+    for setting in record["inner"]:
+        dreams = [d["settings"][setting] for r in seeds.values() for d in r["dreams"]]
+        for d in dreams:  # own fact up, and the other facts not down (both measured on the same copy)
+            d["guarded"] = None if d["tau_fact"] is None else (d["tau_fact"] if d["tau_other"] >= 0 else -1.0)
+        for reward, label in [(None, "(every dream, no selection)"), *names.items()]:
+            scored = dreams if reward is None else [d for d in dreams if d[reward] is not None]
+            kept = scored if reward is None else [d for d in scored if d[reward] > 0]
+            fact = [d["truth_fact"] for d in kept if d["truth_fact"] is not None]
+            rho = [None if reward in (None, "guarded") else spearman([d[reward] for d in scored if d[t] is not None],
+                                                        [d[t] for d in scored if d[t] is not None])
+                   for t in ("truth", "truth_fact")]
+            rows.append([setting, label, f"{len(kept)} / {len(scored)}",
+                         f"{sum(d['truth'] for d in kept) / len(kept):+.4f}" if kept else "-",
+                         f"{sum(fact) / len(fact):+.4f}" if fact else "-",
+                         *("-" if v is None else f"{v:+.2f}" for v in rho)])
+    lines += _table(["inner", "reward", "rewarded / scored", "truth change, all probes", "truth change, its fact",
+                     "Spearman with truth", "with truth of its fact"], rows)
+    return "\n".join(lines) + "\n"
+
+
 RENDERERS = {"kill_nights": render_kill_nights, "chat_threads": render_chat_threads,
              "parity_gap_avx512": render_parity_gap, "parity_gap_avx2": render_parity_gap,
              "bench_synthetic": render_bench, "bench_heldout": render_bench, "bench_dreaming": render_bench,
@@ -223,7 +269,8 @@ RENDERERS = {"kill_nights": render_kill_nights, "chat_threads": render_chat_thre
              "nf4_merge": render_nf4_merge, "sampling": render_sampling, "sampling_gemma3": render_sampling,
              "fold_rms": render_fold_rms, "bench_phatic": render_paired_code,
              "bench_rehearsal": render_paired_code, "fold_nights": render_fold_nights,
-             "grid_threshold": render_grid_threshold, "dream_writing": render_dream_writing}
+             "grid_threshold": render_grid_threshold, "dream_writing": render_dream_writing,
+             "dream_reward": render_dream_reward}
 PLOTS = ROOT / "docs" / "bench"  # each bench block's plots, drawn again by every run of this command
 
 

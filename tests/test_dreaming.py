@@ -35,8 +35,8 @@ DREAMING = {"enabled": True, "dreams": 6, "keep": 2, "keep_random": 1, "max_new_
             "tau_today": 4, "tau_old": 2, "rehearse_steps": 2, "rehearse_batch": 2, "writer_steps": 2}
 GOOD_FIGURES = {"today_probes": 3, "old_probes": 0, "today_before": 0.0, "today_after": 1.0, "old_before": None,
                 "old_after": None, "drift": 0.01, "replies_before": [], "replies_after": []}
-PROBE = {"day": "2026-11-21", "question": 'Which word is missing from what I told you? "My parrot is called ___."',
-         "answer": "Kiwi", "distractors": ["Milo", "Rex", "Ziggy"], "kind": "recall"}
+PROBE = {"day": "2026-11-21", "question": 'Which word is missing from what I told you? "My cat is called ___."',
+         "answer": "Miso", "distractors": ["Milo", "Rex", "Ziggy"], "kind": "recall"}  # day_store's fact
 
 
 @pytest.fixture(autouse=True)
@@ -99,7 +99,8 @@ def test_every_preset_sets_dreaming_and_bad_values_are_named():
                             ({"enabled": "yes"}, "dreaming.enabled must be true or false"),
                             ({"dreams": 4, "keep": 4, "keep_random": 1}, "dreaming.keep \\+ dreaming.keep_random"),
                             ({"tau_today": 0, "tau_old": 0}, "the reward needs probes"),
-                            ({"writer_learning_rate": -1}, "dreaming.writer_learning_rate")):
+                            ({"writer_learning_rate": -1}, "dreaming.writer_learning_rate"),
+                            ({"reward_probes": "some"}, "dreaming.reward_probes must be one of own, all")):
         with pytest.raises(SleepConfigError, match=message):
             DreamingConfig(**values)
     assert DreamingConfig(writer_learning_rate=0).writer_learning_rate == 0  # the untrained-writer baseline
@@ -109,17 +110,41 @@ def test_scoring_rewards_the_planted_helpful_dream_and_leaves_every_weight_bit_i
     model, tokenizer = model
     # A random tiny model does not generalize across wordings, so the planted dream that helps asks
     # as the probe does; what is tested is the reward, its sign and the restoring.
-    helpful = Dream("question", 'Which word is missing from what I told you? "My parrot is called ___."', "Kiwi")
+    helpful = Dream("question", PROBE["question"], "Miso")
     useless = [Dream("question", "What is two plus two?", "Four."),
                Dream("application", "Suggest a film for tonight.", "A comedy would be nice."),
                Dream("paraphrase", "What is the weather like?", "It is sunny today.")]
     before = weights(model)
-    cfg = DreamingConfig(inner_steps=3, inner_learning_rate=1e-2)
+    cfg = DreamingConfig(inner_steps=3, inner_learning_rate=1e-2, reward_probes="all")
     tau = reward_dreams(model, tokenizer, useless[:2] + [helpful] + useless[2:], [PROBE], [], SYSTEM, cfg)
     assert 0 < tau < 1
     assert helpful.rewarded and helpful.tau_delta > max(d.tau_delta for d in useless)
     assert not changed(model, before), "a throwaway copy left a trace in the real expert or the stack"
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_own_probe_rewards_measure_each_dream_on_its_fact_and_skip_dreams_without_one(model):
+    model, tokenizer = model
+    other = {**PROBE, "question": 'Which word is missing from what I told you? "My sister lives in ___."',
+             "answer": "Lisbon", "distractors": ["Paris", "Oslo", "Rome"]}
+    helpful = Dream("question", PROBE["question"], "Miso", words=["cat", "Miso"])
+    useless = Dream("paraphrase", "What is the weather like?", "It is sunny today.", words=["Lisbon"])
+    unmeasured = Dream("application", "Suggest a film for tonight.", "A comedy.", words=["comedy"])
+    before = weights(model)
+    cfg = DreamingConfig(inner_steps=3, inner_learning_rate=1e-2, reward_probes="own")
+    probes = [PROBE, other]
+    tau = reward_dreams(model, tokenizer, [helpful, useless, unmeasured], probes, [], SYSTEM, cfg)
+    probabilities = score_step.probe_probabilities(model, tokenizer, probes, [NEW], SYSTEM)
+    assert tau == pytest.approx(sum(probabilities) / 2)
+    assert helpful.rewarded and helpful.tau_delta > 0
+    assert unmeasured.tau_delta is None and not unmeasured.rewarded  # nothing of its fact to measure it on
+    assert not changed(model, before)
+    # The same dream measured on every probe (`all`): its own probe's gain, averaged with the other's change.
+    alone = Dream("question", PROBE["question"], "Miso", words=["cat", "Miso"])
+    reward_dreams(model, tokenizer, [alone], probes, [], SYSTEM,
+                  DreamingConfig(inner_steps=3, inner_learning_rate=1e-2, reward_probes="all"))
+    assert alone.tau_delta != pytest.approx(helpful.tau_delta)
+    assert score_step.own_probes(useless, probes) == [1] and score_step.measured_probes(unmeasured, probes, cfg) == []
 
 
 def test_the_first_filter_keeps_the_largest_gaps_and_some_at_random():

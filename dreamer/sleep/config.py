@@ -139,6 +139,9 @@ class DistillConfig:
         _check(self.rl_group >= 2 or self.alpha == 1, "distill.rl_group must be >= 2 for a group-mean baseline")
 
 
+REWARD_PROBES = ("own", "all")
+
+
 @dataclass
 class DreamingConfig:
     """Stage 2 of the night (dreamer.sleep.dreaming): dream, score, learn to dream, rehearse."""
@@ -153,12 +156,14 @@ class DreamingConfig:
     novelty: float = field(
         default=0.3, metadata={"help": "chance that a batch of dreams is written with one older expert dropped"})
     max_new_tokens: int = field(default=40, metadata={"help": "longest rehearsal reply, tokens; a written request and reply together get twice this"})
-    inner_steps: int = field(default=3, metadata={"help": "steps of each throwaway copy of tonight's expert on its dream"})
-    inner_learning_rate: float = field(default=1e-3, metadata={"help": "learning rate of the throwaway copies"})
+    inner_steps: int = field(default=8, metadata={"help": "steps of each throwaway copy of tonight's expert on its dream"})
+    inner_learning_rate: float = field(default=3e-4, metadata={"help": "learning rate of the throwaway copies"})
     tau_today: int = field(default=12, metadata={"help": "today's held-out self-probes the reward is measured on"})
     tau_old: int = field(default=6, metadata={"help": "earlier nights' probes the reward is measured on"})
     min_improvement: float = field(
         default=0.0, metadata={"help": "a dream is rewarded when tau (mean probability of the right answer) rises by more"})
+    reward_probes: str = field(default="own", metadata={
+        "help": "the held-out probes a dream's tau is measured on: own (those of the fact it is about) or all"})
     rehearse_epochs: float = field(default=4.0, metadata={"help": "passes of tonight's expert over the rewarded dreams"})
     rehearse_steps: int = field(default=20, metadata={"help": "most steps of tonight's expert on the rewarded dreams"})
     rehearse_batch: int = field(default=4, metadata={"help": "rewarded dreams per rehearsal step"})
@@ -189,6 +194,8 @@ class DreamingConfig:
         _check(self.keep + self.keep_random <= self.dreams,
                f"dreaming.keep + dreaming.keep_random ({self.keep + self.keep_random}) must be <= dreaming.dreams ({self.dreams})")
         _check(self.tau_today + self.tau_old > 0, "dreaming.tau_today + dreaming.tau_old must be > 0: the reward needs probes")
+        _check(self.reward_probes in REWARD_PROBES,
+               f"dreaming.reward_probes must be one of {', '.join(REWARD_PROBES)}, got {self.reward_probes!r}")
 
 
 @dataclass

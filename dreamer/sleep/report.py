@@ -81,6 +81,8 @@ def dreams_section(dreams: dict, earlier: list[dict]) -> list[str]:
     """What Dreaming did tonight: counts, the reward rate against earlier nights, examples."""
     kinds = ", ".join(f"{k} {v['written']}" for k, v in dreams["kinds"].items() if v["written"])
     grounded = f"{dreams['grounded']} grounded (the reply names a fact the request does not), " if "grounded" in dreams else ""
+    if dreams.get("scorable") is not None and dreams["scorable"] < dreams.get("grounded", 0):
+        grounded += f"{dreams['scorable']} of them about a fact with a held-out probe, "
     lines = ["## Dreams", "", f"- {dreams['written']} written ({kinds or 'none'}), {grounded}{dreams['kept']} kept by "
              f"the loss-gap filter, {dreams['rewarded']} rewarded"]
     if dreams.get("error"):

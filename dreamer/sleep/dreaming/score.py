@@ -11,8 +11,12 @@
    `inner_steps` steps on it (cross-entropy on the reply, closed book), then tau is measured:
    the mean probability the model puts on the right answer among the alternatives, closed book,
    over held-out self-probes: today's probes that the gate does not use, plus earlier nights'
-   probes (so a dream that protects old memories earns its reward too). The dream is rewarded
-   when tau rises by more than `min_improvement`. The copy is the live expert's parameters
+   probes (so a dream that protects old memories earns its reward too). With `reward_probes =
+   "own"` only the probes of the dream's own fact count (its sentence's blanks; the earlier
+   answer a rehearsal re-tells): a few steps on one dream move its fact's probes, and averaged
+   over every probe that signal drowns in how the copy moves all the others
+   (benchmarks/dream_reward.py measures both against what the user is asked). The dream is
+   rewarded when tau rises by more than `min_improvement`. The copy is the live expert's parameters
    saved before and written back after each dream, bit for bit, with a fresh optimizer each
    time: nothing a throwaway copy did survives it.
 
@@ -80,28 +84,53 @@ def first_filter(dreams: list[Dream], cfg: DreamingConfig, rng: random.Random) -
     return kept + rng.sample(rest, min(cfg.keep_random, len(rest)))
 
 
+def probe_probabilities(model, tokenizer, probes: list[dict], names: list[str], system: str) -> list[float]:
+    """Each probe's right answer's probability among its options, closed book."""
+    with adapters(model, names):
+        return [torch.softmax(torch.tensor(option_scores(model, tokenizer, probe["question"],
+                                                         [probe["answer"], *probe["distractors"]], system=system)),
+                              0)[0].item() for probe in probes]
+
+
 def tau(model, tokenizer, probes: list[dict], names: list[str], system: str) -> float:
     """Mean probability of the right answer among each probe's options, closed book."""
-    total = 0.0
-    with adapters(model, names):
-        for probe in probes:
-            scores = option_scores(model, tokenizer, probe["question"], [probe["answer"], *probe["distractors"]],
-                                   system=system)
-            total += torch.softmax(torch.tensor(scores), 0)[0].item()
-    return total / len(probes)
+    return sum(probe_probabilities(model, tokenizer, probes, names, system)) / len(probes)
+
+
+def own_probes(dream: Dream, probes: list[dict]) -> list[int]:
+    """The probes of the fact a dream is about: those whose answer is one of its words (its
+    sentence's cloze words, or the earlier answer a rehearsal re-tells).
+
+    >>> own_probes(Dream("question", "Where does Ana live?", words=["Ana", "Lisbon"]),
+    ...            [{"answer": "Miso"}, {"answer": "lisbon"}])
+    [1]
+    """
+    words = {w.casefold() for w in dream.words}
+    return [i for i, probe in enumerate(probes) if str(probe["answer"]).casefold() in words]
+
+
+def measured_probes(dream: Dream, probes: list[dict], cfg: DreamingConfig) -> list[int]:
+    """The probes a dream's tau is measured on (`reward_probes`); none: it cannot be scored."""
+    return own_probes(dream, probes) if cfg.reward_probes == "own" else list(range(len(probes)))
 
 
 def reward_dreams(model, tokenizer, dreams: list[Dream], probes: list[dict], stack: list[str], system: str,
                   cfg: DreamingConfig, progress: Callable = lambda n=1: None) -> float:
     """Set each dream's `tau_delta` and `rewarded`; tau of tonight's expert as it was, returned.
 
+    A dream with no probe to be measured on (`measured_probes`) is not trained, and not rewarded.
     Tonight's expert is exactly as it was when this returns (or raises).
     """
     names = stack + [NEW]
-    before = tau(model, tokenizer, probes, names, system)
+    before = probe_probabilities(model, tokenizer, probes, names, system)
     state = expert_state(model)
     try:
         for dream in dreams:
+            measured = measured_probes(dream, probes, cfg)
+            if not measured:
+                dream.tau_delta, dream.rewarded = None, False
+                progress()
+                continue
             params = trainable_parameters(model)
             optimizer = torch.optim.AdamW(params, lr=cfg.inner_learning_rate, weight_decay=0.0)
             for _ in range(cfg.inner_steps):
@@ -109,7 +138,8 @@ def reward_dreams(model, tokenizer, dreams: list[Dream], probes: list[dict], sta
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            dream.tau_delta = tau(model, tokenizer, probes, names, system) - before
+            after = tau(model, tokenizer, [probes[i] for i in measured], names, system)
+            dream.tau_delta = after - sum(before[i] for i in measured) / len(measured)
             dream.rewarded = dream.tau_delta > cfg.min_improvement
             restore_state(model, state)
             progress()
@@ -117,4 +147,4 @@ def reward_dreams(model, tokenizer, dreams: list[Dream], probes: list[dict], sta
         restore_state(model, state)
         for param in trainable_parameters(model):
             param.grad = None
-    return before
+    return sum(before) / len(before)
