@@ -322,7 +322,10 @@ def test_a_dreaming_night_saves_its_writer_which_the_next_night_loads(day_store,
     first = night(day_store, tiny_dir, dreamer_home, fake_judge)
     assert first.status == "promoted", first.message
     dreams = first.metrics["dreaming"]
-    assert dreams["written"] >= dreams["grounded"] >= dreams["kept"] > 0 and dreams["rewarded"] == dreams["kept"]
+    assert dreams["written"] >= dreams["grounded"] >= dreams["scorable"] >= dreams["kept"] > 0
+    assert dreams["rewarded"] == dreams["kept"]
+    if dreams["scorable"] < dreams["grounded"]:  # only dreams about the cat (the held-out probe's fact) are scored
+        assert f"{dreams['scorable']} of them about a fact with a held-out probe" in first.report
     assert dreams["writer"]["trained"] and dreams["rehearsal"]["steps"] == DREAMING["rehearse_steps"]
     assert "## Dreams" in first.report and "rewarded dream" in first.report
     writer = dreamer_home / "adapters" / "run-0001" / "writer"
@@ -332,7 +335,8 @@ def test_a_dreaming_night_saves_its_writer_which_the_next_night_loads(day_store,
     day_store.add_message(conversation, "user", "My brother Tom moved to Porto.")
     second = night(day_store, tiny_dir, dreamer_home, fake_judge)
     assert second.metrics["dreaming"]["writer_from"] == str(writer)
-    assert second.metrics["dreaming"]["kinds"]["rehearsal"]["written"] > 0  # night 1 is re-told
+    assert second.metrics["dreaming"]["kinds"]["rehearsal"]["written"] > 0  # night 1 is re-told,
+    assert second.metrics["dreaming"]["tau_probes"]["old"] > 0  # from the earlier probes tau holds
     assert "earlier nights: " in second.report
 
     from dreamer.cli.main import cli
