@@ -13,8 +13,8 @@
    over held-out self-probes: today's probes that the gate does not use, plus earlier nights'
    probes (so a dream that protects old memories earns its reward too). With `reward_probes =
    "own"` only the probes of the dream's own fact count (its sentence's blanks; the earlier
-   answer a rehearsal re-tells): a few steps on one dream move its fact's probes, and averaged
-   over every probe that signal drowns in how the copy moves all the others
+   answer a rehearsal re-tells): a few steps on one dream move its own fact's probes, and
+   averaged over every probe the reward mostly measures how the copy moved the other facts
    (benchmarks/dream_reward.py measures both against what the user is asked). The dream is
    rewarded when tau rises by more than `min_improvement`. The copy is the live expert's parameters
    saved before and written back after each dream, bit for bit, with a fresh optimizer each

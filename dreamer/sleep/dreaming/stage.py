@@ -35,8 +35,8 @@ from dreamer.sleep.dreaming.score import (
     expert_state, first_filter, loss_gaps, measured_probes, restore_state, reward_dreams,
 )
 from dreamer.sleep.dreaming.write import KINDS, QUOTED, Dream, write_dreams
-from dreamer.sleep.seeding.cloze import BLANK
 from dreamer.sleep.dreaming.writer import attach_writer, detach_writer, train_writer
+from dreamer.sleep.seeding.cloze import BLANK
 
 log = logging.getLogger(__name__)
 EXAMPLES = 3  # rewarded and rejected dreams shown in the morning report
