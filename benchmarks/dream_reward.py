@@ -4,9 +4,9 @@ For each seed, one synthetic day (`dreamer bench`'s days, 10 facts) is slept for
 alone, `cpu-tiny`, in a home under `--work` (kept: a second run reuses it). Then the moment
 Dreaming starts is rebuilt: the base, that night's expert trainable, a fresh writer. The night's
 dreams are written exactly as Dreaming writes them, and for every grounded dream a throwaway
-copy of the expert trains on it, as `dreamer.sleep.dreaming.score.reward_dreams` does, once per
+copy of the expert trains on it (`dreamer.sleep.dreaming.score.train_copy`, as the reward does), once per
 `--inner` setting (steps:learning rate). After each copy, two sets of probes are asked closed
-book, each probe's right option scored as tau scores it (its probability among the options):
+book, each probe's right option scored as tau scores it (`probe_probabilities`):
 
 - the reward's: the night's held-out self-probes (cloze probes of the user's sentences), the
   half Dreaming holds out of the gate, chosen as it chooses them;
@@ -14,8 +14,8 @@ book, each probe's right option scored as tau scores it (its probability among t
   the dream does for what the user will ask.
 
 Rewards compared, all from the same copies: `tau` (the mean change over every held-out probe:
-what Dreaming uses), `tau_fact` (the mean change over the held-out probes of the dream's own
-sentence, its turn's cloze words; none held out: no reward), both also in log-probability,
+what Dreaming used), `tau_fact` (the mean change over the dream's own held-out probes,
+`own_probes`, what Dreaming now uses; none held out: no reward), both also in log-probability,
 `tau_other` (the held-out probes of the other sentences: what a dream costs the rest), and the
 first filter's loss `gap` (no copy needed). Truths: `truth` (the mean change over all the
 day's bench probes) and `truth_fact` (over those whose answer the dream's reply names). Per
@@ -65,31 +65,6 @@ def sleep_day(home: Path, source: str, seed: int, records: list[dict]) -> None:
         raise SystemExit(f"seed {seed}: the night was {row['status']}: {row['message']}")
 
 
-def right_option(model, tokenizer, probes: list[dict], names: list[str], system: str) -> list[float]:
-    """Each probe's right option's probability among its options (tau's per-probe measure)."""
-    from dreamer.lm.scoring import option_scores
-    from dreamer.lm.weights import adapters
-
-    with adapters(model, names):
-        return [torch.softmax(torch.tensor(option_scores(model, tokenizer, p["question"],
-                                                         [p["answer"], *p["distractors"]], system=system)), 0)[0].item()
-                for p in probes]
-
-
-def train_copy(model, tokenizer, dream, names: list[str], system: str, steps: int, lr: float) -> None:
-    """The throwaway copy's steps, as reward_dreams takes them."""
-    from dreamer.lm.weights import trainable_parameters
-    from dreamer.sleep.dreaming.score import reply_loss, student_view
-
-    params = trainable_parameters(model)
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    for _ in range(steps):
-        reply_loss(model, tokenizer, student_view(dream, system), dream.reply, names).backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-
 def ranks(values: list[float]) -> list[float]:
     order = sorted(range(len(values)), key=lambda i: values[i])
     out = [0.0] * len(values)
@@ -129,9 +104,8 @@ def change(after: list[float], before: list[float], which: list[int], log: bool 
     return mean([after[i] - before[i] for i in which])
 
 
-def rewards_and_truths(row: dict, before: dict, held: list[dict], truth: list[dict]) -> dict:
-    """The reward variants and the truths of one dream under one inner setting."""
-    fact_held = [i for i, p in enumerate(held) if p["answer"] in row["words"]]
+def rewards_and_truths(row: dict, before: dict, held: list[dict], truth: list[dict], fact_held: list[int]) -> dict:
+    """The reward variants and the truths of one dream under one inner setting (`fact_held`: its own held-out probes)."""
     fact_truth = [i for i, p in enumerate(truth) if mentions(row["reply"], str(p["answer"]))]
     every_held, every_truth = list(range(len(held))), list(range(len(truth)))
     return {
@@ -177,18 +151,18 @@ def study_seed(seed: int, home: Path, source: str, day: dict, settings: list[tup
     from dreamer.lm.weights import NEW, load_base, plan_device, use_adapters
     from dreamer.morning.stack import active_paths
     from dreamer.sleep.config import LoadConfig, load_preset
-    from dreamer.sleep.dreaming.score import expert_state, loss_gaps, restore_state
+    from dreamer.sleep.dreaming.score import (
+        expert_state, loss_gaps, own_probes, probe_probabilities, restore_state, train_copy,
+    )
     from dreamer.sleep.dreaming.stage import split_probes
     from dreamer.sleep.dreaming.write import write_dreams
     from dreamer.sleep.dreaming.writer import attach_writer
-    from storage import Config, Store
+    from storage import Config, Store, ledger
 
     store = Store(home / "dreamer.db")
     try:
         expert = active_paths(store)[0]
-        run_id = json.loads((expert / "metadata.json").read_text())["run_id"]
-        probes = [{**p, "distractors": json.loads(p["distractors"]) if isinstance(p["distractors"], str)
-                   else p["distractors"]} for p in store.db["probes"].rows_where("run_id = ?", [run_id], order_by="id")]
+        probes = ledger.replay_probes(store)  # the one night's probes: its expert is the whole stack
     finally:
         store.close()
     preset = load_preset("cpu-tiny")
@@ -212,8 +186,8 @@ def study_seed(seed: int, home: Path, source: str, day: dict, settings: list[tup
     grounded = [d for d in written if d.answer]
     loss_gaps(model, tokenizer, grounded, [], system)
     names = [NEW]
-    before = {"held": right_option(model, tokenizer, held, names, system),
-              "truth": right_option(model, tokenizer, truth, names, asked)}
+    before = {"held": probe_probabilities(model, tokenizer, held, names, system),
+              "truth": probe_probabilities(model, tokenizer, truth, names, asked)}
     state = expert_state(model)
     rows = [{"kind": d.kind, "request": d.request, "reply": d.reply, "answer": d.answer, "words": d.words,
              "gap": round(d.gap, 4), "on_a_fact": any(mentions(d.reply, str(p["answer"])) for p in truth),
@@ -225,10 +199,10 @@ def study_seed(seed: int, home: Path, source: str, day: dict, settings: list[tup
         scored = []
         for dream, row in zip(grounded, rows):
             train_copy(model, tokenizer, dream, names, system, steps, lr)
-            after = {"held": right_option(model, tokenizer, held, names, system),
-                     "truth": right_option(model, tokenizer, truth, names, asked)}
+            after = {"held": probe_probabilities(model, tokenizer, held, names, system),
+                     "truth": probe_probabilities(model, tokenizer, truth, names, asked)}
             restore_state(model, state)
-            measured = rewards_and_truths({**row, **after}, before, held, truth)
+            measured = rewards_and_truths({**row, **after}, before, held, truth, own_probes(dream, held))
             row["settings"][key] = {k: (round(v, 4) if v is not None else None) for k, v in measured.items()}
             scored.append(measured)
         out["settings"][key] = summarise(scored)

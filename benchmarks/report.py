@@ -240,9 +240,9 @@ def render_dream_reward(record: dict) -> str:
               "correlation of the reward with each truth. The first row of a setting is every dream, unselected.", ""]
     rows = []
     for setting in record["inner"]:
-        dreams = [d["settings"][setting] for r in seeds.values() for d in r["dreams"]]
-        for d in dreams:  # own fact up, and the other facts not down (both measured on the same copy)
-            d["guarded"] = None if d["tau_fact"] is None else (d["tau_fact"] if d["tau_other"] >= 0 else -1.0)
+        # "guarded": own fact up, and the other facts not down (both measured on the same copy)
+        dreams = [{**m, "guarded": None if m["tau_fact"] is None else (m["tau_fact"] if m["tau_other"] >= 0 else -1.0)}
+                  for r in seeds.values() for m in (d["settings"][setting] for d in r["dreams"])]
         for reward, label in [(None, "(every dream, no selection)"), *names.items()]:
             scored = dreams if reward is None else [d for d in dreams if d[reward] is not None]
             kept = scored if reward is None else [d for d in scored if d[reward] > 0]

@@ -114,6 +114,18 @@ def measured_probes(dream: Dream, probes: list[dict], cfg: DreamingConfig) -> li
     return own_probes(dream, probes) if cfg.reward_probes == "own" else list(range(len(probes)))
 
 
+def train_copy(model, tokenizer, dream: Dream, names: list[str], system: str, steps: int, lr: float) -> None:
+    """A throwaway copy's steps: tonight's expert trained on one dream's reply, closed book, with a
+    fresh optimizer (the caller saves and restores the expert around it)."""
+    params = trainable_parameters(model)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    for _ in range(steps):
+        reply_loss(model, tokenizer, student_view(dream, system), dream.reply, names).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
 def reward_dreams(model, tokenizer, dreams: list[Dream], probes: list[dict], stack: list[str], system: str,
                   cfg: DreamingConfig, progress: Callable = lambda n=1: None) -> float:
     """Set each dream's `tau_delta` and `rewarded`; tau of tonight's expert as it was, returned.
@@ -131,13 +143,7 @@ def reward_dreams(model, tokenizer, dreams: list[Dream], probes: list[dict], sta
                 dream.tau_delta, dream.rewarded = None, False
                 progress()
                 continue
-            params = trainable_parameters(model)
-            optimizer = torch.optim.AdamW(params, lr=cfg.inner_learning_rate, weight_decay=0.0)
-            for _ in range(cfg.inner_steps):
-                reply_loss(model, tokenizer, student_view(dream, system), dream.reply, names).backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+            train_copy(model, tokenizer, dream, names, system, cfg.inner_steps, cfg.inner_learning_rate)
             after = tau(model, tokenizer, [probes[i] for i in measured], names, system)
             dream.tau_delta = after - sum(before[i] for i in measured) / len(measured)
             dream.rewarded = dream.tau_delta > cfg.min_improvement

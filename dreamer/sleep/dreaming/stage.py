@@ -34,9 +34,8 @@ from dreamer.sleep.dreaming.rehearse import rehearsal_steps, rehearse
 from dreamer.sleep.dreaming.score import (
     expert_state, first_filter, loss_gaps, measured_probes, restore_state, reward_dreams,
 )
-from dreamer.sleep.dreaming.write import KINDS, QUOTED, Dream, write_dreams
+from dreamer.sleep.dreaming.write import KINDS, Dream, probe_sentence, write_dreams
 from dreamer.sleep.dreaming.writer import attach_writer, detach_writer, train_writer
-from dreamer.sleep.seeding.cloze import BLANK
 
 log = logging.getLogger(__name__)
 EXAMPLES = 3  # rewarded and rejected dreams shown in the morning report
@@ -85,16 +84,6 @@ class DreamResult:
             "examples": {"rewarded": [d.shown() for d in best[:EXAMPLES]],
                          "rejected": [d.shown() for d in rejected[:EXAMPLES]]},
         }
-
-
-def probe_sentence(probe: dict) -> str:
-    """The user's sentence a cloze probe blanks, the answer put back (its fact).
-
-    >>> probe_sentence({"question": 'Which word is missing? "My cat is called ___."', "answer": "Miso"})
-    'My cat is called Miso.'
-    """
-    quoted = QUOTED.search(probe["question"])
-    return (quoted.group(1) if quoted else probe["question"]).replace(BLANK, str(probe["answer"]))
 
 
 def split_probes(probes: list[dict], wanted: int, rng: random.Random) -> tuple[list[dict], list[dict]]:

@@ -46,7 +46,7 @@ from dreamer.lm.generation import sample_many
 from dreamer.lm.prompt_cache import PromptCache
 from dreamer.lm.weights import WRITER
 from dreamer.sleep.config import DreamingConfig
-from dreamer.sleep.seeding.cloze import clozes, focused_system
+from dreamer.sleep.seeding.cloze import BLANK, clozes, focused_system
 from dreamer.sleep.seeding.day_text import STOPWORDS, topics
 
 # Two worked examples per kind: (statement, request, reply). Generic people and facts, never the
@@ -216,6 +216,21 @@ def ground(request: str, reply: str, words: list[str]) -> tuple[str, str] | None
     return None
 
 
+def blanked_sentence(probe: dict) -> str:
+    """The user's sentence a cloze probe quotes, its blank left in (the whole question if it quotes none)."""
+    quoted = QUOTED.search(probe["question"])
+    return quoted.group(1) if quoted else probe["question"]
+
+
+def probe_sentence(probe: dict) -> str:
+    """The sentence a cloze probe blanks, its answer put back: the fact it checks.
+
+    >>> probe_sentence({"question": 'Which word is missing? "My cat is called ___."', "answer": "Miso"})
+    'My cat is called Miso.'
+    """
+    return blanked_sentence(probe).replace(BLANK, str(probe["answer"]))
+
+
 def rehearsal_topics(old_probes: list[dict], rng: random.Random, count: int) -> list[tuple[str, str]]:
     """(salient word, the probe's answer) of earlier nights' probe sentences, the word never the
     answer, shuffled: the rehearsal asks about the word, and is grounded if the stack's reply
@@ -227,8 +242,7 @@ def rehearsal_topics(old_probes: list[dict], rng: random.Random, count: int) -> 
     """
     pairs = {}
     for probe in old_probes:
-        quoted = QUOTED.search(probe["question"])
-        sentence = (quoted.group(1) if quoted else probe["question"]).replace("___", " ")
+        sentence = blanked_sentence(probe).replace(BLANK, " ")
         salient = topics(sentence, limit=3) or [w for w in re.findall(r"[A-Za-z][\w-]{2,}", sentence)
                                                 if w.lower() not in STOPWORDS]  # "My cat is called ___": cat
         for word in salient:
