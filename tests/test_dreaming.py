@@ -215,12 +215,17 @@ def test_dreams_are_written_with_replies_and_rehearsals_of_earlier_nights(model,
     assert all(d.reply for d in dreams)
 
 
-def test_the_writer_frame_reads_pairs_and_spreads_over_facts():
+def test_the_writer_frame_reads_pairs_and_spreads_over_facts(monkeypatch):
     import doctest
 
-    from dreamer.sleep.dreaming import write
+    monkeypatch.undo()  # the real split_probes, not the planted probe, for stage's doctests
 
-    assert doctest.testmod(write).failed == 0
+    from benchmarks import dream_reward
+    from dreamer.sleep.dreaming import stage, write
+
+    for module in (write, stage, score_step, dream_reward):  # the frame, the held-out split, own probes, spearman
+        result = doctest.testmod(module)
+        assert result.failed == 0 and result.attempted > 0, module.__name__
     plan = write.plan_today(["a", "b", "c"], 12, random.Random(1))
     assert sorted(plan) == sorted((k, t) for k in write.KINDS for t in "abc")  # each fact, each kind, once
     prompt = write.writer_prompt("implication", "I moved to Rotterdam.")
