@@ -35,6 +35,7 @@ import random
 import time
 from datetime import date, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -144,16 +145,17 @@ def summarise(scored: list[dict]) -> dict:
     return out
 
 
-def study_seed(seed: int, home: Path, source: str, day: dict, settings: list[tuple[int, float]], dreams: int) -> dict:
+def dreaming_start(seed: int, home: Path, source: str, day: dict, dreams: int) -> SimpleNamespace:
+    """The moment Dreaming starts on a seed's slept day, rebuilt: the base with that night's
+    expert trainable and a fresh writer, the held-out self-probes chosen as Dreaming chooses them,
+    the bench's probes of the day (the truth), and the night's dreams written as Dreaming writes
+    them (`began`: when writing started)."""
     from peft import PeftModel
 
     from agent.memory import system_message
     from dreamer.lm.weights import NEW, load_base, plan_device, use_adapters
     from dreamer.morning.stack import active_paths
     from dreamer.sleep.config import LoadConfig, load_preset
-    from dreamer.sleep.dreaming.score import (
-        expert_state, loss_gaps, own_probes, probe_probabilities, restore_state, train_copy,
-    )
     from dreamer.sleep.dreaming.stage import split_probes
     from dreamer.sleep.dreaming.write import write_dreams
     from dreamer.sleep.dreaming.writer import attach_writer
@@ -180,10 +182,22 @@ def study_seed(seed: int, home: Path, source: str, day: dict, settings: list[tup
     use_adapters(model, [NEW])
     attach_writer(model, [], cfg, preset.distill)
     torch.manual_seed(seed)
-    started = time.monotonic()
+    began = time.monotonic()
     written = write_dreams(model, tokenizer, conversations=day["records"], base_system=system, stack=[],
                            old_probes=[], cfg=cfg, rng=rng)
-    grounded = [d for d in written if d.answer]
+    return SimpleNamespace(model=model, tokenizer=tokenizer, preset=preset, cfg=cfg, rng=rng, held=held, truth=truth,
+                           system=system, asked=asked, written=written, grounded=[d for d in written if d.answer],
+                           began=began)
+
+
+def study_seed(seed: int, home: Path, source: str, day: dict, settings: list[tuple[int, float]], dreams: int) -> dict:
+    from dreamer.lm.weights import NEW
+    from dreamer.sleep.dreaming.score import expert_state, loss_gaps, own_probes, probe_probabilities, restore_state, train_copy
+
+    start = dreaming_start(seed, home, source, day, dreams)
+    model, tokenizer, held, truth, system, asked = (start.model, start.tokenizer, start.held, start.truth,
+                                                    start.system, start.asked)
+    written, grounded, started = start.written, start.grounded, start.began
     loss_gaps(model, tokenizer, grounded, [], system)
     names = [NEW]
     before = {"held": probe_probabilities(model, tokenizer, held, names, system),

@@ -73,7 +73,7 @@ def option_scores(model, tokenizer, question: str, options: list[str], system: s
         return [picked.mean().item() for picked in tail_logprobs(model, tokenizer, prompt, tails)]
 
 
-def tail_logprobs(model, tokenizer, prompt: list[int], tails: list[list[int]]) -> list[torch.Tensor]:
+def tail_logprobs(model, tokenizer, prompt: list[int], tails: list[list[int]], prefix=None) -> list[torch.Tensor]:
     """Per-token log-probabilities of each tail after the same `prompt` ids, one per tail.
 
     The prompt is encoded once and its KV cache shared by every tail: the tails (a few tokens
@@ -83,13 +83,16 @@ def tail_logprobs(model, tokenizer, prompt: list[int], tails: list[list[int]]) -
     Identical in exact arithmetic to one right-padded pass over prompt + tail per row; with a
     causal mask a tail never sees another's tokens or the padding. Gradients flow when the
     caller allows them (the sleep's cloze recall term trains on these; `option_scores` wraps
-    them in `inference`).
+    them in `inference`). With `prefix` (a training step's `dreamer.lm.step_prefix.StepPrefix`),
+    a prompt that begins with its system turn encodes only what follows it.
     """
     device = model_device(model)
     if len(prompt) < 2:
         raise ValueError("tail_logprobs needs a prompt of at least two tokens")
     # The prompt's last token is encoded with the tails: its logits predict each tail's first token.
-    past = model(input_ids=torch.tensor([prompt[:-1]], device=device), use_cache=True, logits_to_keep=1).past_key_values
+    shared = prefix is not None and prefix.covers(prompt[:-1])
+    head, extra = (prompt[len(prefix.ids):-1], {"past_key_values": prefix.past()}) if shared else (prompt[:-1], {})
+    past = model(input_ids=torch.tensor([head], device=device), use_cache=True, logits_to_keep=1, **extra).past_key_values
     if len(tails) > 1:
         past.batch_repeat_interleave(len(tails))
     ids, mask = right_padded([[prompt[-1]] + tail for tail in tails], pad_id(tokenizer), device)

@@ -19,6 +19,7 @@ import random
 
 import torch
 
+from dreamer.lm.step_prefix import StepPrefix
 from dreamer.lm.weights import NEW, trainable_parameters
 from dreamer.sleep.config import DreamingConfig
 from dreamer.sleep.dreaming.score import reply_loss, student_view
@@ -54,9 +55,10 @@ def rehearse(model, tokenizer, dreams: list[Dream], *, stack: list[str], system:
             if not order:
                 order = rng.sample(dreams, len(dreams))
             batch.append(order.pop())
+        shared = StepPrefix.open(model, tokenizer, system, stack + [NEW])  # the system turn, once a step
         total = 0.0
         for dream in batch:  # backward per dream: its graph is freed before the next
-            loss = reply_loss(model, tokenizer, student_view(dream, system), dream.reply, stack + [NEW]) / len(batch)
+            loss = reply_loss(model, tokenizer, student_view(dream, system), dream.reply, stack + [NEW], shared) / len(batch)
             loss.backward()
             total += loss.item()
         losses.append(total)
@@ -65,6 +67,8 @@ def rehearse(model, tokenizer, dreams: list[Dream], *, stack: list[str], system:
                                stack, max_len)
             (drift_weight * drift).backward()
             drifts.append(drift.item())
+        if shared is not None:
+            shared.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

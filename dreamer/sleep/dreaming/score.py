@@ -51,10 +51,12 @@ def restore_state(model, state: dict[str, torch.Tensor]) -> None:
             p.copy_(state[n])
 
 
-def reply_loss(model, tokenizer, messages: list[dict], reply: str, names: list[str]) -> torch.Tensor:
-    """Mean cross-entropy of `reply` (then end of turn) as the assistant's answer to `messages`."""
+def reply_loss(model, tokenizer, messages: list[dict], reply: str, names: list[str], shared=None) -> torch.Tensor:
+    """Mean cross-entropy of `reply` (then end of turn) as the assistant's answer to `messages`
+    (`shared`: a training step's system turn, dreamer.lm.step_prefix)."""
     with adapters(model, names):
-        return -tail_logprobs(model, tokenizer, chat_ids(tokenizer, messages), [continuation_ids(tokenizer, reply)])[0].mean()
+        return -tail_logprobs(model, tokenizer, chat_ids(tokenizer, messages), [continuation_ids(tokenizer, reply)],
+                              shared)[0].mean()
 
 
 def student_view(dream: Dream, system: str) -> list[dict]:

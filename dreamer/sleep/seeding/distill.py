@@ -34,6 +34,10 @@ The mix of prompts per step: today's (teacher = old stack + day in context), rep
 nights' probes (teacher = old stack, no context: keeps old memories) and general text
 (teacher = base: keeps skills). Only the new expert's parameters receive gradients.
 
+The student's prompts nearly all begin with the chat's system turn; each step encodes it once,
+with gradient, for every pass of D, C and E[r] (dreamer.lm.step_prefix), which gives the
+gradient of encoding each prompt whole.
+
     dreamer sleep --now --preset cpu-tiny      # this stage is the bulk of the night
 """
 
@@ -51,6 +55,7 @@ from dreamer.sleep.seeding.divergences import token_divergence
 from dreamer.lm.generation import chat_ids, sample_many
 from dreamer.lm.prompt_cache import PromptCache
 from dreamer.lm.scoring import pad_id, right_padded, tail_logprobs, text_batches
+from dreamer.lm.step_prefix import StepPrefix
 from dreamer.lm.weights import NEW, adapters, trainable_parameters
 from dreamer.sleep.config import DistillConfig
 from dreamer.sleep.seeding.memories import Example
@@ -136,7 +141,8 @@ def clip_prompt(ids: list[int], max_len: int, reply_len: int) -> list[int]:
     return ids[-room:]
 
 
-def batch_reply_logits(model, prompts: list[list[int]], replies: list[list[int]], pad: int) -> list[torch.Tensor]:
+def batch_reply_logits(model, prompts: list[list[int]], replies: list[list[int]], pad: int,
+                       prefix: StepPrefix | None = None) -> list[torch.Tensor]:
     """`reply_logits` for many (prompt, reply) pairs in one right-padded forward pass.
 
     One pass instead of one per pair: on a GPU a small model's step is bound by kernel launches,
@@ -144,19 +150,40 @@ def batch_reply_logits(model, prompts: list[list[int]], replies: list[list[int]]
     padding after it, so each pair's logits are those of its own pass. The model's own forward
     makes the logits (so a head that scales or soft-caps them does so here too, as for the
     teacher); only the positions from the earliest reply's start to the latest reply's end go
-    through the vocabulary projection (one pair: exactly its reply's, as `reply_logits`).
+    through the vocabulary projection (one pair: exactly its reply's, as `reply_logits`). With
+    `prefix` (the step's shared system turn), the pairs whose prompt begins with it go in a pass
+    of their own that encodes only what follows it; the others in a pass of their own.
     """
+    if prefix is None or not any(prefix.covers(p) for p in prompts):
+        return _reply_pass(model, prompts, replies, pad, None)
+    shared = [i for i, p in enumerate(prompts) if prefix.covers(p)]
+    whole = [i for i in range(len(prompts)) if i not in shared]
+    out: list[torch.Tensor | None] = [None] * len(prompts)
+    for group, past in ((shared, prefix), (whole, None)):
+        if group:
+            cut = len(prefix.ids) if past else 0
+            got = _reply_pass(model, [prompts[i][cut:] for i in group], [replies[i] for i in group], pad, past)
+            for i, logits in zip(group, got):
+                out[i] = logits
+    return out
+
+
+def _reply_pass(model, prompts, replies, pad, prefix) -> list[torch.Tensor]:
     ids, mask = right_padded([p + r for p, r in zip(prompts, replies)], pad, model.device)
+    extra = {} if prefix is None else {"past_key_values": prefix.past(len(prompts)),
+                                       "attention_mask": prefix.mask(len(prompts), mask)}
     # Position t predicts token t + 1: a reply is predicted from len(prompt) - 1 on.
     starts = [len(p) - 1 for p in prompts]
     first, last = min(starts), max(s + len(r) for s, r in zip(starts, replies))
     keep = torch.arange(first, last, device=model.device)
-    logits = kept_positions(model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits, first, last, ids.shape[1])
+    logits = model(input_ids=ids, **({"attention_mask": mask} | extra), logits_to_keep=keep).logits
+    logits = kept_positions(logits, first, last, ids.shape[1])
     return [logits[row, s - first : s - first + len(r)].float()[None] for row, (s, r) in enumerate(zip(starts, replies))]
 
 
 def divergence_loss(model, tokenizer, examples: list[Example], replies: list[list[int]], stack: list[str],
-                    cfg: DistillConfig, max_len: int, prefixes: PromptCache) -> torch.Tensor:
+                    cfg: DistillConfig, max_len: int, prefixes: PromptCache,
+                    shared: StepPrefix | None = None) -> torch.Tensor:
     """Each example's mean per-token divergence (teacher with its view, student without), [len(examples)]."""
     teachers = []
     with torch.no_grad():
@@ -167,13 +194,13 @@ def divergence_loss(model, tokenizer, examples: list[Example], replies: list[lis
                 teachers.append(teacher_logits(model, prefixes, example.teacher, example.teacher_adapters, reply))
     prompts = [clip_prompt(chat_ids(tokenizer, e.student), max_len, len(r)) for e, r in zip(examples, replies)]
     with adapters(model, stack + [NEW]):
-        students = batch_reply_logits(model, prompts, replies, pad_id(tokenizer))
+        students = batch_reply_logits(model, prompts, replies, pad_id(tokenizer), shared)
     return torch.stack([token_divergence(student, teacher, cfg.divergence, beta=cfg.beta)
                         for student, teacher in zip(students, teachers)])
 
 
 def imitation_loss(model, tokenizer, document: tuple[list[dict], str], stack: list[str], cfg: DistillConfig,
-                   judge, rng: random.Random) -> tuple[torch.Tensor, list[float]]:
+                   judge, rng: random.Random, shared: StepPrefix | None = None) -> tuple[torch.Tensor, list[float]]:
     """REINFORCE with a group-mean baseline on completions of a memory's prefix."""
     messages, memory = document
     words = memory.split()
@@ -193,7 +220,8 @@ def imitation_loss(model, tokenizer, document: tuple[list[dict], str], stack: li
     rewards = imitation_reward(completions, [rest] * len(completions), judge=judge, gamma=cfg.gamma, z0=cfg.z0,
                                sem_threshold=cfg.sem_threshold)
     advantages = group_advantages(rewards, len(completions))
-    return policy_gradient_loss(model, tokenizer, prompt, completions_ids, advantages, stack, cfg.pass_batch), rewards
+    return policy_gradient_loss(model, tokenizer, prompt, completions_ids, advantages, stack, cfg.pass_batch,
+                                shared), rewards
 
 
 def through_end(tokens: list[int], end: int) -> list[int]:
@@ -206,7 +234,7 @@ def through_end(tokens: list[int], end: int) -> list[int]:
 
 
 def policy_gradient_loss(model, tokenizer, prompt: list[int], completions: list[list[int]], advantages: list[float],
-                         stack: list[str], pass_batch: int = 1) -> torch.Tensor:
+                         stack: list[str], pass_batch: int = 1, shared: StepPrefix | None = None) -> torch.Tensor:
     """−(1/G) Σ advantage · mean token log-probability of each completion, the student's.
 
     The completions are scored `pass_batch` to a forward pass.
@@ -220,14 +248,15 @@ def policy_gradient_loss(model, tokenizer, prompt: list[int], completions: list[
     with adapters(model, stack + [NEW]):
         for first in range(0, len(scored), pass_batch):
             chunk = [c for c, _ in scored[first:first + pass_batch]]
-            logits += batch_reply_logits(model, [prompt] * len(chunk), chunk, pad_id(tokenizer))
+            logits += batch_reply_logits(model, [prompt] * len(chunk), chunk, pad_id(tokenizer), shared)
     for part, (completion, advantage) in zip(logits, scored):
         logprob = torch.log_softmax(part, -1).gather(-1, torch.tensor([completion], device=model.device)[..., None])
         loss = loss - advantage * logprob.mean() / len(completions)
     return loss
 
 
-def cloze_loss(model, tokenizer, batch: list[tuple[list[dict], str, list[str]]], stack: list[str]) -> torch.Tensor:
+def cloze_loss(model, tokenizer, batch: list[tuple[list[dict], str, list[str]]], stack: list[str],
+               shared: StepPrefix | None = None) -> torch.Tensor:
     """The cloze recall term, averaged over `batch` of (student prompt, missing word, other words).
 
     Per blank: cross-entropy of the missing word as the whole reply (then end of turn), plus,
@@ -240,7 +269,7 @@ def cloze_loss(model, tokenizer, batch: list[tuple[list[dict], str, list[str]]],
         for messages, word, others in batch:
             options = [tokenizer(o, add_special_tokens=False)["input_ids"] for o in [word, *others]]
             options[0] = options[0] + [tokenizer.eos_token_id]  # the word as the whole reply
-            per_token = tail_logprobs(model, tokenizer, chat_ids(tokenizer, messages), options)
+            per_token = tail_logprobs(model, tokenizer, chat_ids(tokenizer, messages), options, shared)
             total = total - per_token[0].mean()
             if others:
                 scores = torch.stack([per_token[0][:-1].mean()] + [t.mean() for t in per_token[1:]])
@@ -265,6 +294,12 @@ def drift_loss(model, tokenizer, texts: list[str], stack: list[str], max_len: in
 def lr_scale(step: int, steps: int) -> float:
     """The night's learning-rate factor: linear warmup over the first tenth, then cosine to 0."""
     return min(1.0, (step + 1) / max(1, steps // 10)) * 0.5 * (1 + math.cos(math.pi * step / steps))
+
+
+def student_system(today: list[Example]) -> str | None:
+    """The system turn today's student prompts begin with (the chat's), if they have one."""
+    first = today[0].student[0] if today and today[0].student else None
+    return first["content"] if first and first["role"] == "system" else None
 
 
 def pick(pools: dict[str, list], weights: dict[str, float], rng: random.Random):
@@ -296,6 +331,8 @@ def distill(
                "anchor": cfg.anchor_fraction}
     log, started = DistillLog(), time.monotonic()
     prefixes = PromptCache(tokenizer)
+    system = student_system(today)
+    optimizer.zero_grad(set_to_none=True)  # a gradient an earlier pass left on the expert is not this step's
     model.train()
     for step in range(cfg.steps):
         batch = [pick(pools, weights, rng) for _ in range(cfg.batch_size)]
@@ -307,10 +344,12 @@ def distill(
         log.off_policy += len(batch) - sum(on_policy)
         replies = [continuation_ids(tokenizer, next(fresh)[0] if on else rng.choice(example.samples))[: max_len // 2]
                    for example, on in zip(batch, on_policy)]
+        # The system turn the student's prompts share, encoded once for this step's passes.
+        shared = StepPrefix.open(model, tokenizer, system, stack + [NEW])
         total = 0.0
         for first in range(0, len(batch), cfg.pass_batch):  # backward per chunk: its graph is freed before the next
             chunk = slice(first, first + cfg.pass_batch)
-            loss = divergence_loss(model, tokenizer, batch[chunk], replies[chunk], stack, cfg, max_len, prefixes)
+            loss = divergence_loss(model, tokenizer, batch[chunk], replies[chunk], stack, cfg, max_len, prefixes, shared)
             loss = loss.sum() / cfg.batch_size
             (cfg.alpha * loss).backward()
             total += loss.item()
@@ -318,7 +357,7 @@ def distill(
         if cfg.cloze_weight > 0 and clozes:
             picked = [rng.choice(clozes) for _ in range(cfg.cloze_batch)]
             picked = [(m, w, rng.sample(o, min(cfg.cloze_negatives, len(o)))) for m, w, o in picked]
-            loss = cloze_loss(model, tokenizer, picked, stack)
+            loss = cloze_loss(model, tokenizer, picked, stack, shared)
             (cfg.cloze_weight * loss).backward()
             log.cloze.append(loss.item())
         if cfg.drift_weight > 0 and general_texts:
@@ -327,11 +366,13 @@ def distill(
             (cfg.drift_weight * loss).backward()
             log.drift.append(loss.item())
         if cfg.alpha < 1 and documents and step % cfg.rl_every == 0:
-            rl_loss, rewards = imitation_loss(model, tokenizer, rng.choice(documents), stack, cfg, judge, rng)
+            rl_loss, rewards = imitation_loss(model, tokenizer, rng.choice(documents), stack, cfg, judge, rng, shared)
             if rl_loss.requires_grad:
                 ((1 - cfg.alpha) * rl_loss).backward()
             if rewards:
                 log.reward.append(sum(rewards) / len(rewards))
+        if shared is not None:
+            shared.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
         schedule.step()

@@ -82,16 +82,6 @@ def transcript(conversations: list[dict], tokenizer, max_tokens: int) -> str:
     return "\n".join(kept)
 
 
-
-
-
-
-
-
-
-
-
-
 def is_question(text: str) -> bool:
     words = text.split()
     return text.endswith("?") and 3 <= len(words) <= 30

@@ -1,0 +1,168 @@
+"""Does rehearsing the dreams Dreaming's reward keeps help the user? Measured arm by arm on one expert.
+
+For each seed (the slept days of benchmarks/dream_reward.py, outside the judged seeds; a seed
+not slept yet is slept there first), the moment Dreaming starts is rebuilt
+(`dream_reward.dreaming_start`) and Dreaming's step 2 runs as a night runs it, with the preset's
+settings: the grounded dreams the held-out self-probes can measure, the loss-gap filter (`keep`
++ `keep_random`), and the reward (`reward_dreams`: a throwaway copy per kept dream, tau on its
+own fact's held-out probes). Then the stage-1 expert, restored bit for bit before each arm, is
+rehearsed by Dreaming's step 4 (`rehearse`: the preset's steps and learning rate, stage 1's
+drift term on the night's general texts) on
+
+- `none`: nothing (stage 1 alone: the reference every arm is paired with);
+- `rewarded`: the kept dreams the reward rewarded (what Dreaming rehearses);
+- `rejected`: the kept dreams it did not reward (its complement: does it pick the better ones?);
+- `kept`: every kept dream (the filter without the reward);
+- `rewarded_answer`: the rewarded dreams with the fact alone as the reply (the form stage 1's
+  cloze term trains: the word as the whole reply) instead of the sentence the writer wrote,
+
+each `--repeats` times with another rehearsal seed (the order of the dreams and the drift
+texts), which is the arm's own noise. After each arm, the day's bench probes (recall and
+implication; no night sees them) are asked as the bench asks them, the morning after under the
+chat's system prompt: does the greedy reply name the fact (what the user sees), multiple choice
+(the answer's mean log-probability above every distractor's), and the answer's probability among
+the options; also the drift from the base on the gate's general text (`general_drift`, as the
+gate and the bench measure it) and tau over the held-out self-probes.
+
+Steps 1-2 and the rehearsals are deterministic for a seed on one machine; a rehearsal on no
+dreams is no step at all, so `none` runs once.
+
+    python -m benchmarks.dream_rehearsal [--seeds 5 6] [--repeats 2] [--arms ...] [--work DIR]
+    # writes benchmarks/results/dream_rehearsal.json (--out), keeping the seeds already there
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from benchmarks.dream_reward import dreaming_start, mean, sleep_day
+from benchmarks.machine import ROOT, command_line, git_commit, machine, write_record
+
+RESULT = ROOT / "benchmarks" / "results" / "dream_rehearsal.json"
+ARMS = ("none", "rewarded", "rejected", "kept", "rewarded_answer")
+
+
+def ask(model, tokenizer, probes: list[dict], names: list[str], system: str) -> list[dict]:
+    """Each probe as the bench asks it: {kind, answer, gen, mc, p, reply}."""
+    from dreamer.bench.score import reply_names
+    from dreamer.lm.generation import sample_many
+    from dreamer.lm.scoring import option_scores
+    from dreamer.lm.weights import adapters
+
+    rows = []
+    with adapters(model, names):
+        for probe in probes:
+            scores = option_scores(model, tokenizer, probe["question"], [probe["answer"], *probe["distractors"]],
+                                   system=system)
+            rows.append({"kind": probe["kind"], "answer": probe["answer"], "mc": all(scores[0] > s for s in scores[1:]),
+                         "p": round(torch.softmax(torch.tensor(scores), 0)[0].item(), 4)})
+        chats = [[{"role": "system", "content": system}, {"role": "user", "content": p["question"]}] for p in probes]
+        replies = sample_many(model, tokenizer, chats, names, n=1, max_new_tokens=40, temperature=None)
+    for row, probe, (reply,) in zip(rows, probes, replies):
+        row.update(gen=reply_names(reply, probe), reply=reply)
+    return rows
+
+
+def totals(rows: list[dict]) -> dict:
+    """Counts per kind and overall: replies naming the fact, multiple choice right, mean probability."""
+    out = {}
+    for kind in ("all", *sorted({r["kind"] for r in rows})):
+        part = [r for r in rows if kind == "all" or r["kind"] == kind]
+        out[kind] = {"n": len(part), "gen": sum(r["gen"] for r in part), "mc": sum(r["mc"] for r in part),
+                     "p": round(mean([r["p"] for r in part]), 4)}
+    return out
+
+
+def dream_row(dream) -> dict:
+    return {"kind": dream.kind, "request": dream.request, "reply": dream.reply, "answer": dream.answer,
+            "gap": round(dream.gap, 4), "tau_delta": round(dream.tau_delta, 4), "rewarded": dream.rewarded}
+
+
+def study_seed(seed: int, home: Path, source: str, day: dict, dreams: int, repeats: int, arms: list[str]) -> dict:
+    from dreamer.eval.evaluate import general_drift
+    from dreamer.lm.weights import NEW
+    from dreamer.sleep.dreaming.rehearse import rehearse
+    from dreamer.sleep.dreaming.score import (
+        expert_state, first_filter, loss_gaps, measured_probes, probe_probabilities, restore_state, reward_dreams,
+    )
+    from dreamer.sleep.gate import general_texts
+    from dreamer.sleep.stages import general_answers, general_prompts
+
+    start = dreaming_start(seed, home, source, day, dreams)
+    model, tokenizer, cfg, preset, system = start.model, start.tokenizer, start.cfg, start.preset, start.system
+    scorable = [d for d in start.grounded if measured_probes(d, start.held, cfg)]
+    loss_gaps(model, tokenizer, scorable, [], system)
+    kept = first_filter(scorable, cfg, start.rng)
+    reward_dreams(model, tokenizer, kept, start.held, [], system, cfg)
+    rewarded = [d for d in kept if d.rewarded]
+    chosen = {"none": [], "rewarded": rewarded, "rejected": [d for d in kept if not d.rewarded], "kept": kept,
+              "rewarded_answer": [replace(d, reply=d.answer) for d in rewarded]}
+    # The drift term's texts as a night makes them: general questions with the bare base's answers.
+    answers = general_answers(model, tokenizer, preset.memories.max_new_tokens)
+    drift_texts = [f"{user[0]['content']}\n\n{answer[0]}" for user, answer in zip(general_prompts(), answers) if answer[0]]
+    gate_texts = general_texts()
+    state = expert_state(model)
+    out = {"written": len(start.written), "grounded": len(start.grounded), "scorable": len(scorable),
+           "held_probes": len(start.held), "truth_probes": len(start.truth), "dreams": [dream_row(d) for d in kept],
+           "arms": {}}
+    for arm in arms:
+        runs = []
+        for repeat in range(repeats if chosen[arm] else 1):
+            restore_state(model, state)
+            report = rehearse(model, tokenizer, chosen[arm], stack=[], system=system, general_texts=drift_texts,
+                              drift_weight=preset.distill.drift_weight, drift_batch=preset.distill.drift_batch,
+                              max_len=preset.load.max_seq_len, cfg=cfg, rng=random.Random(1000 * seed + repeat))
+            model.eval()
+            rows = ask(model, tokenizer, start.truth, [NEW], start.asked)
+            runs.append({"repeat": repeat, "rehearsal": report, "totals": totals(rows), "probes": rows,
+                         "drift_kl": round(general_drift(model, tokenizer, gate_texts, None, [NEW],
+                                                         max_len=preset.load.max_seq_len), 4),
+                         "tau": round(mean(probe_probabilities(model, tokenizer, start.held, [NEW], system)), 4)})
+            print(seed, arm, repeat, json.dumps(runs[-1]["totals"]["all"]), runs[-1]["drift_kl"], flush=True)
+        out["arms"][arm] = {"dreams": len(chosen[arm]), "commit": git_commit(), "runs": runs}
+    restore_state(model, state)
+    out["seconds"] = round(time.monotonic() - start.began)
+    return out
+
+
+def main(argv=None) -> None:
+    from dreamer.bench.run import BenchConfig, make_run_days
+    from dreamer.lm.weights import training_source
+    from storage.paths import cache_dir
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[5, 6])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS),
+                        help="arms to run; a seed's other arms already in --out are kept")
+    parser.add_argument("--dreams", type=int, default=48)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/dream_reward"), help="the slept days' homes")
+    parser.add_argument("--out", type=Path, default=RESULT, help="the result file; seeds already in it are kept")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    source = training_source("", cache_dir())
+    record = {"command": command_line("benchmarks.dream_rehearsal", argv), "machine": machine(load=True),
+              "commit": git_commit(), "dreams": args.dreams, "repeats": args.repeats,
+              "seeds": json.loads(args.out.read_text())["seeds"] if args.out.exists() else {}}
+    for seed in args.seeds:
+        day = make_run_days(BenchConfig(days=1, facts=10, updates=0, arms=["sleep"], seed=seed))[0]
+        home = args.work / f"seed{seed}"
+        sleep_day(home, source, seed, day["records"])
+        measured = study_seed(seed, home, source, day, args.dreams, args.repeats, args.arms)
+        earlier = record["seeds"].get(str(seed), {}).get("arms", {})
+        if earlier and earlier.get("none") and measured["dreams"] != record["seeds"][str(seed)]["dreams"]:
+            raise SystemExit(f"seed {seed}: steps 1-2 did not reproduce the dreams already in {args.out}")
+        measured["arms"] = {**earlier, **measured["arms"]}
+        record["seeds"][str(seed)] = measured
+        write_record(args.out, record)  # after each seed: a long run keeps what it measured
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""The system turn shared by a training step's passes: the losses and gradients of whole prompts."""
+
+import random
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from dreamer.bench.tiny import make_tiny_model_dir
+from dreamer.lm.generation import chat_ids
+from dreamer.lm.scoring import pad_id, tail_logprobs
+from dreamer.lm.step_prefix import StepPrefix
+from dreamer.lm.weights import NEW, adapters, load_base, plan_device
+from dreamer.sleep.config import DistillConfig, LoadConfig
+from dreamer.sleep.seeding import distill as distill_module
+from dreamer.sleep.seeding.distill import batch_reply_logits, cloze_loss, distill
+from dreamer.sleep.seeding.memories import Example
+
+SYSTEM = "You are dreamer, a personal assistant. Answer helpfully and briefly. Today is Monday, 03 March 2025."
+
+
+@pytest.fixture(scope="module")
+def lora_model(tmp_path_factory):
+    base, tokenizer = load_base(str(make_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "m")),
+                                plan_device(LoadConfig(device="cpu")))
+    torch.manual_seed(0)
+    # Random A and B in the attention and the MLP, so the system turn's keys and values depend
+    # on the expert and a gradient that did not flow back through them would show.
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "down_proj"],
+                        init_lora_weights=False)
+    return get_peft_model(base, config, adapter_name=NEW), tokenizer
+
+
+def lora_params(model):
+    return [p for n, p in model.named_parameters() if "lora_" in n]
+
+
+def gradients(model, run) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """`run()`'s loss and the expert's gradient of it."""
+    model.zero_grad(set_to_none=True)
+    loss = run()
+    return loss.detach(), [p.grad.clone() for p in lora_params(model)]
+
+
+def assert_close_grads(grads, want_grads):
+    """Each parameter's gradient within 1e-4 of its norm: float32 rounding (summed in another order)
+    moves single entries further where terms cancel; a gradient that did not flow back through the
+    shared system turn is off by far more (the last test checks that this can fail)."""
+    assert any(w.abs().sum() > 0 for w in want_grads)
+    for g, w in zip(grads, want_grads):
+        assert (g - w).norm() <= 1e-4 * w.norm() + 1e-7, (g - w).norm() / w.norm()
+
+
+def assert_same(got, want):
+    (loss, grads), (want_loss, want_grads) = got, want
+    torch.testing.assert_close(loss, want_loss, rtol=1e-4, atol=1e-6)
+    assert_close_grads(grads, want_grads)
+
+
+def test_the_system_turn_is_a_prefix_of_the_chat_prompts(lora_model):
+    model, tokenizer = lora_model
+    with adapters(model, [NEW]):
+        shared = StepPrefix.open(model, tokenizer, SYSTEM, [NEW])
+    prompt = chat_ids(tokenizer, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Hi?"}])
+    assert shared is not None and shared.covers(prompt)
+    assert not shared.covers(chat_ids(tokenizer, [{"role": "user", "content": "Hi?"}]))
+    assert not shared.covers(shared.ids)  # nothing after it: nothing to encode
+    assert StepPrefix.open(model, tokenizer, None, [NEW]) is None
+
+
+def test_reply_passes_with_the_shared_system_turn_match_whole_prompts(lora_model):
+    """Prompts with and without the system turn in one call: logits and gradients as encoded whole."""
+    model, tokenizer = lora_model
+    rng = random.Random(0)
+    users = ["Where does my sister live?", "What is my cat called? Tell me.", "Hello"]
+    prompts = [chat_ids(tokenizer, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": u}])
+               for u in users[:2]] + [chat_ids(tokenizer, [{"role": "user", "content": users[2]}])]
+    replies = [[rng.randrange(3, 300) for _ in range(n)] for n in (4, 1, 6)]
+    weights = [torch.randn(1, len(r), model.config.vocab_size, generator=torch.Generator().manual_seed(i))
+               for i, r in enumerate(replies)]
+
+    def loss(prefix):
+        with adapters(model, [NEW]):
+            shared = StepPrefix.open(model, tokenizer, SYSTEM, [NEW]) if prefix else None
+            logits = batch_reply_logits(model, prompts, replies, pad_id(tokenizer), shared)
+        total = sum((lg * w).sum() for lg, w in zip(logits, weights))
+        total.backward()
+        if shared is not None:
+            assert shared.uses == 1  # one pass for the two prompts that begin with it
+            shared.backward()
+        return total
+
+    assert_same(gradients(model, lambda: loss(True)), gradients(model, lambda: loss(False)))
+
+
+def test_cloze_term_with_the_shared_system_turn_matches_whole_prompts(lora_model):
+    model, tokenizer = lora_model
+    closed = [{"role": "system", "content": SYSTEM}]
+    batch = [(closed + [{"role": "user", "content": 'Fill in the blank: "My sister Ana moved to ___"'}], "Lisbon",
+              ["Porto", "pilot"]),
+             (closed + [{"role": "user", "content": 'Fill in the blank: "My cat is called ___"'}], "Miso", ["Ana"])]
+
+    def loss(prefix):
+        with adapters(model, [NEW]):
+            shared = StepPrefix.open(model, tokenizer, SYSTEM, [NEW]) if prefix else None
+        total = cloze_loss(model, tokenizer, batch, [], shared)
+        total.backward()
+        if shared is not None:
+            assert shared.uses == 2
+            shared.backward()
+        return total
+
+    assert_same(gradients(model, lambda: loss(True)), gradients(model, lambda: loss(False)))
+
+
+def test_tail_logprobs_without_a_system_turn_ignore_the_prefix(lora_model):
+    model, tokenizer = lora_model
+    prompt = chat_ids(tokenizer, [{"role": "user", "content": "Where does Ana live?"}])
+    with adapters(model, [NEW]), torch.no_grad():
+        shared = StepPrefix.open(model, tokenizer, SYSTEM, [NEW])
+        got = tail_logprobs(model, tokenizer, prompt, [[5, 6]], shared)
+        want = tail_logprobs(model, tokenizer, prompt, [[5, 6]])
+    assert shared.uses == 0
+    torch.testing.assert_close(got[0], want[0])
+
+
+def test_a_distillation_step_has_the_gradient_of_whole_prompts(lora_model, fake_judge, monkeypatch):
+    """One whole step of `distill` (every term, anchors without the system turn among the prompts),
+    with the system turn shared and with it encoded in every pass: the same gradient."""
+    model, tokenizer = lora_model
+    closed = [{"role": "system", "content": SYSTEM}]
+    today = [Example("today", closed + [{"role": "user", "content": q}], [{"role": "system", "content": "Ana: Lisbon."},
+                                                                         {"role": "user", "content": q}], None, [a])
+             for q, a in (("Where does Ana live?", "In Lisbon."), ("What does Ana do?", "She is a pilot."))]
+    anchor = [Example("anchor", [{"role": "user", "content": "Name a colour."}], [{"role": "user", "content": "Name a colour."}],
+                      None, ["Blue."])]
+    documents = [(closed + [{"role": "user", "content": "Where does Ana live?"}], "My sister Ana lives in Lisbon now.")]
+    clozes = [(closed + [{"role": "user", "content": 'Fill in: "Ana lives in ___"'}], "Lisbon", ["pilot", "Miso"])]
+    cfg = DistillConfig(steps=1, batch_size=4, lmbda=0.5, anchor_fraction=0.5, alpha=0.8, rl_every=1, rl_group=3,
+                        rl_new_tokens=6, cloze_batch=2, cloze_negatives=2, drift_batch=1, drift_weight=1.0)
+    captured = []
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def capture(params, *args, **kwargs):
+        captured.append([p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params])
+        return clip(params, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", capture)
+    state = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+    opened = []
+
+    def run():
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in state:
+                    p.copy_(state[n])
+        torch.manual_seed(0)
+        return distill(model, tokenizer, today=today, replay=[], anchor=anchor, documents=documents, stack=[],
+                       cfg=cfg, max_len=128, judge=fake_judge, rng=random.Random(3), clozes=clozes,
+                       general_texts=["The sky is blue because air scatters blue light."])
+
+    real_open = StepPrefix.open
+
+    def spy(*args, **kwargs):
+        opened.append(real_open(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(distill_module.StepPrefix, "open", spy)
+    shared_log = run()
+    assert opened and opened[0] is not None and opened[0].uses > 0
+    monkeypatch.setattr(distill_module.StepPrefix, "open", lambda *a, **k: None)
+    whole_log = run()
+    assert shared_log.divergence == pytest.approx(whole_log.divergence, rel=1e-4)
+    assert shared_log.cloze == pytest.approx(whole_log.cloze, rel=1e-4)
+    shared_grads, whole_grads = captured
+    assert_close_grads(shared_grads, whole_grads)
+
+
+def test_a_gradient_left_in_the_shared_system_turn_would_be_caught(lora_model):
+    """The comparison above can fail: without `backward()` the system turn's share is missing."""
+    model, tokenizer = lora_model
+    prompt = chat_ids(tokenizer, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Where?"}])
+
+    def loss(prefix, send_back=True):
+        with adapters(model, [NEW]):
+            shared = StepPrefix.open(model, tokenizer, SYSTEM, [NEW]) if prefix else None
+        total = tail_logprobs(model, tokenizer, prompt, [[7, 8, 9]], shared)[0].sum()
+        total.backward()
+        if shared is not None and send_back:
+            shared.backward()
+        return total
+
+    want = gradients(model, lambda: loss(False))
+    assert_same(gradients(model, lambda: loss(True)), want)
+    with pytest.raises(AssertionError):
+        assert_same(gradients(model, lambda: loss(True, send_back=False)), want)
