@@ -56,7 +56,7 @@ def main() -> None:
 
     import dreamer.sleep.seeding.distill
 
-    from benchmarks.machine import machine
+    from benchmarks.machine import git_commit, machine
     from dreamer.bench.days import make_days
     from dreamer.sleep.seeding.cloze import clozes, recall_prompts
     from dreamer.sleep.seeding.distill import distill
@@ -113,7 +113,8 @@ def main() -> None:
             max_len=cfg.load.max_seq_len, judge=SemanticJudge(), rng=random.Random(0), clozes=recall,
             general_texts=general_texts(), on_step=on_step)
     timed, timed_modes = times[1:], modes[1:]  # the first step pays for lazy loading (the judge) and warm-up
-    result = {"machine": machine(load=True), "preset": args.preset, "overrides": args.set,
+    result = {"command": "python " + " ".join(["benchmarks/distill_step.py", *sys.argv[1:]]), "commit": git_commit(),
+              "machine": machine(load=True), "preset": args.preset, "overrides": args.set,
               "whole_prompts": args.whole_prompts, "alternate": args.alternate,
               "device_plan": plan_device(cfg.load).describe(), "steps": len(timed), "step_s": timed,
               "step_modes": timed_modes, "modes": {}, "peak_rss_mb": process_memory_mb(),

@@ -71,7 +71,12 @@ def ask(model, tokenizer, probes: list[dict], names: list[str], system: str) -> 
 
 
 def totals(rows: list[dict]) -> dict:
-    """Counts per kind and overall: replies naming the fact, multiple choice right, mean probability."""
+    """Counts per kind and overall: replies naming the fact, multiple choice right, mean probability.
+
+    >>> totals([{"kind": "recall", "gen": True, "mc": True, "p": 0.9},
+    ...         {"kind": "implication", "gen": False, "mc": True, "p": 0.5}])["all"]
+    {'n': 2, 'gen': 1, 'mc': 2, 'p': 0.7}
+    """
     out = {}
     for kind in ("all", *sorted({r["kind"] for r in rows})):
         part = [r for r in rows if kind == "all" or r["kind"] == kind]
@@ -148,9 +153,14 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     source = training_source("", cache_dir())
-    record = {"command": command_line("benchmarks.dream_rehearsal", argv), "machine": machine(load=True),
-              "commit": git_commit(), "dreams": args.dreams, "repeats": args.repeats,
-              "seeds": json.loads(args.out.read_text())["seeds"] if args.out.exists() else {}}
+    before = json.loads(args.out.read_text()) if args.out.exists() else {"seeds": {}}
+    for seed in before["seeds"].values():  # each arm keeps the commit it ran at
+        for arm in seed["arms"].values():
+            arm.setdefault("commit", before.get("commit"))
+    this = {"command": command_line("benchmarks.dream_rehearsal", argv), "machine": machine(load=True),
+            "commit": git_commit()}
+    runs = before.get("runs") or ([{k: before[k] for k in this}] if "command" in before else [])
+    record = {**this, "runs": runs + [this], "dreams": args.dreams, "repeats": args.repeats, "seeds": before["seeds"]}
     for seed in args.seeds:
         day = make_run_days(BenchConfig(days=1, facts=10, updates=0, arms=["sleep"], seed=seed))[0]
         home = args.work / f"seed{seed}"

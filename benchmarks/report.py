@@ -25,6 +25,7 @@ from pathlib import Path
 
 from benchmarks.markdown import machine_line as _machine
 from benchmarks.markdown import table as _table
+from benchmarks.report_dreaming import render_dream_rehearsal, render_dream_reward, render_dream_writing
 from benchmarks.report_folds import render_fold_nights, render_fold_quality, render_fold_rms, render_grid_threshold
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -192,71 +193,21 @@ def render_paired_code(record: dict) -> str:
                  "replies opening with a greeting", "drift KL"], rows)]) + "\n"
 
 
-def render_dream_writing(record: dict) -> str:
-    frames = {"whole_day": "whole day, teacher replies (before)", "one_turn": "one turn, writer replies (now)",
-              "one_turn_teacher": "one turn, teacher replies"}
-    rows, totals = [], {f: [0, 0, 0] for f in frames}
-    for seed, result in record["seeds"].items():
-        cells = []
-        for frame in frames:
-            r = result[frame]
-            totals[frame] = [t + v for t, v in zip(totals[frame], (r["grounded"], r["on_a_fact"], r["written"]))]
-            cells.append(f"{r['grounded']} / {r['on_a_fact']} / {r['written']}")
-        rows.append([f"day of seed {seed}", *cells])
-    rows.append(["**all**", *(f"**{g} / {f} / {w}**" for g, f, w in totals.values())])
-    examples = [[d["kind"], d["request"].replace("|", "/"), d["reply"].replace("|", "/"), d["answer"]]
-                for d in next(iter(record["seeds"].values()))["one_turn"]["examples"]]
-    return "\n".join([f"`{record['command'].strip()}` ({_machine(record)}); {record['dreams']} dreams a day. "
-                      "Each cell: grounded / grounded on a told fact / written.", "",
-                      *_table(["day", *frames.values()], rows), "",
-                      "Grounded dreams of the first day, as written now:", "",
-                      *_table(["kind", "request", "reply", "grounded on"], examples)]) + "\n"
-
-
-def render_dream_reward(record: dict) -> str:
-    """benchmarks/dream_reward.py: each reward against what the user is asked, dream by dream."""
-    from benchmarks.dream_reward import spearman
-
-    names = {"tau": "tau, every held-out probe (was the default)", "tau_log": "the same, log-probability",
-             "tau_fact": "tau, the dream's own fact's probes", "tau_fact_log": "the same, log-probability",
-             "tau_other": "tau, the other facts' probes",
-             "guarded": "its own fact's tau up and the other facts' not down", "gap": "the first filter's loss gap"}
-    seeds = record["seeds"]
-    lines = [f"`{record['command'].strip()}` ({_machine(record)}); {record['dreams']} dreams written a day, every "
-             "grounded one scored. Per day: grounded dreams; held-out self-probes (the reward's) and the bench's "
-             "recall and implication probes (the truth's, never seen by a night); mean right-option probability "
-             "before; how many dreams raised the truth over all the day's probes / over the probes of the fact the "
-             "dream names (with such a probe), under the current inner setting:", ""]
-    first = record["inner"][0]
-    lines += _table(["day", "grounded", "probes: held-out / truth", "before: held-out / truth",
-                     "truth up / truth of its fact up"],
-                    [[f"seed {seed}", r["grounded"], f"{r['held_probes']} / {r['truth_probes']}",
-                      f"{r['before']['held']:.3f} / {r['before']['truth']:.3f}",
-                      f"{r['settings'][first]['truth_up']} / {r['settings'][first]['truth_fact_up']}"]
-                     for seed, r in seeds.items()])
-    lines += ["", "Per inner setting (steps:learning rate) and reward, both days pooled: the dreams it rewards "
-              "(change > 0) of those it can score; their mean truth change over all the day's probes (what "
-              "rehearsing them does to what the user is asked) and over their own fact's probes; the Spearman "
-              "correlation of the reward with each truth. The first row of a setting is every dream, unselected.", ""]
-    rows = []
-    for setting in record["inner"]:
-        # "guarded": own fact up, and the other facts not down (both measured on the same copy)
-        dreams = [{**m, "guarded": None if m["tau_fact"] is None else (m["tau_fact"] if m["tau_other"] >= 0 else -1.0)}
-                  for r in seeds.values() for m in (d["settings"][setting] for d in r["dreams"])]
-        for reward, label in [(None, "(every dream, no selection)"), *names.items()]:
-            scored = dreams if reward is None else [d for d in dreams if d[reward] is not None]
-            kept = scored if reward is None else [d for d in scored if d[reward] > 0]
-            fact = [d["truth_fact"] for d in kept if d["truth_fact"] is not None]
-            rho = [None if reward in (None, "guarded") else spearman([d[reward] for d in scored if d[t] is not None],
-                                                        [d[t] for d in scored if d[t] is not None])
-                   for t in ("truth", "truth_fact")]
-            rows.append([setting, label, f"{len(kept)} / {len(scored)}",
-                         f"{sum(d['truth'] for d in kept) / len(kept):+.4f}" if kept else "-",
-                         f"{sum(fact) / len(fact):+.4f}" if fact else "-",
-                         *("-" if v is None else f"{v:+.2f}" for v in rho)])
-    lines += _table(["inner", "reward", "rewarded / scored", "truth change, all probes", "truth change, its fact",
-                     "Spearman with truth", "with truth of its fact"], rows)
-    return "\n".join(lines) + "\n"
+def render_distill_step(record: dict) -> str:
+    """benchmarks/distill_step.py --alternate: a distillation step with the system turn shared and whole, paired."""
+    modes = record["modes"]
+    rows = [[name, m["steps"], f"{m['mean_s']:.1f}", f"{m['median_s']:.1f}",
+             ", ".join(f"{part} {s:.1f}" for part, s in sorted(m["phase_s_per_step"].items()))]
+            for name, m in modes.items()]
+    pairs = list(zip(record["step_s"], record["step_modes"]))
+    faster = sum(a < b for (a, ma), (b, mb) in zip(pairs[::2], pairs[1::2]) if ma == "shared" and mb == "whole")
+    faster += sum(b < a for (a, ma), (b, mb) in zip(pairs[::2], pairs[1::2]) if ma == "whole" and mb == "shared")
+    ratio = modes["shared"]["mean_s"] / modes["whole"]["mean_s"]
+    return "\n".join([f"`{record['command']}` ({_machine(record)}; {record['device_plan']}; peak RSS "
+                      f"{record['peak_rss_mb']:.0f} MiB)", "",
+                      *_table(["system turn", "#steps", "#mean s", "#median s", "seconds a step in each part"], rows),
+                      "", f"The shared system turn's step took {ratio:.2f} of the whole prompts' on average; it was the "
+                          f"faster of each adjacent pair of steps {faster} times in {len(pairs) // 2}."]) + "\n"
 
 
 RENDERERS = {"kill_nights": render_kill_nights, "chat_threads": render_chat_threads,
@@ -271,7 +222,8 @@ RENDERERS = {"kill_nights": render_kill_nights, "chat_threads": render_chat_thre
              "fold_rms": render_fold_rms, "bench_phatic": render_paired_code,
              "bench_rehearsal": render_paired_code, "fold_nights": render_fold_nights,
              "grid_threshold": render_grid_threshold, "dream_writing": render_dream_writing,
-             "dream_reward": render_dream_reward}
+             "dream_reward": render_dream_reward, "dream_rehearsal": render_dream_rehearsal,
+             "distill_step_prefix": render_distill_step}
 PLOTS = ROOT / "docs" / "bench"  # each bench block's plots, drawn again by every run of this command
 
 

@@ -1,0 +1,127 @@
+"""How Dreaming's studies read in docs/BENCHMARKS.md (benchmarks/report.py renders every block)."""
+
+from __future__ import annotations
+
+from benchmarks.markdown import machine_line as _machine
+from benchmarks.markdown import table as _table
+
+
+def render_dream_writing(record: dict) -> str:
+    frames = {"whole_day": "whole day, teacher replies (before)", "one_turn": "one turn, writer replies (now)",
+              "one_turn_teacher": "one turn, teacher replies"}
+    rows, totals = [], {f: [0, 0, 0] for f in frames}
+    for seed, result in record["seeds"].items():
+        cells = []
+        for frame in frames:
+            r = result[frame]
+            totals[frame] = [t + v for t, v in zip(totals[frame], (r["grounded"], r["on_a_fact"], r["written"]))]
+            cells.append(f"{r['grounded']} / {r['on_a_fact']} / {r['written']}")
+        rows.append([f"day of seed {seed}", *cells])
+    rows.append(["**all**", *(f"**{g} / {f} / {w}**" for g, f, w in totals.values())])
+    examples = [[d["kind"], d["request"].replace("|", "/"), d["reply"].replace("|", "/"), d["answer"]]
+                for d in next(iter(record["seeds"].values()))["one_turn"]["examples"]]
+    return "\n".join([f"`{record['command'].strip()}` ({_machine(record)}); {record['dreams']} dreams a day. "
+                      "Each cell: grounded / grounded on a told fact / written.", "",
+                      *_table(["day", *frames.values()], rows), "",
+                      "Grounded dreams of the first day, as written now:", "",
+                      *_table(["kind", "request", "reply", "grounded on"], examples)]) + "\n"
+
+
+def render_dream_reward(record: dict) -> str:
+    """benchmarks/dream_reward.py: each reward against what the user is asked, dream by dream."""
+    from benchmarks.dream_reward import spearman
+
+    names = {"tau": "tau, every held-out probe (was the default)", "tau_log": "the same, log-probability",
+             "tau_fact": "tau, the dream's own fact's probes", "tau_fact_log": "the same, log-probability",
+             "tau_other": "tau, the other facts' probes",
+             "guarded": "its own fact's tau up and the other facts' not down", "gap": "the first filter's loss gap"}
+    seeds = record["seeds"]
+    lines = [f"`{record['command'].strip()}` ({_machine(record)}); {record['dreams']} dreams written a day, every "
+             "grounded one scored. Per day: grounded dreams; held-out self-probes (the reward's) and the bench's "
+             "recall and implication probes (the truth's, never seen by a night); mean right-option probability "
+             "before; how many dreams raised the truth over all the day's probes / over the probes of the fact the "
+             "dream names (with such a probe), under the current inner setting:", ""]
+    first = record["inner"][0]
+    lines += _table(["day", "grounded", "probes: held-out / truth", "before: held-out / truth",
+                     "truth up / truth of its fact up"],
+                    [[f"seed {seed}", r["grounded"], f"{r['held_probes']} / {r['truth_probes']}",
+                      f"{r['before']['held']:.3f} / {r['before']['truth']:.3f}",
+                      f"{r['settings'][first]['truth_up']} / {r['settings'][first]['truth_fact_up']}"]
+                     for seed, r in seeds.items()])
+    lines += ["", "Per inner setting (steps:learning rate) and reward, both days pooled: the dreams it rewards "
+              "(change > 0) of those it can score; their mean truth change over all the day's probes (what "
+              "rehearsing them does to what the user is asked) and over their own fact's probes; the Spearman "
+              "correlation of the reward with each truth. The first row of a setting is every dream, unselected.", ""]
+    rows = []
+    for setting in record["inner"]:
+        # "guarded": own fact up, and the other facts not down (both measured on the same copy)
+        dreams = [{**m, "guarded": None if m["tau_fact"] is None else (m["tau_fact"] if m["tau_other"] >= 0 else -1.0)}
+                  for r in seeds.values() for m in (d["settings"][setting] for d in r["dreams"])]
+        for reward, label in [(None, "(every dream, no selection)"), *names.items()]:
+            scored = dreams if reward is None else [d for d in dreams if d[reward] is not None]
+            kept = scored if reward is None else [d for d in scored if d[reward] > 0]
+            fact = [d["truth_fact"] for d in kept if d["truth_fact"] is not None]
+            rho = [None if reward in (None, "guarded") else spearman([d[reward] for d in scored if d[t] is not None],
+                                                        [d[t] for d in scored if d[t] is not None])
+                   for t in ("truth", "truth_fact")]
+            rows.append([setting, label, f"{len(kept)} / {len(scored)}",
+                         f"{sum(d['truth'] for d in kept) / len(kept):+.4f}" if kept else "-",
+                         f"{sum(fact) / len(fact):+.4f}" if fact else "-",
+                         *("-" if v is None else f"{v:+.2f}" for v in rho)])
+    lines += _table(["inner", "reward", "rewarded / scored", "truth change, all probes", "truth change, its fact",
+                     "Spearman with truth", "with truth of its fact"], rows)
+    return "\n".join(lines) + "\n"
+
+
+REHEARSAL_ARMS = {"none": "none (stage 1 alone)", "rewarded": "rewarded (what Dreaming rehearses)",
+                  "rejected": "rejected by the reward", "kept": "every kept dream",
+                  "rewarded_answer": "rewarded, the fact alone as the reply"}
+
+
+def render_dream_rehearsal(record: dict) -> str:
+    """benchmarks/dream_rehearsal.py: the same stage-1 expert rehearsed on each arm's dreams, asked as the bench asks."""
+    seeds = record["seeds"]
+    runs = record.get("runs") or [record]
+    lines = ["; ".join(f"`{r['command'].strip()}` ({_machine(r)})" for r in runs) + ". Per day: dreams written, "
+             "grounded, scorable (a held-out probe of their own fact), kept by the filter, rewarded:", ""]
+    lines += _table(["day", "written", "grounded", "scorable", "kept", "rewarded"],
+                    [[f"seed {seed}", r["written"], r["grounded"], r["scorable"], len(r["dreams"]),
+                      sum(d["rewarded"] for d in r["dreams"])] for seed, r in seeds.items()])
+    lines += ["", "Each arm from the same stage-1 expert, one row per rehearsal seed; the day's bench probes asked "
+              "the morning after under the chat's system prompt: the reply names the fact (recall, implication), "
+              "multiple choice right, the right option's mean probability; the drift from the base on the gate's "
+              "general text; tau over the held-out self-probes:", ""]
+    rows = []
+    for seed, r in seeds.items():
+        for arm, label in REHEARSAL_ARMS.items():
+            for run in r["arms"].get(arm, {}).get("runs", []):
+                t = run["totals"]
+                rows.append([f"seed {seed}", label, r["arms"][arm]["dreams"], run["rehearsal"].get("steps", 0),
+                             f"{t['recall']['gen']}/{t['recall']['n']}", f"{t['implication']['gen']}/{t['implication']['n']}",
+                             f"{t['all']['mc']}/{t['all']['n']}", f"{t['all']['p']:.3f}", f"{run['drift_kl']:.4f}",
+                             f"{run['tau']:.3f}"])
+    lines += _table(["day", "rehearsed", "#dreams", "#steps", "reply: recall", "reply: implication",
+                     "multiple choice", "probability", "drift KL", "tau"], rows)
+    lines += ["", "Against `none` on the same day, every run of an arm on both days pooled (probe-runs: a probe "
+              "asked after one run): the probes whose reply went from naming the fact to not, and back; the mean "
+              "change of the right option's probability and of the drift:", ""]
+    pooled = []
+    for arm, label in list(REHEARSAL_ARMS.items())[1:]:
+        lost = won = count = 0
+        dp, dd = [], []
+        for r in seeds.values():
+            if arm not in r["arms"] or "none" not in r["arms"]:
+                continue
+            ref = r["arms"]["none"]["runs"][0]
+            for run in r["arms"][arm]["runs"]:
+                for a, b in zip(ref["probes"], run["probes"]):
+                    lost += a["gen"] and not b["gen"]
+                    won += b["gen"] and not a["gen"]
+                    count += 1
+                dp.append(run["totals"]["all"]["p"] - ref["totals"]["all"]["p"])
+                dd.append(run["drift_kl"] - ref["drift_kl"])
+        if count:
+            pooled.append([label, count, lost, won, f"{sum(dp) / len(dp):+.3f}", f"{sum(dd) / len(dd):+.4f}"])
+    lines += _table(["rehearsed", "#probe-runs", "#reply lost the fact", "#reply found it", "probability change",
+                     "drift change"], pooled)
+    return "\n".join(lines) + "\n"
