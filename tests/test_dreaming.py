@@ -100,7 +100,8 @@ def test_every_preset_sets_dreaming_and_bad_values_are_named():
                             ({"dreams": 4, "keep": 4, "keep_random": 1}, "dreaming.keep \\+ dreaming.keep_random"),
                             ({"tau_today": 0, "tau_old": 0}, "the reward needs probes"),
                             ({"writer_learning_rate": -1}, "dreaming.writer_learning_rate"),
-                            ({"reward_probes": "some"}, "dreaming.reward_probes must be one of own, all")):
+                            ({"reward_probes": "some"}, "dreaming.reward_probes must be one of own, all"),
+                            ({"rehearse_reply": "sentence"}, "dreaming.rehearse_reply must be one of answer, dream")):
         with pytest.raises(SleepConfigError, match=message):
             DreamingConfig(**values)
     assert DreamingConfig(writer_learning_rate=0).writer_learning_rate == 0  # the untrained-writer baseline
@@ -165,6 +166,28 @@ def test_rehearsal_trains_only_tonights_expert_on_the_dreams(model):
     moved = changed(model, before)
     assert moved and all(f".{NEW}." in n for n in moved)
     assert reply_loss(model, tokenizer, student_view(dream, SYSTEM), dream.reply, [NEW]).item() < loss_before
+
+
+def test_rehearsal_trains_the_fact_alone_or_the_writers_sentence(model):
+    """`rehearse_reply`: the reply the expert learns for a rewarded dream's request."""
+    model, tokenizer = model
+    dream = Dream("question", "What is my parrot called?", "Your parrot is called Kiwi.", answer="Kiwi")
+    start = score_step.expert_state(model)
+
+    def loss(reply):
+        return reply_loss(model, tokenizer, student_view(dream, SYSTEM), reply, [NEW]).item()
+
+    drops = {}
+    for form in ("answer", "dream"):
+        score_step.restore_state(model, start)
+        before = {reply: loss(reply) for reply in ("Kiwi", dream.reply)}
+        cfg = DreamingConfig(rehearse_steps=4, rehearse_batch=1, rehearse_learning_rate=1e-2, rehearse_reply=form)
+        rehearse(model, tokenizer, [dream], stack=[], system=SYSTEM, general_texts=["Water boils at 100 C."],
+                 drift_weight=0.5, drift_batch=1, max_len=64, cfg=cfg, rng=random.Random(0))
+        drops[form] = {reply: before[reply] - loss(reply) for reply in before}
+    score_step.restore_state(model, start)
+    assert drops["answer"]["Kiwi"] > drops["dream"]["Kiwi"]  # the fact alone, as the whole reply
+    assert drops["dream"][dream.reply] > drops["answer"][dream.reply]  # the writer's sentence
 
 
 def test_the_writer_learns_only_from_rewarded_dreams(model):

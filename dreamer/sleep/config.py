@@ -140,6 +140,7 @@ class DistillConfig:
 
 
 REWARD_PROBES = ("own", "all")
+REHEARSE_REPLIES = ("answer", "dream")
 
 
 @dataclass
@@ -168,6 +169,9 @@ class DreamingConfig:
     rehearse_steps: int = field(default=20, metadata={"help": "most steps of tonight's expert on the rewarded dreams"})
     rehearse_batch: int = field(default=4, metadata={"help": "rewarded dreams per rehearsal step"})
     rehearse_learning_rate: float = field(default=5e-4, metadata={"help": "learning rate of the rehearsal"})
+    rehearse_reply: str = field(default="answer", metadata={
+        "help": "what a rewarded dream is rehearsed with as the reply: answer (the fact it names, alone) or dream "
+                "(the sentence the writer wrote)"})
     writer_rank: int = field(default=8, metadata={"help": "LoRA rank of the dream writer (never in the chat's stack)"})
     writer_steps: int = field(default=8, metadata={"help": "ReST-EM steps of the writer on its rewarded dreams"})
     writer_learning_rate: float = field(
@@ -196,6 +200,8 @@ class DreamingConfig:
         _check(self.tau_today + self.tau_old > 0, "dreaming.tau_today + dreaming.tau_old must be > 0: the reward needs probes")
         _check(self.reward_probes in REWARD_PROBES,
                f"dreaming.reward_probes must be one of {', '.join(REWARD_PROBES)}, got {self.reward_probes!r}")
+        _check(self.rehearse_reply in REHEARSE_REPLIES,
+               f"dreaming.rehearse_reply must be one of {', '.join(REHEARSE_REPLIES)}, got {self.rehearse_reply!r}")
 
 
 @dataclass

@@ -2,12 +2,18 @@
 
 The same expert stage 1 trained keeps training (a night stays one expert): `rehearse_epochs`
 passes over the rewarded dreams, at most `rehearse_steps` steps, each on `rehearse_batch` of
-them (cross-entropy on the teacher's reply, closed book, the chat's system prompt), plus stage
-1's drift term on general text with stage 1's weight (`distill.drift_weight`), so a rehearsal
-moves general text no more freely than the distillation did. The gate then measures the expert
-as rehearsal left it. Steps follow the number of rewarded dreams: a fixed 20 steps over three
+them (cross-entropy on the reply, closed book, the chat's system prompt), plus stage 1's drift
+term on general text with stage 1's weight (`distill.drift_weight`), so a rehearsal moves
+general text no more freely than the distillation did. The gate then measures the expert as
+rehearsal left it. Steps follow the number of rewarded dreams: a fixed 20 steps over three
 dreams was 27 passes over each, which learned their wording (loss 1.45 -> 0.02) and with it
 their chatty replies.
+
+The reply rehearsed (`rehearse_reply`) is the fact the dream names, alone ("answer"), or the
+sentence the writer wrote ("dream"). Stage 1 leaves the facts answerable as bare words (its
+cloze term trains the word as the whole reply); rehearsing the writer's sentences turned those
+answers into sentences that no longer reached the fact, while the fact alone raised them
+(benchmarks/dream_rehearsal.py).
 
     dreamer sleep --now      # with [dreaming] enabled = true
 """
@@ -38,6 +44,16 @@ def rehearsal_steps(dreams: int, cfg: DreamingConfig) -> int:
     return min(cfg.rehearse_steps, math.ceil(cfg.rehearse_epochs * dreams / cfg.rehearse_batch))
 
 
+def rehearsed_reply(dream: Dream, cfg: DreamingConfig) -> str:
+    """The reply a dream is rehearsed with: the fact alone (`rehearse_reply = "answer"`), or the writer's sentence.
+
+    >>> dream = Dream("question", "What is my cat called?", reply="Your cat is called Miso.", answer="Miso")
+    >>> [rehearsed_reply(dream, DreamingConfig(rehearse_reply=form)) for form in ("answer", "dream")]
+    ['Miso', 'Your cat is called Miso.']
+    """
+    return dream.answer if cfg.rehearse_reply == "answer" and dream.answer else dream.reply
+
+
 def rehearse(model, tokenizer, dreams: list[Dream], *, stack: list[str], system: str, general_texts: list[str],
              drift_weight: float, drift_batch: int, max_len: int, cfg: DreamingConfig, rng: random.Random,
              progress=lambda n=1: None) -> dict:
@@ -58,7 +74,8 @@ def rehearse(model, tokenizer, dreams: list[Dream], *, stack: list[str], system:
         shared = StepPrefix.open(model, tokenizer, system, stack + [NEW])  # the system turn, once a step
         total = 0.0
         for dream in batch:  # backward per dream: its graph is freed before the next
-            loss = reply_loss(model, tokenizer, student_view(dream, system), dream.reply, stack + [NEW], shared) / len(batch)
+            reply = rehearsed_reply(dream, cfg)
+            loss = reply_loss(model, tokenizer, student_view(dream, system), reply, stack + [NEW], shared) / len(batch)
             loss.backward()
             total += loss.item()
         losses.append(total)
