@@ -14,7 +14,8 @@ drift term on the night's general texts) on
 - `rejected`: the kept dreams it did not reward (its complement: does it pick the better ones?);
 - `kept`: every kept dream (the filter without the reward);
 - `rewarded_answer`: the rewarded dreams with the fact alone as the reply (the form stage 1's
-  cloze term trains: the word as the whole reply) instead of the sentence the writer wrote,
+  cloze term trains: the word as the whole reply) instead of the sentence the writer wrote
+  (`rehearse_reply = "answer"`; the other arms rehearse the sentence, `"dream"`),
 
 each `--repeats` times with another rehearsal seed (the order of the dreams and the drift
 texts), which is the arm's own noise. After each arm, the day's bench probes (recall and
@@ -108,7 +109,9 @@ def study_seed(seed: int, home: Path, source: str, day: dict, dreams: int, repea
     reward_dreams(model, tokenizer, kept, start.held, [], system, cfg)
     rewarded = [d for d in kept if d.rewarded]
     chosen = {"none": [], "rewarded": rewarded, "rejected": [d for d in kept if not d.rewarded], "kept": kept,
-              "rewarded_answer": [replace(d, reply=d.answer) for d in rewarded]}
+              "rewarded_answer": rewarded}
+    # the reply each arm rehearses: the writer's sentence, or the fact alone (`rehearse_reply`)
+    forms = {arm: "answer" if arm == "rewarded_answer" else "dream" for arm in chosen}
     # The drift term's texts as a night makes them: general questions with the bare base's answers.
     answers = general_answers(model, tokenizer, preset.memories.max_new_tokens)
     drift_texts = [f"{user[0]['content']}\n\n{answer[0]}" for user, answer in zip(general_prompts(), answers) if answer[0]]
@@ -123,7 +126,8 @@ def study_seed(seed: int, home: Path, source: str, day: dict, dreams: int, repea
             restore_state(model, state)
             report = rehearse(model, tokenizer, chosen[arm], stack=[], system=system, general_texts=drift_texts,
                               drift_weight=preset.distill.drift_weight, drift_batch=preset.distill.drift_batch,
-                              max_len=preset.load.max_seq_len, cfg=cfg, rng=random.Random(1000 * seed + repeat))
+                              max_len=preset.load.max_seq_len, cfg=replace(cfg, rehearse_reply=forms[arm]),
+                              rng=random.Random(1000 * seed + repeat))
             model.eval()
             rows = ask(model, tokenizer, start.truth, [NEW], start.asked)
             runs.append({"repeat": repeat, "rehearsal": report, "totals": totals(rows), "probes": rows,
