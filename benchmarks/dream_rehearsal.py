@@ -91,7 +91,8 @@ def dream_row(dream) -> dict:
             "gap": round(dream.gap, 4), "tau_delta": round(dream.tau_delta, 4), "rewarded": dream.rewarded}
 
 
-def study_seed(seed: int, home: Path, source: str, day: dict, dreams: int, repeats: int, arms: list[str]) -> dict:
+def study_seed(seed: int, home: Path, source: str, day: dict, dreams: int, repeats: int, arms: list[str],
+               commit: str) -> dict:
     from dreamer.eval.evaluate import general_drift
     from dreamer.lm.weights import NEW
     from dreamer.sleep.dreaming.rehearse import rehearse
@@ -135,7 +136,7 @@ def study_seed(seed: int, home: Path, source: str, day: dict, dreams: int, repea
                                                          max_len=preset.load.max_seq_len), 4),
                          "tau": round(mean(probe_probabilities(model, tokenizer, start.held, [NEW], system)), 4)})
             print(seed, arm, repeat, json.dumps(runs[-1]["totals"]["all"]), runs[-1]["drift_kl"], flush=True)
-        out["arms"][arm] = {"dreams": len(chosen[arm]), "commit": git_commit(), "runs": runs}
+        out["arms"][arm] = {"dreams": len(chosen[arm]), "commit": commit, "runs": runs}
     restore_state(model, state)
     out["seconds"] = round(time.monotonic() - start.began)
     return out
@@ -169,7 +170,7 @@ def main(argv=None) -> None:
         day = make_run_days(BenchConfig(days=1, facts=10, updates=0, arms=["sleep"], seed=seed))[0]
         home = args.work / f"seed{seed}"
         sleep_day(home, source, seed, day["records"])
-        measured = study_seed(seed, home, source, day, args.dreams, args.repeats, args.arms)
+        measured = study_seed(seed, home, source, day, args.dreams, args.repeats, args.arms, this["commit"])
         earlier = record["seeds"].get(str(seed), {}).get("arms", {})
         if earlier and earlier.get("none") and measured["dreams"] != record["seeds"][str(seed)]["dreams"]:
             raise SystemExit(f"seed {seed}: steps 1-2 did not reproduce the dreams already in {args.out}")

@@ -244,10 +244,11 @@ def test_the_writer_frame_reads_pairs_and_spreads_over_facts(monkeypatch):
     monkeypatch.undo()  # the real split_probes, not the planted probe, for stage's doctests
 
     from benchmarks import dream_rehearsal, dream_reward
+    from dreamer.sleep.dreaming import rehearse as rehearse_step
     from dreamer.sleep.dreaming import stage, write
 
-    # the frame, the held-out split, own probes, spearman, the rehearsal study's counts
-    for module in (write, stage, score_step, dream_reward, dream_rehearsal):
+    # the frame, the held-out split, own probes, the rehearsed reply, spearman, the rehearsal study's counts
+    for module in (write, stage, score_step, rehearse_step, dream_reward, dream_rehearsal):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0, module.__name__
     plan = write.plan_today(["a", "b", "c"], 12, random.Random(1))

@@ -15,6 +15,7 @@ from dreamer.sleep.config import DistillConfig, LoadConfig
 from dreamer.sleep.seeding import distill as distill_module
 from dreamer.sleep.seeding.distill import batch_reply_logits, cloze_loss, distill
 from dreamer.sleep.seeding.memories import Example
+from dreamer.sleep.seeding.rewards import SemanticJudge
 
 SYSTEM = "You are dreamer, a personal assistant. Answer helpfully and briefly. Today is Monday, 03 March 2025."
 
@@ -124,10 +125,14 @@ def test_tail_logprobs_without_a_system_turn_ignore_the_prefix(lora_model):
     torch.testing.assert_close(got[0], want[0])
 
 
-def test_a_distillation_step_has_the_gradient_of_whole_prompts(lora_model, fake_judge, monkeypatch):
+def test_a_distillation_step_has_the_gradient_of_whole_prompts(lora_model, monkeypatch):
     """One whole step of `distill` (every term, anchors without the system turn among the prompts),
     with the system turn shared and with it encoded in every pass: the same gradient."""
     model, tokenizer = lora_model
+    # A judge for which the first completion means what the memory means and the others do not, so
+    # the imitation term has advantages and runs its passes (it embeds completions, then references).
+    judge = SemanticJudge(embed_fn=lambda texts: torch.tensor([[1.0, 0.0] if i == 0 or i >= len(texts) // 2 else
+                                                               [0.0, 1.0] for i in range(len(texts))]))
     closed = [{"role": "system", "content": SYSTEM}]
     today = [Example("today", closed + [{"role": "user", "content": q}], [{"role": "system", "content": "Ana: Lisbon."},
                                                                          {"role": "user", "content": q}], None, [a])
@@ -156,18 +161,26 @@ def test_a_distillation_step_has_the_gradient_of_whole_prompts(lora_model, fake_
                     p.copy_(state[n])
         torch.manual_seed(0)
         return distill(model, tokenizer, today=today, replay=[], anchor=anchor, documents=documents, stack=[],
-                       cfg=cfg, max_len=128, judge=fake_judge, rng=random.Random(3), clozes=clozes,
+                       cfg=cfg, max_len=128, judge=judge, rng=random.Random(3), clozes=clozes,
                        general_texts=["The sky is blue because air scatters blue light."])
 
-    real_open = StepPrefix.open
+    real_open, real_policy = StepPrefix.open, distill_module.policy_gradient_loss
+    imitated = []  # per imitation call: it had a signal, and the shared system turn
 
     def spy(*args, **kwargs):
         opened.append(real_open(*args, **kwargs))
         return opened[-1]
 
+    def policy(*args):
+        imitated.append((any(a != 0 for a in args[4]), args[7] is not None))
+        return real_policy(*args)
+
     monkeypatch.setattr(distill_module.StepPrefix, "open", spy)
+    monkeypatch.setattr(distill_module, "policy_gradient_loss", policy)
     shared_log = run()
-    assert opened and opened[0] is not None and opened[0].uses > 0
+    assert imitated == [(True, True)]  # the imitation term ran its passes on the shared turn
+    assert opened and opened[0] is not None and opened[0].uses > cfg.cloze_batch + 1  # and divergence did
+    assert opened[0].closed
     monkeypatch.setattr(distill_module.StepPrefix, "open", lambda *a, **k: None)
     whole_log = run()
     assert shared_log.divergence == pytest.approx(whole_log.divergence, rel=1e-4)
@@ -194,3 +207,48 @@ def test_a_gradient_left_in_the_shared_system_turn_would_be_caught(lora_model):
     assert_same(gradients(model, lambda: loss(True)), want)
     with pytest.raises(AssertionError):
         assert_same(gradients(model, lambda: loss(True, send_back=False)), want)
+
+
+def test_a_rehearsal_step_has_the_gradient_of_whole_prompts(lora_model, monkeypatch):
+    """Dreaming's rehearsal shares the system turn too: its step's gradient is that of whole prompts."""
+    from dreamer.sleep.config import DreamingConfig
+    from dreamer.sleep.dreaming import rehearse as rehearse_module
+    from dreamer.sleep.dreaming.write import Dream
+
+    model, tokenizer = lora_model
+    dreams = [Dream("question", "What is my cat called?", "Your cat is called Miso.", answer="Miso"),
+              Dream("question", "Where does Ana live?", "Ana lives in Lisbon.", answer="Lisbon")]
+    cfg = DreamingConfig(rehearse_steps=1, rehearse_batch=2, rehearse_epochs=1, rehearse_reply="dream")
+    state = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+    captured, opened = [], []
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def capture(params, *args, **kwargs):
+        captured.append([p.grad.clone() for p in params])
+        return clip(params, *args, **kwargs)
+
+    def run():
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in state:
+                    p.copy_(state[n])
+        rehearse_module.rehearse(model, tokenizer, dreams, stack=[], system=SYSTEM, general_texts=["Water is wet."],
+                                 drift_weight=0.0, drift_batch=1, max_len=64, cfg=cfg, rng=random.Random(0))
+
+    real_open = StepPrefix.open
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", capture)
+    monkeypatch.setattr(rehearse_module.StepPrefix, "open", lambda *a, **k: opened.append(real_open(*a, **k)) or opened[-1])
+    run()
+    assert opened[0] is not None and opened[0].uses == 2 and opened[0].closed
+    monkeypatch.setattr(rehearse_module.StepPrefix, "open", lambda *a, **k: None)
+    run()
+    assert_close_grads(*captured)
+
+
+def test_the_shared_turn_cannot_be_read_after_its_gradient_went_back(lora_model):
+    model, tokenizer = lora_model
+    with adapters(model, [NEW]):
+        shared = StepPrefix.open(model, tokenizer, SYSTEM, [NEW])
+    shared.backward()
+    with pytest.raises(RuntimeError, match="after its gradient was sent back"):
+        shared.past()

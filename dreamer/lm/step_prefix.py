@@ -15,8 +15,12 @@ whole; in float32 they agree to rounding (tests/test_step_prefix.py).
 
 A prompt that does not begin with the system turn (the anchor's bare requests, a clipped
 over-long prompt) is encoded whole, as before. Only a plain key/value cache (transformers'
-`DynamicLayer`, every layer) is shared: a sliding-window or quantized cache is left to the full
-passes (`StepPrefix.open` returns None), so a model with one trains exactly as it did.
+`DynamicLayer`, every layer) is shared, and only when the chat template renders the system turn
+as the start of a conversation: otherwise (a sliding-window or quantized cache, a template that
+folds the system turn into the first user turn) `StepPrefix.open` returns None and every prompt
+is encoded whole, exactly as before. The leaves are float32 whatever the compute dtype (bf16 on
+a GPU), so the gradients of a step's passes are summed there at the precision the LoRA
+parameters' own gradients are.
 """
 
 from __future__ import annotations
@@ -39,15 +43,19 @@ class StepPrefix:
         self._leaves = leaves
         self._outputs = outputs
         self.uses = 0
+        self.closed = False
 
     @classmethod
     def open(cls, model, tokenizer, system: str | None, names: list[str] | None) -> StepPrefix | None:
         """Encode `system` (as the chat template renders a system turn) under `names`, with gradient."""
         if not system:
             return None
-        ids = tokenizer.apply_chat_template([{"role": "system", "content": system}], tokenize=True, return_dict=False)
-        if len(ids) < MIN_TOKENS:
-            return None
+        turn = {"role": "system", "content": system}
+        ids = tokenizer.apply_chat_template([turn], tokenize=True, return_dict=False)
+        asked = tokenizer.apply_chat_template([turn, {"role": "user", "content": "?"}], tokenize=True,
+                                              add_generation_prompt=True, return_dict=False)
+        if len(ids) < MIN_TOKENS or asked[: len(ids)] != ids:
+            return None  # the template does not start a conversation with the system turn as rendered alone
         with adapters(model, names):
             cache = model(input_ids=torch.tensor([ids], device=model_device(model)), use_cache=True,
                           logits_to_keep=1).past_key_values
@@ -55,7 +63,7 @@ class StepPrefix:
         if not layers or any(type(layer).__name__ != "DynamicLayer" for layer in layers):
             return None
         outputs = [(layer.keys, layer.values) for layer in layers]
-        leaves = [(k.detach().requires_grad_(k.requires_grad), v.detach().requires_grad_(v.requires_grad))
+        leaves = [(k.detach().float().requires_grad_(k.requires_grad), v.detach().float().requires_grad_(v.requires_grad))
                   for k, v in outputs]
         for layer, (k, v) in zip(layers, leaves):
             layer.keys, layer.values = k.detach(), v.detach()
@@ -67,9 +75,11 @@ class StepPrefix:
 
     def past(self, rows: int = 1):
         """A private cache of the system turn, `rows` rows, reading the shared leaves."""
+        if self.closed:
+            raise RuntimeError("the step's system turn was read after its gradient was sent back")
         cache = copy.deepcopy(self._template)
         for layer, (k, v) in zip(cache.layers, self._leaves):
-            layer.keys, layer.values = k, v
+            layer.keys, layer.values = k.to(layer.keys.dtype), v.to(layer.values.dtype)
         if rows > 1:
             cache.batch_repeat_interleave(rows)
         self.uses += 1
@@ -86,7 +96,7 @@ class StepPrefix:
             for out, leaf in ((out_k, k), (out_v, v)):
                 if leaf.grad is not None and out.requires_grad:
                     outputs.append(out)
-                    grads.append(leaf.grad)
+                    grads.append(leaf.grad.to(out.dtype))
         if outputs:
             torch.autograd.backward(outputs, grads)
-        self._outputs, self._leaves = [], []
+        self._outputs, self._leaves, self.closed = [], [], True

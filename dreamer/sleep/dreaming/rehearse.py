@@ -13,7 +13,9 @@ The reply rehearsed (`rehearse_reply`) is the fact the dream names, alone ("answ
 sentence the writer wrote ("dream"). Stage 1 leaves the facts answerable as bare words (its
 cloze term trains the word as the whole reply); rehearsing the writer's sentences turned those
 answers into sentences that no longer reached the fact, while the fact alone raised them
-(benchmarks/dream_rehearsal.py).
+(benchmarks/dream_rehearsal.py). The dreams are still chosen on the writer's sentence (the loss
+gap and the throwaway copies train on it) and rehearsed in the answer form: the combination that
+study measured.
 
     dreamer sleep --now      # with [dreaming] enabled = true
 """
@@ -62,6 +64,7 @@ def rehearse(model, tokenizer, dreams: list[Dream], *, stack: list[str], system:
         return {"steps": 0}
     params = trainable_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=cfg.rehearse_learning_rate, weight_decay=0.0)
+    optimizer.zero_grad(set_to_none=True)  # a gradient an earlier pass left on the expert is not this step's
     losses, drifts = [], []
     model.train()
     order: list[Dream] = []
