@@ -51,24 +51,14 @@ ARMS = ("none", "rewarded", "rejected", "kept", "rewarded_answer")
 
 
 def ask(model, tokenizer, probes: list[dict], names: list[str], system: str) -> list[dict]:
-    """Each probe as the bench asks it: {kind, answer, gen, mc, p, reply}."""
-    from dreamer.bench.score import reply_names
-    from dreamer.lm.generation import sample_many
-    from dreamer.lm.scoring import option_scores
-    from dreamer.lm.weights import adapters
+    """Each probe as the bench asks it (`dreamer.bench.score.ask_probes`): {kind, answer, mc, p, gen, reply},
+    `p` the answer's probability among the options."""
+    from dreamer.bench.score import ask_probes
 
-    rows = []
-    with adapters(model, names):
-        for probe in probes:
-            scores = option_scores(model, tokenizer, probe["question"], [probe["answer"], *probe["distractors"]],
-                                   system=system)
-            rows.append({"kind": probe["kind"], "answer": probe["answer"], "mc": all(scores[0] > s for s in scores[1:]),
-                         "p": round(torch.softmax(torch.tensor(scores), 0)[0].item(), 4)})
-        chats = [[{"role": "system", "content": system}, {"role": "user", "content": p["question"]}] for p in probes]
-        replies = sample_many(model, tokenizer, chats, names, n=1, max_new_tokens=40, temperature=None)
-    for row, probe, (reply,) in zip(rows, probes, replies):
-        row.update(gen=reply_names(reply, probe), reply=reply)
-    return rows
+    return [{"kind": probe["kind"], "answer": probe["answer"], "mc": row["mc"],
+             "p": round(torch.softmax(torch.tensor(row["scores"]), 0)[0].item(), 4), "gen": row["gen"],
+             "reply": row["reply"]}
+            for probe, row in zip(probes, ask_probes(model, tokenizer, probes, [system] * len(probes), names))]
 
 
 def totals(rows: list[dict]) -> dict:

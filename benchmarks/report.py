@@ -199,15 +199,15 @@ def render_distill_step(record: dict) -> str:
     rows = [[name, m["steps"], f"{m['mean_s']:.1f}", f"{m['median_s']:.1f}",
              ", ".join(f"{part} {s:.1f}" for part, s in sorted(m["phase_s_per_step"].items()))]
             for name, m in modes.items()]
-    pairs = list(zip(record["step_s"], record["step_modes"]))
-    faster = sum(a < b for (a, ma), (b, mb) in zip(pairs[::2], pairs[1::2]) if ma == "shared" and mb == "whole")
-    faster += sum(b < a for (a, ma), (b, mb) in zip(pairs[::2], pairs[1::2]) if ma == "whole" and mb == "shared")
+    steps = list(zip(record["step_modes"], record["step_s"]))
+    pairs = [dict(steps[i:i + 2]) for i in range(0, len(steps) - 1, 2)]  # adjacent steps: {mode: seconds}
+    faster = sum(pair["shared"] < pair["whole"] for pair in pairs if len(pair) == 2)
     ratio = modes["shared"]["mean_s"] / modes["whole"]["mean_s"]
     return "\n".join([f"`{record['command']}` ({_machine(record)}; {record['device_plan']}; peak RSS "
                       f"{record['peak_rss_mb']:.0f} MiB)", "",
                       *_table(["system turn", "#steps", "#mean s", "#median s", "seconds a step in each part"], rows),
                       "", f"The shared system turn's step took {ratio:.2f} of the whole prompts' on average; it was the "
-                          f"faster of each adjacent pair of steps {faster} times in {len(pairs) // 2}."]) + "\n"
+                          f"faster of each adjacent pair of steps {faster} times in {len(pairs)}."]) + "\n"
 
 
 RENDERERS = {"kill_nights": render_kill_nights, "chat_threads": render_chat_threads,

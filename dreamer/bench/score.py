@@ -129,22 +129,47 @@ class Prompts:
             self.store.close()
 
 
+def ask_probes(model, tokenizer, probes: list[dict], systems: list[str], names: list[str] | None,
+               max_new_tokens: int = 40) -> list[dict]:
+    """Each probe asked under its system prompt, the adapters `names` applied: {scores, mc, gen, reply}.
+
+    `scores`: each option's mean token log-probability, the answer first; `mc`: the answer's is
+    strictly above every distractor's; `reply`: the greedy reply, and `gen`: whether it names the
+    answer (`reply_names`), for every kind but the multiple-choice-only ones (None there).
+    """
+    from dreamer.lm.generation import sample_many
+    from dreamer.lm.scoring import option_scores
+    from dreamer.lm.weights import adapters
+
+    rows = []
+    with adapters(model, names):
+        for probe, system in zip(probes, systems):
+            scores = option_scores(model, tokenizer, probe["question"], [probe["answer"], *probe["distractors"]],
+                                   system=system)
+            rows.append({"scores": scores, "mc": all(scores[0] > other for other in scores[1:]), "gen": None,
+                         "reply": None})
+        asked = [i for i, p in enumerate(probes) if p["kind"] not in MC_ONLY]
+        chats = [[{"role": "system", "content": systems[i]}, {"role": "user", "content": probes[i]["question"]}]
+                 for i in asked]
+        replies = sample_many(model, tokenizer, chats, names, n=1, max_new_tokens=max_new_tokens, temperature=None)
+    for i, (reply,) in zip(asked, replies):
+        rows[i].update(reply=reply, gen=reply_names(reply, probes[i]))
+    return rows
+
+
 def score_memory(source: str, experts: list[str], memory: str, probes: list[dict], *, ask_day: str,
                  history: list[dict], load, max_new_tokens: int = 40, general: bool = True) -> dict:
     """Per probe {id, kind, day, mc, gen, reply}, plus drift and perplexity; run in a fresh process."""
     import torch
 
     from dreamer.eval.evaluate import general_drift, perplexity
-    from dreamer.lm.generation import sample_many
-    from dreamer.lm.scoring import option_scores
-    from dreamer.lm.weights import adapters, build_stack, load_base, plan_device, stack_names
+    from dreamer.lm.weights import build_stack, load_base, plan_device, stack_names
     from dreamer.sleep.gate import general_texts
 
     started = time.perf_counter()
     base, tokenizer = load_base(source, plan_device(load))
     model = build_stack(base, [Path(p) for p in experts], None)
     names = stack_names(model) if experts else None
-    rows = []
     with tempfile.TemporaryDirectory(prefix="dreamer-bench-") as tmp:
         prompts = Prompts(memory, date.fromisoformat(ask_day), history, tokenizer, Path(tmp))
         try:
@@ -152,19 +177,10 @@ def score_memory(source: str, experts: list[str], memory: str, probes: list[dict
             spent = [prompts.memory_tokens(system) for system in systems]
         finally:
             prompts.close()
-    with adapters(model, names):
-        for probe, system, tokens in zip(probes, systems, spent):
-            answer, *rest = option_scores(model, tokenizer, probe["question"], [probe["answer"], *probe["distractors"]],
-                                          system=system)
-            rows.append({"id": probe["id"], "kind": probe["kind"], "day": probe["day"],
-                         "mc": all(answer > other for other in rest), "gen": None, "reply": None,
-                         "memory_tokens": tokens})
-        asked = [i for i, p in enumerate(probes) if p["kind"] not in MC_ONLY]
-        chats = [[{"role": "system", "content": systems[i]}, {"role": "user", "content": probes[i]["question"]}]
-                 for i in asked]
-        replies = sample_many(model, tokenizer, chats, names, n=1, max_new_tokens=max_new_tokens, temperature=None)
-    for i, (reply,) in zip(asked, replies):
-        rows[i].update(reply=reply, gen=reply_names(reply, probes[i]))
+    rows = [{"id": probe["id"], "kind": probe["kind"], "day": probe["day"], "mc": asked["mc"], "gen": asked["gen"],
+             "reply": asked["reply"], "memory_tokens": tokens}
+            for probe, tokens, asked in zip(probes, spent, ask_probes(model, tokenizer, probes, systems, names,
+                                                                      max_new_tokens))]
     out = {"probes": rows, "stack": names or [], "torch_threads": torch.get_num_threads()}
     if general:
         texts = general_texts()

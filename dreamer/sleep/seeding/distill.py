@@ -154,14 +154,13 @@ def batch_reply_logits(model, prompts: list[list[int]], replies: list[list[int]]
     `prefix` (the step's shared system turn), the pairs whose prompt begins with it go in a pass
     of their own that encodes only what follows it; the others in a pass of their own.
     """
-    if prefix is None or not any(prefix.covers(p) for p in prompts):
+    shared = [i for i, p in enumerate(prompts) if prefix is not None and prefix.covers(p)]
+    if not shared:
         return _reply_pass(model, prompts, replies, pad, None)
-    shared = [i for i, p in enumerate(prompts) if prefix.covers(p)]
     whole = [i for i in range(len(prompts)) if i not in shared]
     out: list[torch.Tensor | None] = [None] * len(prompts)
-    for group, past in ((shared, prefix), (whole, None)):
+    for group, past, cut in ((shared, prefix, len(prefix.ids)), (whole, None, 0)):
         if group:
-            cut = len(prefix.ids) if past else 0
             got = _reply_pass(model, [prompts[i][cut:] for i in group], [replies[i] for i in group], pad, past)
             for i, logits in zip(group, got):
                 out[i] = logits
