@@ -125,3 +125,47 @@ def render_dream_rehearsal(record: dict) -> str:
     lines += _table(["rehearsed", "#probe-runs", "#reply lost the fact", "#reply found it", "probability change",
                      "drift change"], pooled)
     return "\n".join(lines) + "\n"
+
+
+def render_night_cost(record: dict) -> str:
+    """benchmarks/night_cost.py: the phases of each arm's nights side by side, then the scores as a paired night."""
+    from dreamer.bench import report
+
+    arms = record["bench"]["arms"]
+    nights = sorted({int(unit.split("/")[1]) for a in arms for unit in record["arms"][a]["units"]})
+    columns, phases, walls = [], {}, {}
+    for arm in arms:
+        for night in nights:
+            train = record["arms"][arm]["units"].get(f"{arm}/{night}", {}).get("train")
+            if not train:
+                continue
+            column = f"#{arm} night {night}, min"
+            columns.append(column)
+            walls[column] = train["wall_s"]
+            for phase, seconds in train["phases"].items():
+                phases.setdefault(phase, {})[column] = seconds
+    rows = [[phase, *(f"{by[c] / 60:.1f}" if c in by else "" for c in columns)] for phase, by in phases.items()]
+    rows.append(["**the whole night**", *(f"**{walls[c] / 60:.1f}**" for c in columns)])
+    def described(arm: str, run: dict) -> str:
+        load = f", load average {min(run['loadavg']):.1f}-{max(run['loadavg']):.1f}" if run.get("loadavg") else ""
+        started = ", ".join(f"{s['started']} with {s['jobs']} lane(s)" for s in run.get("sessions", []))
+        return f"`{arm}` at {run['commit']} ({run['machine']['cpu']}{load}; started {started})"
+
+    who = "; ".join(described(arm, run) for arm, run in record["arms"].items())
+    merged = {"bench": record["bench"], "days": record["days"],
+              "units": {k: v for run in record["arms"].values() for k, v in run["units"].items()}}
+    lines = [f"`{record['command'].strip()}`: {record['change']}. Arms: {who}.", "",
+             *_table(["phase", *columns], rows)]
+    if len(walls) == 2:
+        (a, wa), (b, wb) = walls.items()
+        lines += ["", f"{b.lstrip('#').removesuffix(', min')}: {wb / wa:.2f} of {a.lstrip('#').removesuffix(', min')}."]
+    if record["config_keys_only_some_have"]:
+        lines += ["", "Config keys only some arms' code has: " + ", ".join(f"`{k}`" for k in
+                                                                        record["config_keys_only_some_have"]) + "."]
+    if paired := report.dreaming_lines(merged):
+        if len({run["commit"] for run in record["arms"].values()}) > 1:
+            paired = ["The arms ran different code, so the differences below are Dreaming's and the code's together.",
+                      "", *paired]
+        lines += ["", *paired]
+    lines += ["", *report.nights_table(merged)]
+    return "\n".join(lines) + "\n"

@@ -378,6 +378,38 @@ def test_runs_of_one_arm_each_merge_into_one_paired_run_and_others_are_refused()
         merge([("sleep1", sleep), ("dream1", dream)])
 
 
+def test_night_cost_puts_arms_of_other_commits_side_by_side_and_refuses_other_nights(tmp_path):
+    from benchmarks.night_cost import main as night_cost
+    from benchmarks.report_dreaming import render_night_cost
+
+    sleep = fake_result([True], [False])
+    sleep["units"].pop("recall/1")
+    sleep["units"]["sleep/1"]["train"].update(wall_s=600.0, phases={"distil into a new expert": 540.0, "gate": 60.0})
+    sleep.update(format=1, config={"distill": {"steps": 60}}, bench={**sleep["bench"], "arms": ["sleep"]},
+                 sessions=[{"started": "2026-12-07 17:17:15", "jobs": 1}], loadavg=[2.0, 2.2])
+    dream = json.loads(json.dumps(sleep))
+    dream["units"] = {"dream/1": dream["units"].pop("sleep/1")}
+    dream["units"]["dream/1"]["train"].update(wall_s=540.0, phases={"distil into a new expert": 420.0,
+                                                                    "dream: score": 90.0, "gate": 30.0})
+    dream["config"] = {"distill": {"steps": 60}, "dreaming": {"rehearse_reply": "answer"}}  # a key the new code added
+    for name, run in (("old", sleep), ("new", dream)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "bench.json").write_text(json.dumps(run))
+    out = tmp_path / "cost.json"
+    args = ["--run", "sleep", "aaaa", str(tmp_path / "old"), "--run", "dream", "bbbb", str(tmp_path / "new"),
+            "--change", "Dreaming on", "--out", str(out)]
+    assert night_cost(args) == 0
+    record = json.loads(out.read_text())
+    assert record["config_keys_only_some_have"] == ["dreaming.rehearse_reply"]
+    text = render_night_cost(record)
+    assert "| **the whole night** | **10.0** | **9.0** |" in text and "dream night 1: 0.90 of sleep night 1." in text
+    assert "| dream: score |  | 1.5 |" in text and "the code's together" in text
+    dream["config"]["distill"]["steps"] = 30
+    (tmp_path / "new" / "bench.json").write_text(json.dumps(dream))
+    with pytest.raises(SystemExit, match="sets distill.steps otherwise"):
+        night_cost(args)
+
+
 def test_a_long_run_goes_on_with_acquaintances_and_shorter_runs_keep_their_days():
     committed = json.loads((Path(__file__).parent.parent / "benchmarks/results/bench_synthetic.json").read_text())
     again = make_days(committed["bench"]["seed"], len(committed["days"]), committed["bench"]["facts"])
