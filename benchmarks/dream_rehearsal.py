@@ -15,14 +15,18 @@ drift term on the night's general texts) on
 - `kept`: every kept dream (the filter without the reward);
 - `rewarded_answer`: the rewarded dreams with the fact alone as the reply (the form stage 1's
   cloze term trains: the word as the whole reply) instead of the sentence the writer wrote
-  (`rehearse_reply = "answer"`; the other arms rehearse the sentence, `"dream"`),
+  (`rehearse_reply = "answer"`; the other arms rehearse the sentence, `"dream"`);
+- `answer_drift4`: as `rewarded_answer`, with the drift term four times as heavy;
+- `answer_chat_drift`: as `rewarded_answer`, with the drift term on general questions asked as
+  the chat asks them (`rehearse_drift = "chat"`) instead of on general text,
 
 each `--repeats` times with another rehearsal seed (the order of the dreams and the drift
 texts), which is the arm's own noise. After each arm, the day's bench probes (recall and
 implication; no night sees them) are asked as the bench asks them, the morning after under the
 chat's system prompt: does the greedy reply name the fact (what the user sees), multiple choice
 (the answer's mean log-probability above every distractor's), and the answer's probability among
-the options; also the drift from the base on the gate's general text (`general_drift`, as the
+the options; the bench's general-knowledge probes, asked the same way (what a rehearsal costs
+the rest of the chat; stored apart from the day's); also the drift from the base on the gate's general text (`general_drift`, as the
 gate and the bench measure it) and tau over the held-out self-probes.
 
 Steps 1-2 and the rehearsals are deterministic for a seed on one machine; a rehearsal on no
@@ -47,7 +51,12 @@ from benchmarks.dream_reward import dreaming_start, mean, sleep_day
 from benchmarks.machine import ROOT, command_line, git_commit, machine, write_record
 
 RESULT = ROOT / "benchmarks" / "results" / "dream_rehearsal.json"
-ARMS = ("none", "rewarded", "rejected", "kept", "rewarded_answer")
+ARMS = ("none", "rewarded", "rejected", "kept", "rewarded_answer", "answer_drift4", "answer_chat_drift")
+# arm: (the dreams it rehearses, rehearse_reply, the drift term's weight as a multiple of stage 1's, rehearse_drift)
+SETUPS = {"none": ("none", "dream", 1, "text"), "rewarded": ("rewarded", "dream", 1, "text"),
+          "rejected": ("rejected", "dream", 1, "text"), "kept": ("kept", "dream", 1, "text"),
+          "rewarded_answer": ("rewarded", "answer", 1, "text"), "answer_drift4": ("rewarded", "answer", 4, "text"),
+          "answer_chat_drift": ("rewarded", "answer", 1, "chat")}
 
 
 def ask(model, tokenizer, probes: list[dict], names: list[str], system: str) -> list[dict]:
@@ -83,6 +92,7 @@ def dream_row(dream) -> dict:
 
 def study_seed(seed: int, home: Path, source: str, day: dict, dreams: int, repeats: int, arms: list[str],
                commit: str) -> dict:
+    from dreamer.bench.days import general_probes
     from dreamer.eval.evaluate import general_drift
     from dreamer.lm.weights import NEW
     from dreamer.sleep.dreaming.rehearse import rehearse
@@ -99,13 +109,11 @@ def study_seed(seed: int, home: Path, source: str, day: dict, dreams: int, repea
     kept = first_filter(scorable, cfg, start.rng)
     reward_dreams(model, tokenizer, kept, start.held, [], system, cfg)
     rewarded = [d for d in kept if d.rewarded]
-    chosen = {"none": [], "rewarded": rewarded, "rejected": [d for d in kept if not d.rewarded], "kept": kept,
-              "rewarded_answer": rewarded}
-    # the reply each arm rehearses: the writer's sentence, or the fact alone (`rehearse_reply`)
-    forms = {arm: "answer" if arm == "rewarded_answer" else "dream" for arm in chosen}
-    # The drift term's texts as a night makes them: general questions with the bare base's answers.
+    dreams = {"none": [], "rewarded": rewarded, "rejected": [d for d in kept if not d.rewarded], "kept": kept}
+    # The drift term's texts and turns as a night makes them: general questions with the bare base's answers.
     answers = general_answers(model, tokenizer, preset.memories.max_new_tokens)
     drift_texts = [f"{user[0]['content']}\n\n{answer[0]}" for user, answer in zip(general_prompts(), answers) if answer[0]]
+    drift_turns = [(user[0]["content"], answer[0]) for user, answer in zip(general_prompts(), answers) if answer[0]]
     gate_texts = general_texts()
     state = expert_state(model)
     out = {"written": len(start.written), "grounded": len(start.grounded), "scorable": len(scorable),
@@ -113,20 +121,25 @@ def study_seed(seed: int, home: Path, source: str, day: dict, dreams: int, repea
            "arms": {}}
     for arm in arms:
         runs = []
-        for repeat in range(repeats if chosen[arm] else 1):
+        chosen, form, heavier, drift = SETUPS[arm]
+        for repeat in range(repeats if dreams[chosen] else 1):
             restore_state(model, state)
-            report = rehearse(model, tokenizer, chosen[arm], stack=[], system=system, general_texts=drift_texts,
-                              drift_weight=preset.distill.drift_weight, drift_batch=preset.distill.drift_batch,
-                              max_len=preset.load.max_seq_len, cfg=replace(cfg, rehearse_reply=forms[arm]),
+            report = rehearse(model, tokenizer, dreams[chosen], stack=[], system=system, general_texts=drift_texts,
+                              general_turns=drift_turns, drift_weight=heavier * preset.distill.drift_weight,
+                              drift_batch=preset.distill.drift_batch, max_len=preset.load.max_seq_len,
+                              cfg=replace(cfg, rehearse_reply=form, rehearse_drift=drift),
                               rng=random.Random(1000 * seed + repeat))
             model.eval()
             rows = ask(model, tokenizer, start.truth, [NEW], start.asked)
+            general = ask(model, tokenizer, general_probes(), [NEW], start.asked)
             runs.append({"repeat": repeat, "rehearsal": report, "totals": totals(rows), "probes": rows,
+                         "general": general, "general_totals": totals(general)["all"],
                          "drift_kl": round(general_drift(model, tokenizer, gate_texts, None, [NEW],
                                                          max_len=preset.load.max_seq_len), 4),
                          "tau": round(mean(probe_probabilities(model, tokenizer, start.held, [NEW], system)), 4)})
-            print(seed, arm, repeat, json.dumps(runs[-1]["totals"]["all"]), runs[-1]["drift_kl"], flush=True)
-        out["arms"][arm] = {"dreams": len(chosen[arm]), "commit": commit, "runs": runs}
+            print(seed, arm, repeat, json.dumps(runs[-1]["totals"]["all"]), json.dumps(runs[-1]["general_totals"]),
+                  runs[-1]["drift_kl"], flush=True)
+        out["arms"][arm] = {"dreams": len(dreams[chosen]), "commit": commit, "runs": runs}
     restore_state(model, state)
     out["seconds"] = round(time.monotonic() - start.began)
     return out

@@ -75,7 +75,9 @@ def render_dream_reward(record: dict) -> str:
 
 REHEARSAL_ARMS = {"none": "none (stage 1 alone)", "rewarded": "rewarded (what Dreaming rehearses)",
                   "rejected": "rejected by the reward", "kept": "every kept dream",
-                  "rewarded_answer": "rewarded, the fact alone as the reply"}
+                  "rewarded_answer": "rewarded, the fact alone as the reply",
+                  "answer_drift4": "the fact alone, drift term x4",
+                  "answer_chat_drift": "the fact alone, drift term on chat turns"}
 
 
 def render_dream_rehearsal(record: dict) -> str:
@@ -95,19 +97,20 @@ def render_dream_rehearsal(record: dict) -> str:
     for seed, r in seeds.items():
         for arm, label in REHEARSAL_ARMS.items():
             for run in r["arms"].get(arm, {}).get("runs", []):
-                t = run["totals"]
+                t, g = run["totals"], run.get("general_totals")
                 rows.append([f"seed {seed}", label, r["arms"][arm]["dreams"], run["rehearsal"].get("steps", 0),
                              f"{t['recall']['gen']}/{t['recall']['n']}", f"{t['implication']['gen']}/{t['implication']['n']}",
-                             f"{t['all']['mc']}/{t['all']['n']}", f"{t['all']['p']:.3f}", f"{run['drift_kl']:.4f}",
+                             f"{t['all']['mc']}/{t['all']['n']}", f"{t['all']['p']:.3f}",
+                             f"{g['gen']}/{g['n']}, {g['mc']}/{g['n']}" if g else "-", f"{run['drift_kl']:.4f}",
                              f"{run['tau']:.3f}"])
     lines += _table(["day", "rehearsed", "#dreams", "#steps", "reply: recall", "reply: implication",
-                     "multiple choice", "probability", "drift KL", "tau"], rows)
+                     "multiple choice", "probability", "general: reply, choice", "drift KL", "tau"], rows)
     lines += ["", "Against `none` on the same day, every run of an arm on both days pooled (probe-runs: a probe "
               "asked after one run): the probes whose reply went from naming the fact to not, and back; the mean "
               "change of the right option's probability and of the drift:", ""]
     pooled = []
     for arm, label in list(REHEARSAL_ARMS.items())[1:]:
-        lost = won = count = 0
+        lost = won = count = general_lost = general_won = general_count = 0
         dp, dd = [], []
         for r in seeds.values():
             if arm not in r["arms"] or "none" not in r["arms"]:
@@ -118,12 +121,17 @@ def render_dream_rehearsal(record: dict) -> str:
                     lost += a["gen"] and not b["gen"]
                     won += b["gen"] and not a["gen"]
                     count += 1
+                for a, b in zip(ref.get("general", []), run.get("general", [])):
+                    general_lost += a["gen"] and not b["gen"]
+                    general_won += b["gen"] and not a["gen"]
+                    general_count += 1
                 dp.append(run["totals"]["all"]["p"] - ref["totals"]["all"]["p"])
                 dd.append(run["drift_kl"] - ref["drift_kl"])
         if count:
-            pooled.append([label, count, lost, won, f"{sum(dp) / len(dp):+.3f}", f"{sum(dd) / len(dd):+.4f}"])
-    lines += _table(["rehearsed", "#probe-runs", "#reply lost the fact", "#reply found it", "probability change",
-                     "drift change"], pooled)
+            general = f"{general_lost} / {general_won} of {general_count}" if general_count else "-"
+            pooled.append([label, count, lost, won, general, f"{sum(dp) / len(dp):+.3f}", f"{sum(dd) / len(dd):+.4f}"])
+    lines += _table(["rehearsed", "#probe-runs", "#reply lost the fact", "#reply found it",
+                     "general: lost / found", "probability change", "drift change"], pooled)
     return "\n".join(lines) + "\n"
 
 

@@ -17,7 +17,7 @@ from dreamer.sleep.config import (
     DistillConfig, DreamingConfig, LoadConfig, SleepConfigError, load_preset, preset_names, sleep_config_from_dict,
 )
 from dreamer.sleep.dreaming import score as score_step
-from dreamer.sleep.dreaming.rehearse import rehearse
+from dreamer.sleep.dreaming.rehearse import chat_drift_loss, rehearse
 from dreamer.sleep.dreaming.score import first_filter, reply_loss, reward_dreams, student_view
 from dreamer.sleep.dreaming.write import Dream, write_dreams
 from dreamer.sleep.dreaming.writer import attach_writer, train_writer
@@ -101,7 +101,8 @@ def test_every_preset_sets_dreaming_and_bad_values_are_named():
                             ({"tau_today": 0, "tau_old": 0}, "the reward needs probes"),
                             ({"writer_learning_rate": -1}, "dreaming.writer_learning_rate"),
                             ({"reward_probes": "some"}, "dreaming.reward_probes must be one of own, all"),
-                            ({"rehearse_reply": "sentence"}, "dreaming.rehearse_reply must be one of answer, dream")):
+                            ({"rehearse_reply": "sentence"}, "dreaming.rehearse_reply must be one of answer, dream"),
+                            ({"rehearse_drift": "reply"}, "dreaming.rehearse_drift must be one of text, chat")):
         with pytest.raises(SleepConfigError, match=message):
             DreamingConfig(**values)
     assert DreamingConfig(writer_learning_rate=0).writer_learning_rate == 0  # the untrained-writer baseline
@@ -188,6 +189,32 @@ def test_rehearsal_trains_the_fact_alone_or_the_writers_sentence(model):
     score_step.restore_state(model, start)
     assert drops["answer"]["Kiwi"] > drops["dream"]["Kiwi"]  # the fact alone, as the whole reply
     assert drops["dream"][dream.reply] > drops["answer"][dream.reply]  # the writer's sentence
+
+
+def test_the_chat_drift_term_holds_the_replies_to_general_questions_asked_as_the_chat_asks(model):
+    """`rehearse_drift = "chat"`: KL(stack || expert) over the reply to a general question under the
+    system prompt; zero where the expert adds nothing, and rehearsing with it keeps that reply
+    nearer the stack's than stage 1's text term does."""
+    model, tokenizer = model
+    turns = [("What is the capital of France?", "Paris."), ("Name a colour.", "Blue.")]
+    start = score_step.expert_state(model)
+    with torch.no_grad():
+        assert chat_drift_loss(model, tokenizer, turns, [], SYSTEM).item() > 0  # the fixture's expert is not zero
+        for name, param in model.named_parameters():
+            if f".{NEW}." in name and "lora_B" in name:
+                param.zero_()  # an expert that adds nothing
+        assert chat_drift_loss(model, tokenizer, turns, [], SYSTEM).item() == 0
+    dream = Dream("question", "What is my parrot called?", "Your parrot is called Kiwi.", answer="Kiwi")
+    after = {}
+    for drift in ("text", "chat"):
+        score_step.restore_state(model, start)
+        cfg = DreamingConfig(rehearse_steps=6, rehearse_batch=1, rehearse_learning_rate=3e-2, rehearse_drift=drift)
+        rehearse(model, tokenizer, [dream], stack=[], system=SYSTEM, general_texts=["Water boils at 100 C."],
+                 general_turns=turns, drift_weight=20.0, drift_batch=2, max_len=64, cfg=cfg, rng=random.Random(0))
+        with torch.no_grad():
+            after[drift] = chat_drift_loss(model, tokenizer, turns, [], SYSTEM).item()
+    score_step.restore_state(model, start)
+    assert after["chat"] < after["text"], after
 
 
 def test_the_writer_learns_only_from_rewarded_dreams(model):

@@ -243,8 +243,10 @@ def test_a_gradient_left_in_the_shared_system_turn_would_be_caught(lora_model):
         assert_same(gradients(model, lambda: loss(True, send_back=False)), whole, exact)
 
 
-def test_a_rehearsal_step_has_the_gradient_of_whole_prompts(lora_model, monkeypatch):
-    """Dreaming's rehearsal shares the system turn too: its step's gradient is that of whole prompts."""
+@pytest.mark.parametrize("drift", ["text", "chat"])
+def test_a_rehearsal_step_has_the_gradient_of_whole_prompts(lora_model, monkeypatch, drift):
+    """Dreaming's rehearsal shares the system turn too (its dreams and, with `rehearse_drift = "chat"`,
+    its drift term's general questions): its step's gradient is that of whole prompts."""
     from dreamer.sleep.config import DreamingConfig
     from dreamer.sleep.dreaming import rehearse as rehearse_module
     from dreamer.sleep.dreaming.write import Dream
@@ -252,7 +254,8 @@ def test_a_rehearsal_step_has_the_gradient_of_whole_prompts(lora_model, monkeypa
     model, tokenizer = lora_model
     dreams = [Dream("question", "What is my cat called?", "Your cat is called Miso.", answer="Miso"),
               Dream("question", "Where does Ana live?", "Ana lives in Lisbon.", answer="Lisbon")]
-    cfg = DreamingConfig(rehearse_steps=1, rehearse_batch=2, rehearse_epochs=1, rehearse_reply="dream")
+    cfg = DreamingConfig(rehearse_steps=1, rehearse_batch=2, rehearse_epochs=1, rehearse_reply="dream",
+                         rehearse_drift=drift)
     state = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
     captured, opened = [], []
     clip = torch.nn.utils.clip_grad_norm_
@@ -267,13 +270,14 @@ def test_a_rehearsal_step_has_the_gradient_of_whole_prompts(lora_model, monkeypa
                 if n in state:
                     p.copy_(state[n])
         rehearse_module.rehearse(model, tokenizer, dreams, stack=[], system=SYSTEM, general_texts=["Water is wet."],
-                                 drift_weight=0.0, drift_batch=1, max_len=64, cfg=cfg, rng=random.Random(0))
+                                 general_turns=[("Is water wet?", "Yes.")], drift_weight=1.0, drift_batch=1,
+                                 max_len=64, cfg=cfg, rng=random.Random(0))
 
     real_open = StepPrefix.open
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", capture)
     monkeypatch.setattr(rehearse_module.StepPrefix, "open", lambda *a, **k: opened.append(real_open(*a, **k)) or opened[-1])
     run()
-    assert opened[0] is not None and opened[0].uses == 2 and opened[0].closed
+    assert opened[0] is not None and opened[0].uses == (3 if drift == "chat" else 2) and opened[0].closed
     monkeypatch.setattr(rehearse_module.StepPrefix, "open", lambda *a, **k: None)
     run()
     with in_float64(model):

@@ -141,6 +141,7 @@ class DistillConfig:
 
 REWARD_PROBES = ("own", "all")
 REHEARSE_REPLIES = ("answer", "dream")
+REHEARSE_DRIFTS = ("text", "chat")
 
 
 @dataclass
@@ -172,6 +173,9 @@ class DreamingConfig:
     rehearse_reply: str = field(default="answer", metadata={
         "help": "what a rewarded dream is rehearsed with as the reply: answer (the fact it names, alone) or dream "
                 "(the sentence the writer wrote)"})
+    rehearse_drift: str = field(default="text", metadata={
+        "help": "where the rehearsal's drift term holds the expert to the active stack: text (stage 1's term, general "
+                "text) or chat (general questions asked as the chat asks, under its system prompt: KL over the reply)"})
     writer_rank: int = field(default=8, metadata={"help": "LoRA rank of the dream writer (never in the chat's stack)"})
     writer_steps: int = field(default=8, metadata={"help": "ReST-EM steps of the writer on its rewarded dreams"})
     writer_learning_rate: float = field(
@@ -202,6 +206,8 @@ class DreamingConfig:
                f"dreaming.reward_probes must be one of {', '.join(REWARD_PROBES)}, got {self.reward_probes!r}")
         _check(self.rehearse_reply in REHEARSE_REPLIES,
                f"dreaming.rehearse_reply must be one of {', '.join(REHEARSE_REPLIES)}, got {self.rehearse_reply!r}")
+        _check(self.rehearse_drift in REHEARSE_DRIFTS,
+               f"dreaming.rehearse_drift must be one of {', '.join(REHEARSE_DRIFTS)}, got {self.rehearse_drift!r}")
 
 
 @dataclass

@@ -231,7 +231,8 @@ def dream(night: Night) -> None:
                                base_system=night.base_system, stack=night.stack,
                                experts=stack_files.active_paths(night.store), tau_today=held,
                                old_probes=night.replay_rows, general_texts=night.general_texts, cfg=night.cfg,
-                               rng=night.rng, begin=night.clock.begin)
+                               rng=night.rng, begin=night.clock.begin,
+                               general_turns=[(e.student[-1]["content"], e.samples[0]) for e in night.anchor])
 
 
 def gate(night: Night) -> None:

@@ -17,6 +17,11 @@ answers into sentences that no longer reached the fact, while the fact alone rai
 gap and the throwaway copies train on it) and rehearsed in the answer form: the combination that
 study measured.
 
+The drift term (`rehearse_drift`) is stage 1's on general text ("text"), or the same divergence
+where the general questions are asked as the chat asks them ("chat"): the system prompt, a
+general question, the bare base's answer; KL(active stack || expert) over the reply's tokens,
+the place the bench's general probes and the user meet a rehearsal's side effects.
+
     dreamer sleep --now      # with [dreaming] enabled = true
 """
 
@@ -27,12 +32,15 @@ import random
 
 import torch
 
+from dreamer.lm.generation import chat_ids
+from dreamer.lm.scoring import pad_id
 from dreamer.lm.step_prefix import StepPrefix
-from dreamer.lm.weights import NEW, trainable_parameters
+from dreamer.lm.weights import NEW, adapters, trainable_parameters
 from dreamer.sleep.config import DreamingConfig
 from dreamer.sleep.dreaming.score import reply_loss, student_view
 from dreamer.sleep.dreaming.write import Dream
-from dreamer.sleep.seeding.distill import drift_loss
+from dreamer.sleep.seeding.distill import batch_reply_logits, continuation_ids, drift_loss
+from dreamer.sleep.seeding.divergences import token_divergence
 
 
 def rehearsal_steps(dreams: int, cfg: DreamingConfig) -> int:
@@ -56,10 +64,28 @@ def rehearsed_reply(dream: Dream, cfg: DreamingConfig) -> str:
     return dream.answer if cfg.rehearse_reply == "answer" and dream.answer else dream.reply
 
 
+def chat_drift_loss(model, tokenizer, turns: list[tuple[str, str]], stack: list[str], system: str,
+                    shared: StepPrefix | None = None) -> torch.Tensor:
+    """Mean per-token KL(active stack || student) over the replies of (question, answer) `turns`,
+    each asked under the chat's `system` prompt (`shared`: the step's system turn)."""
+    prompts = [chat_ids(tokenizer, [{"role": "system", "content": system}, {"role": "user", "content": question}])
+               for question, _ in turns]
+    replies = [continuation_ids(tokenizer, answer) for _, answer in turns]
+    with torch.no_grad(), adapters(model, stack):
+        reference = batch_reply_logits(model, prompts, replies, pad_id(tokenizer))
+    with adapters(model, stack + [NEW]):
+        student = batch_reply_logits(model, prompts, replies, pad_id(tokenizer), shared)
+    tokens = sum(len(reply) for reply in replies)
+    return sum(token_divergence(s, r, "forward_kl") * len(reply)
+               for s, r, reply in zip(student, reference, replies)) / tokens
+
+
 def rehearse(model, tokenizer, dreams: list[Dream], *, stack: list[str], system: str, general_texts: list[str],
              drift_weight: float, drift_batch: int, max_len: int, cfg: DreamingConfig, rng: random.Random,
-             progress=lambda n=1: None) -> dict:
-    """Train tonight's expert on `dreams`; its mean dream loss on the first and last steps."""
+             general_turns: list[tuple[str, str]] = (), progress=lambda n=1: None) -> dict:
+    """Train tonight's expert on `dreams`; its mean dream loss on the first and last steps.
+
+    `general_texts` feed the "text" drift term, `general_turns` (question, the bare base's answer) the "chat" one."""
     if not dreams:
         return {"steps": 0}
     params = trainable_parameters(model)
@@ -82,9 +108,11 @@ def rehearse(model, tokenizer, dreams: list[Dream], *, stack: list[str], system:
             loss.backward()
             total += loss.item()
         losses.append(total)
-        if drift_weight > 0 and general_texts:
-            drift = drift_loss(model, tokenizer, rng.sample(general_texts, min(drift_batch, len(general_texts))),
-                               stack, max_len)
+        general = general_turns if cfg.rehearse_drift == "chat" else general_texts
+        if drift_weight > 0 and general:
+            sample = rng.sample(list(general), min(drift_batch, len(general)))
+            drift = (chat_drift_loss(model, tokenizer, sample, stack, system, shared) if cfg.rehearse_drift == "chat"
+                     else drift_loss(model, tokenizer, sample, stack, max_len))
             (drift_weight * drift).backward()
             drifts.append(drift.item())
         if shared is not None:

@@ -114,8 +114,10 @@ def split_probes(probes: list[dict], wanted: int, rng: random.Random) -> tuple[l
 
 def dream(model, tokenizer, *, conversations: list[dict], base_system: str, stack: list[str], experts: list[Path],
           tau_today: list[dict], old_probes: list[dict], general_texts: list[str], cfg: SleepConfig,
-          rng: random.Random, begin: Callable[[str, int | None], Callable]) -> DreamResult:
-    """Run steps 1-4 on the stage-1 expert in `model`; `begin(phase, total)` opens a progress phase."""
+          rng: random.Random, begin: Callable[[str, int | None], Callable],
+          general_turns: list[tuple[str, str]] = ()) -> DreamResult:
+    """Run steps 1-4 on the stage-1 expert in `model`; `begin(phase, total)` opens a progress phase.
+    `general_texts` and `general_turns` (question, the bare base's answer) feed the rehearsal's drift term."""
     dcfg = cfg.dreaming
     result = DreamResult(tau_today=tau_today, tau_old=rng.sample(old_probes, min(dcfg.tau_old, len(old_probes))))
     started = time.monotonic()
@@ -154,7 +156,7 @@ def dream(model, tokenizer, *, conversations: list[dict], base_system: str, stac
         result.rehearsal = rehearse(model, tokenizer, result.rewarded, stack=stack, system=base_system,
                                     general_texts=general_texts, drift_weight=cfg.distill.drift_weight,
                                     drift_batch=cfg.distill.drift_batch, max_len=cfg.load.max_seq_len, cfg=dcfg,
-                                    rng=rng, progress=advance)
+                                    rng=rng, general_turns=general_turns, progress=advance)
     except Exception as err:  # Dreaming can only add: stage 1's expert stands, and the report says why
         log.exception("Dreaming failed; the night goes on with stage 1's expert")
         restore_state(model, stage1)
