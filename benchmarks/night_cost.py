@@ -47,6 +47,9 @@ def same_days(runs: list[tuple[str, str, dict]]) -> list[str]:
     _, _, first = runs[0]
     only_some = set()
     for arm, _, run in runs[1:]:
+        if run["machine"]["cpu"] != first["machine"]["cpu"]:
+            raise SystemExit(f"the {arm} run ran on {run['machine']['cpu']}, the {runs[0][0]} run on "
+                             f"{first['machine']['cpu']}: not the same machine")
         if run["days"] != first["days"] or run["format"] != first["format"]:
             raise SystemExit(f"the {arm} run's days differ from the {runs[0][0]} run's: not the same benchmark")
         settings = ({k: v for k, v in r["bench"].items() if k != "arms"} for r in (first, run))

@@ -149,11 +149,11 @@ def render_night_cost(record: dict) -> str:
                 continue
             column = f"#{arm} night {night}, min"
             columns.append(column)
-            walls[column] = train["wall_s"]
-            for phase, seconds in train["phases"].items():
+            walls[column] = train.get("wall_s")
+            for phase, seconds in (train.get("phases") or {}).items():
                 phases.setdefault(phase, {})[column] = seconds
     rows = [[phase, *(f"{by[c] / 60:.1f}" if c in by else "" for c in columns)] for phase, by in phases.items()]
-    rows.append(["**the whole night**", *(f"**{walls[c] / 60:.1f}**" for c in columns)])
+    rows.append(["**the whole night**", *(f"**{walls[c] / 60:.1f}**" if walls[c] else "-" for c in columns)])
     def described(arm: str, run: dict) -> str:
         load = f", load average {min(run['loadavg']):.1f}-{max(run['loadavg']):.1f}" if run.get("loadavg") else ""
         started = ", ".join(f"{s['started']} with {s['jobs']} lane(s)" for s in run.get("sessions", []))
@@ -164,7 +164,7 @@ def render_night_cost(record: dict) -> str:
               "units": {k: v for run in record["arms"].values() for k, v in run["units"].items()}}
     lines = [f"`{record['command'].strip()}`: {record['change']}. Arms: {who}.", "",
              *_table(["phase", *columns], rows)]
-    if len(walls) == 2:
+    if len(walls) == 2 and all(walls.values()):
         (a, wa), (b, wb) = walls.items()
         lines += ["", f"{b.lstrip('#').removesuffix(', min')}: {wb / wa:.2f} of {a.lstrip('#').removesuffix(', min')}."]
     if record["config_keys_only_some_have"]:

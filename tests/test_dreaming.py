@@ -215,6 +215,10 @@ def test_the_chat_drift_term_holds_the_replies_to_general_questions_asked_as_the
             after[drift] = chat_drift_loss(model, tokenizer, turns, [], SYSTEM).item()
     score_step.restore_state(model, start)
     assert after["chat"] < after["text"], after
+    with pytest.raises(ValueError, match="rehearse_drift"):  # a term asked for and not possible is said, not skipped
+        rehearse(model, tokenizer, [dream], stack=[], system=SYSTEM, general_texts=["Water boils at 100 C."],
+                 drift_weight=1.0, drift_batch=2, max_len=64, rng=random.Random(0),
+                 cfg=DreamingConfig(rehearse_drift="chat"))
 
 
 def test_the_writer_learns_only_from_rewarded_dreams(model):

@@ -54,30 +54,49 @@ def in_float64(model):
         model.float()
 
 
+def restore(model, state: dict) -> None:
+    """The expert's weights as `state` holds them."""
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n in state:
+                p.copy_(state[n])
+
+
 def flat(grads) -> torch.Tensor:
     return torch.cat([g.double().flatten() for g in grads])
+
+
+def relative_rounding(want_grads, exact_grads) -> float:
+    """How far float32 whole prompts' gradient is from the float64 one, relative to its size."""
+    want, exact = flat(want_grads), flat(exact_grads)
+    return ((want - exact).norm() / exact.norm()).item() + torch.finfo(torch.float32).eps
 
 
 def assert_close_grads(grads, want_grads, exact_grads):
     """`grads` (shared turn, float32) are as near the float64 gradient of whole prompts as float32
     whole prompts are (`want_grads`): the tolerance is that measured rounding, times 10, never a
-    constant tuned on one machine. A gradient that did not flow back through the shared system
-    turn is off by far more (the last tests check that this can fail)."""
-    got, want, exact = flat(grads), flat(want_grads), flat(exact_grads)
+    constant tuned on one machine. ("float64": the model's weights and matrix products; the
+    RMSNorms and the loss heads still round to float32, so the reference is a little rounder than
+    float64, and a bug below ten times float32's rounding would pass.) A gradient that did not flow
+    back through the shared system turn is off by far more (the last tests check that this can fail)."""
+    got, exact = flat(grads), flat(exact_grads)
     assert exact.norm() > 0
-    rounding = (want - exact).norm() + torch.finfo(torch.float32).eps * exact.norm()
+    rounding = relative_rounding(want_grads, exact_grads) * exact.norm()
     assert (got - exact).norm() <= 10 * rounding, ((got - exact).norm() / rounding).item()
 
 
-def assert_close_losses(got, want, exact):
-    rounding = abs(want - exact) + torch.finfo(torch.float32).eps * abs(exact)
+def assert_close_losses(got: float, want: float, exact: float, relative: float):
+    """A loss against float64 whole prompts: within 10 times the larger of float32 whole prompts' own
+    error and the gradient's measured relative rounding (`relative`) of it; one scalar's own error
+    may land near zero by chance, the gradient's (a norm over thousands of entries) does not."""
+    rounding = max(abs(want - exact), relative * abs(exact))
     assert abs(got - exact) <= 10 * rounding, (got, want, exact)
 
 
 def assert_same(got, want, exact):
     """Shared-turn loss and gradient (`got`) against float32 whole prompts (`want`), both measured
     from the float64 whole prompts (`exact`)."""
-    assert_close_losses(float(got[0]), float(want[0]), float(exact[0]))
+    assert_close_losses(float(got[0]), float(want[0]), float(exact[0]), relative_rounding(want[1], exact[1]))
     assert_close_grads(got[1], want[1], exact[1])
 
 
@@ -186,10 +205,7 @@ def test_a_distillation_step_has_the_gradient_of_whole_prompts(lora_model, monke
     opened = []
 
     def run():
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                if n in state:
-                    p.copy_(state[n])
+        restore(model, state)
         torch.manual_seed(0)
         return distill(model, tokenizer, today=today, replay=[], anchor=anchor, documents=documents, stack=[],
                        cfg=cfg, max_len=128, judge=judge, rng=random.Random(3), clozes=clozes,
@@ -218,9 +234,11 @@ def test_a_distillation_step_has_the_gradient_of_whole_prompts(lora_model, monke
         exact_log = run()
     # The same completions sampled in every run, so the three compute one gradient.
     assert imitated[0][2] == imitated[1][2] == imitated[2][2]
+    relative = relative_rounding(*captured[1:])
     for term in ("divergence", "cloze"):
-        assert_close_losses(*(getattr(log, term)[0] for log in (shared_log, whole_log, exact_log)))
+        assert_close_losses(*(getattr(log, term)[0] for log in (shared_log, whole_log, exact_log)), relative)
     assert_close_grads(*captured)
+    restore(model, state)  # the module's model as the other tests expect it
 
 
 def test_a_gradient_left_in_the_shared_system_turn_would_be_caught(lora_model):
@@ -265,10 +283,7 @@ def test_a_rehearsal_step_has_the_gradient_of_whole_prompts(lora_model, monkeypa
         return clip(params, *args, **kwargs)
 
     def run():
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                if n in state:
-                    p.copy_(state[n])
+        restore(model, state)
         rehearse_module.rehearse(model, tokenizer, dreams, stack=[], system=SYSTEM, general_texts=["Water is wet."],
                                  general_turns=[("Is water wet?", "Yes.")], drift_weight=1.0, drift_batch=1,
                                  max_len=64, cfg=cfg, rng=random.Random(0))
@@ -283,6 +298,7 @@ def test_a_rehearsal_step_has_the_gradient_of_whole_prompts(lora_model, monkeypa
     with in_float64(model):
         run()
     assert_close_grads(*captured)
+    restore(model, state)
 
 
 def test_the_shared_turn_cannot_be_read_after_its_gradient_went_back(lora_model):

@@ -88,6 +88,8 @@ def rehearse(model, tokenizer, dreams: list[Dream], *, stack: list[str], system:
     `general_texts` feed the "text" drift term, `general_turns` (question, the bare base's answer) the "chat" one."""
     if not dreams:
         return {"steps": 0}
+    if drift_weight > 0 and cfg.rehearse_drift == "chat" and not general_turns:
+        raise ValueError("dreaming.rehearse_drift = \"chat\" needs general questions with answers; none were given")
     params = trainable_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=cfg.rehearse_learning_rate, weight_decay=0.0)
     optimizer.zero_grad(set_to_none=True)  # a gradient an earlier pass left on the expert is not this step's
