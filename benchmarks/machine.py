@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -40,7 +41,7 @@ def git_commit() -> str:
 
 
 def command_line(module: str, argv: list[str] | None) -> str:
-    return f"python -m {module} " + " ".join(argv if argv is not None else sys.argv[1:])
+    return f"python -m {module} " + shlex.join(argv if argv is not None else sys.argv[1:])  # as typed, quotes too
 
 
 def write_record(path: Path, record: dict) -> None:
