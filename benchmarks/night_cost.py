@@ -23,6 +23,7 @@ import json
 from pathlib import Path
 
 from benchmarks.machine import command_line, write_record
+from benchmarks.merge_bench import difference
 
 
 def flat(config: dict, prefix: str = "") -> dict:
@@ -50,11 +51,9 @@ def same_days(runs: list[tuple[str, str, dict]]) -> list[str]:
         if run["machine"]["cpu"] != first["machine"]["cpu"]:
             raise SystemExit(f"the {arm} run ran on {run['machine']['cpu']}, the {runs[0][0]} run on "
                              f"{first['machine']['cpu']}: not the same machine")
-        if run["days"] != first["days"] or run["format"] != first["format"]:
-            raise SystemExit(f"the {arm} run's days differ from the {runs[0][0]} run's: not the same benchmark")
-        settings = ({k: v for k, v in r["bench"].items() if k != "arms"} for r in (first, run))
-        if next(settings) != next(settings):
-            raise SystemExit(f"the {arm} run's bench settings differ from the {runs[0][0]} run's")
+        # merge_bench's check of days, format and bench settings; the configs are compared below
+        if different := difference({**run, "config": first["config"]}, first):
+            raise SystemExit(f"the {arm} run: {different} from the {runs[0][0]} run's: not the same benchmark")
         keys, changed = config_difference(first["config"], run["config"])
         if changed:
             raise SystemExit(f"the {arm} run's sleep config sets {changed} otherwise: not the same nights")
