@@ -18,7 +18,10 @@ drift term on the night's general texts) on
   (`rehearse_reply = "answer"`; the other arms rehearse the sentence, `"dream"`);
 - `answer_drift4`: as `rewarded_answer`, with the drift term four times as heavy;
 - `answer_chat_drift`: as `rewarded_answer`, with the drift term on general questions asked as
-  the chat asks them (`rehearse_drift = "chat"`) instead of on general text,
+  the chat asks them (`rehearse_drift = "chat"`) instead of on general text;
+- `answer_self_drift`: as `rewarded_answer`, with the drift term on those questions held to the
+  expert as stage 1 left it, over its own answers (`rehearse_drift = "self"`);
+- `answer_self_drift4`: that, four times as heavy,
 
 each `--repeats` times with another rehearsal seed (the order of the dreams and the drift
 texts), which is the arm's own noise. After each arm, the day's bench probes (recall and
@@ -51,12 +54,14 @@ from benchmarks.dream_reward import dreaming_start, mean, sleep_day
 from benchmarks.machine import ROOT, command_line, git_commit, machine, write_record
 
 RESULT = ROOT / "benchmarks" / "results" / "dream_rehearsal.json"
-ARMS = ("none", "rewarded", "rejected", "kept", "rewarded_answer", "answer_drift4", "answer_chat_drift")
+ARMS = ("none", "rewarded", "rejected", "kept", "rewarded_answer", "answer_drift4", "answer_chat_drift",
+        "answer_self_drift", "answer_self_drift4")
 # arm: (the dreams it rehearses, rehearse_reply, the drift term's weight as a multiple of stage 1's, rehearse_drift)
 SETUPS = {"none": ("none", "dream", 1, "text"), "rewarded": ("rewarded", "dream", 1, "text"),
           "rejected": ("rejected", "dream", 1, "text"), "kept": ("kept", "dream", 1, "text"),
           "rewarded_answer": ("rewarded", "answer", 1, "text"), "answer_drift4": ("rewarded", "answer", 4, "text"),
-          "answer_chat_drift": ("rewarded", "answer", 1, "chat")}
+          "answer_chat_drift": ("rewarded", "answer", 1, "chat"), "answer_self_drift": ("rewarded", "answer", 1, "self"),
+          "answer_self_drift4": ("rewarded", "answer", 4, "self")}
 
 
 def ask(model, tokenizer, probes: list[dict], names: list[str], system: str) -> list[dict]:
@@ -83,6 +88,16 @@ def totals(rows: list[dict]) -> dict:
         out[kind] = {"n": len(part), "gen": sum(r["gen"] for r in part), "mc": sum(r["mc"] for r in part),
                      "p": round(mean([r["p"] for r in part]), 4)}
     return out
+
+
+def drift_overlap() -> list[int]:
+    """The bench's general probes (by index) whose question is also one of the drift term's general
+    prompts (assets/general_prompts.jsonl): the "chat" and "self" terms train on those very questions."""
+    from dreamer.bench.days import general_probes
+    from dreamer.sleep.stages import general_prompts
+
+    prompts = {turn[0]["content"].strip().lower() for turn in general_prompts()}
+    return [i for i, probe in enumerate(general_probes()) if probe["question"].strip().lower() in prompts]
 
 
 def dream_row(dream) -> dict:
@@ -168,7 +183,8 @@ def main(argv=None) -> None:
     this = {"command": command_line("benchmarks.dream_rehearsal", argv), "machine": machine(load=True),
             "commit": git_commit()}
     runs = before.get("runs") or ([{k: before[k] for k in this}] if "command" in before else [])
-    record = {**this, "runs": runs + [this], "dreams": args.dreams, "repeats": args.repeats, "seeds": before["seeds"]}
+    record = {**this, "runs": runs + [this], "dreams": args.dreams, "repeats": args.repeats,
+              "general_in_drift": drift_overlap(), "seeds": before["seeds"]}
     for seed in args.seeds:
         day = make_run_days(BenchConfig(days=1, facts=10, updates=0, arms=["sleep"], seed=seed))[0]
         home = args.work / f"seed{seed}"

@@ -77,7 +77,9 @@ REHEARSAL_ARMS = {"none": "none (stage 1 alone)", "rewarded": "rewarded (what Dr
                   "rejected": "rejected by the reward", "kept": "every kept dream",
                   "rewarded_answer": "rewarded, the fact alone as the reply",
                   "answer_drift4": "the fact alone, drift term x4",
-                  "answer_chat_drift": "the fact alone, drift term on chat turns"}
+                  "answer_chat_drift": "the fact alone, drift term on chat turns",
+                  "answer_self_drift": "the fact alone, drift held to stage 1's own answers",
+                  "answer_self_drift4": "the fact alone, drift held to stage 1's own answers, x4"}
 
 
 def render_dream_rehearsal(record: dict) -> str:
@@ -108,9 +110,10 @@ def render_dream_rehearsal(record: dict) -> str:
     lines += ["", "Against `none` on the same day, every run of an arm on both days pooled (probe-runs: a probe "
               "asked after one run): the probes whose reply went from naming the fact to not, and back; the mean "
               "change of the right option's probability and of the drift:", ""]
-    pooled = []
+    pooled, overlap = [], set(record.get("general_in_drift", []))
     for arm, label in list(REHEARSAL_ARMS.items())[1:]:
         lost = won = count = general_lost = general_won = general_count = 0
+        unseen = [0, 0, 0]  # lost, found, asked: the general probes whose question no drift term trains on
         dp, dd = [], []
         for r in seeds.values():
             if arm not in r["arms"] or "none" not in r["arms"]:
@@ -121,17 +124,26 @@ def render_dream_rehearsal(record: dict) -> str:
                     lost += a["gen"] and not b["gen"]
                     won += b["gen"] and not a["gen"]
                     count += 1
-                for a, b in zip(ref.get("general", []), run.get("general", [])):
+                for i, (a, b) in enumerate(zip(ref.get("general", []), run.get("general", []))):
                     general_lost += a["gen"] and not b["gen"]
                     general_won += b["gen"] and not a["gen"]
                     general_count += 1
+                    if i not in overlap:
+                        unseen = [unseen[0] + (a["gen"] and not b["gen"]), unseen[1] + (b["gen"] and not a["gen"]),
+                                  unseen[2] + 1]
                 dp.append(run["totals"]["all"]["p"] - ref["totals"]["all"]["p"])
                 dd.append(run["drift_kl"] - ref["drift_kl"])
         if count:
             general = f"{general_lost} / {general_won} of {general_count}" if general_count else "-"
-            pooled.append([label, count, lost, won, general, f"{sum(dp) / len(dp):+.3f}", f"{sum(dd) / len(dd):+.4f}"])
+            apart = f"{unseen[0]} / {unseen[1]} of {unseen[2]}" if unseen[2] and "general_in_drift" in record else "-"
+            pooled.append([label, count, lost, won, general, apart, f"{sum(dp) / len(dp):+.3f}",
+                           f"{sum(dd) / len(dd):+.4f}"])
     lines += _table(["rehearsed", "#probe-runs", "#reply lost the fact", "#reply found it",
-                     "general: lost / found", "probability change", "drift change"], pooled)
+                     "general: lost / found", "general, not a drift prompt", "probability change", "drift change"],
+                    pooled)
+    if "general_in_drift" in record:
+        lines += ["", f"{len(overlap)} of the bench's 12 general questions are also among the 24 general prompts the "
+                  "drift terms train on (assets/general_prompts.jsonl); the column before last leaves them out."]
     return "\n".join(lines) + "\n"
 
 

@@ -17,7 +17,7 @@ from dreamer.sleep.config import (
     DistillConfig, DreamingConfig, LoadConfig, SleepConfigError, load_preset, preset_names, sleep_config_from_dict,
 )
 from dreamer.sleep.dreaming import score as score_step
-from dreamer.sleep.dreaming.rehearse import chat_drift_loss, rehearse
+from dreamer.sleep.dreaming.rehearse import chat_drift_loss, own_general_turns, rehearse
 from dreamer.sleep.dreaming.score import first_filter, reply_loss, reward_dreams, student_view
 from dreamer.sleep.dreaming.write import Dream, write_dreams
 from dreamer.sleep.dreaming.writer import attach_writer, train_writer
@@ -102,7 +102,7 @@ def test_every_preset_sets_dreaming_and_bad_values_are_named():
                             ({"writer_learning_rate": -1}, "dreaming.writer_learning_rate"),
                             ({"reward_probes": "some"}, "dreaming.reward_probes must be one of own, all"),
                             ({"rehearse_reply": "sentence"}, "dreaming.rehearse_reply must be one of answer, dream"),
-                            ({"rehearse_drift": "reply"}, "dreaming.rehearse_drift must be one of text, chat")):
+                            ({"rehearse_drift": "reply"}, "dreaming.rehearse_drift must be one of text, chat, self")):
         with pytest.raises(SleepConfigError, match=message):
             DreamingConfig(**values)
     assert DreamingConfig(writer_learning_rate=0).writer_learning_rate == 0  # the untrained-writer baseline
@@ -219,6 +219,37 @@ def test_the_chat_drift_term_holds_the_replies_to_general_questions_asked_as_the
         rehearse(model, tokenizer, [dream], stack=[], system=SYSTEM, general_texts=["Water boils at 100 C."],
                  drift_weight=1.0, drift_batch=2, max_len=64, rng=random.Random(0),
                  cfg=DreamingConfig(rehearse_drift="chat"))
+
+
+def test_the_self_drift_term_holds_the_expert_to_its_own_answers_before_the_rehearsal(model):
+    """`rehearse_drift = "self"`: the reference is the expert as stage 1 left it, over its own greedy
+    answers to the general questions (taken before the first step), not the stack: rehearsing with
+    it keeps those answers nearer the expert's own than the "chat" term, which pulls them toward the
+    stack's, does."""
+    model, tokenizer = model
+    turns = [("What is the capital of France?", "Paris."), ("Name a colour.", "Blue.")]
+    start = score_step.expert_state(model)
+    own, reference = own_general_turns(model, tokenizer, [q for q, _ in turns], [], SYSTEM, max_new_tokens=8)
+    assert [q for q, _ in own] == [q for q, _ in turns] and len(reference) == 2
+    with torch.no_grad():  # the expert before any step is its own reference: nothing to pay yet
+        assert chat_drift_loss(model, tokenizer, own, [], SYSTEM, reference=reference).item() == pytest.approx(0, abs=1e-6)
+        assert chat_drift_loss(model, tokenizer, own, [], SYSTEM).item() > 0  # the stack's differs (the fixture's expert)
+    dream = Dream("question", "What is my parrot called?", "Your parrot is called Kiwi.", answer="Kiwi")
+    after = {}
+    for drift in ("chat", "self"):
+        score_step.restore_state(model, start)
+        cfg = DreamingConfig(rehearse_steps=6, rehearse_batch=1, rehearse_learning_rate=3e-2, rehearse_drift=drift,
+                             max_new_tokens=8)
+        rehearse(model, tokenizer, [dream], stack=[], system=SYSTEM, general_texts=["Water boils at 100 C."],
+                 general_turns=turns, drift_weight=20.0, drift_batch=2, max_len=64, cfg=cfg, rng=random.Random(0))
+        with torch.no_grad():
+            after[drift] = chat_drift_loss(model, tokenizer, own, [], SYSTEM, reference=reference).item()
+    score_step.restore_state(model, start)
+    assert after["self"] < after["chat"], after
+    with pytest.raises(ValueError, match="rehearse_drift"):
+        rehearse(model, tokenizer, [dream], stack=[], system=SYSTEM, general_texts=["Water boils at 100 C."],
+                 drift_weight=1.0, drift_batch=2, max_len=64, rng=random.Random(0),
+                 cfg=DreamingConfig(rehearse_drift="self"))
 
 
 def test_the_writer_learns_only_from_rewarded_dreams(model):

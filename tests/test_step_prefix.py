@@ -261,10 +261,10 @@ def test_a_gradient_left_in_the_shared_system_turn_would_be_caught(lora_model):
         assert_same(gradients(model, lambda: loss(True, send_back=False)), whole, exact)
 
 
-@pytest.mark.parametrize("drift", ["text", "chat"])
+@pytest.mark.parametrize("drift", ["text", "chat", "self"])
 def test_a_rehearsal_step_has_the_gradient_of_whole_prompts(lora_model, monkeypatch, drift):
-    """Dreaming's rehearsal shares the system turn too (its dreams and, with `rehearse_drift = "chat"`,
-    its drift term's general questions): its step's gradient is that of whole prompts."""
+    """Dreaming's rehearsal shares the system turn too (its dreams and, with `rehearse_drift = "chat"`
+    or "self", its drift term's general questions): its step's gradient is that of whole prompts."""
     from dreamer.sleep.config import DreamingConfig
     from dreamer.sleep.dreaming import rehearse as rehearse_module
     from dreamer.sleep.dreaming.write import Dream
@@ -292,7 +292,7 @@ def test_a_rehearsal_step_has_the_gradient_of_whole_prompts(lora_model, monkeypa
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", capture)
     monkeypatch.setattr(rehearse_module.StepPrefix, "open", lambda *a, **k: opened.append(real_open(*a, **k)) or opened[-1])
     run()
-    assert opened[0] is not None and opened[0].uses == (3 if drift == "chat" else 2) and opened[0].closed
+    assert opened[0] is not None and opened[0].uses == (2 if drift == "text" else 3) and opened[0].closed
     monkeypatch.setattr(rehearse_module.StepPrefix, "open", lambda *a, **k: None)
     run()
     with in_float64(model):

@@ -141,7 +141,7 @@ class DistillConfig:
 
 REWARD_PROBES = ("own", "all")
 REHEARSE_REPLIES = ("answer", "dream")
-REHEARSE_DRIFTS = ("text", "chat")
+REHEARSE_DRIFTS = ("text", "chat", "self")
 
 
 @dataclass
@@ -174,8 +174,9 @@ class DreamingConfig:
         "help": "what a rewarded dream is rehearsed with as the reply: answer (the fact it names, alone) or dream "
                 "(the sentence the writer wrote)"})
     rehearse_drift: str = field(default="text", metadata={
-        "help": "where the rehearsal's drift term holds the expert to the active stack: text (stage 1's term, general "
-                "text) or chat (general questions asked as the chat asks, under its system prompt: KL over the reply)"})
+        "help": "where the rehearsal's drift term holds the expert: text (to the active stack on general text, stage "
+                "1's term), chat (to the active stack on general questions asked as the chat asks, KL over the bare "
+                "base's reply) or self (to the expert as stage 1 left it, over its own replies to those questions)"})
     writer_rank: int = field(default=8, metadata={"help": "LoRA rank of the dream writer (never in the chat's stack)"})
     writer_steps: int = field(default=8, metadata={"help": "ReST-EM steps of the writer on its rewarded dreams"})
     writer_learning_rate: float = field(

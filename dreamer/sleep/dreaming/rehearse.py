@@ -20,7 +20,13 @@ study measured.
 The drift term (`rehearse_drift`) is stage 1's on general text ("text"), or the same divergence
 where the general questions are asked as the chat asks them ("chat"): the system prompt, a
 general question, the bare base's answer; KL(active stack || expert) over the reply's tokens,
-the place the bench's general probes and the user meet a rehearsal's side effects.
+the place the bench's general probes and the user meet a rehearsal's side effects. Or ("self")
+the reference is the expert as stage 1 left it, not the active stack: before the first step it
+answers the general questions itself (greedy, under the system prompt) and its logits over those
+answers are kept; each step pays KL(expert before rehearsal || expert) on a sample of them. Stage 1
+has already moved the chat's answers (the cloze term makes them bare words, and the gate passed
+that expert), so "chat" pulls the rehearsal toward a reply form stage 1 left, while "self" holds
+only what the rehearsal itself moves: Dreaming can add facts, not undo stage 1's other answers.
 
     dreamer sleep --now      # with [dreaming] enabled = true
 """
@@ -32,7 +38,7 @@ import random
 
 import torch
 
-from dreamer.lm.generation import chat_ids
+from dreamer.lm.generation import chat_ids, sample_many
 from dreamer.lm.scoring import pad_id
 from dreamer.lm.step_prefix import StepPrefix
 from dreamer.lm.weights import NEW, adapters, trainable_parameters
@@ -64,15 +70,22 @@ def rehearsed_reply(dream: Dream, cfg: DreamingConfig) -> str:
     return dream.answer if cfg.rehearse_reply == "answer" and dream.answer else dream.reply
 
 
-def chat_drift_loss(model, tokenizer, turns: list[tuple[str, str]], stack: list[str], system: str,
-                    shared: StepPrefix | None = None) -> torch.Tensor:
-    """Mean per-token KL(active stack || student) over the replies of (question, answer) `turns`,
-    each asked under the chat's `system` prompt (`shared`: the step's system turn)."""
+def chat_turn_ids(tokenizer, turns: list[tuple[str, str]], system: str) -> tuple[list[list[int]], list[list[int]]]:
+    """(prompt ids, reply ids) of (question, answer) `turns`, each asked under the chat's `system` prompt."""
     prompts = [chat_ids(tokenizer, [{"role": "system", "content": system}, {"role": "user", "content": question}])
                for question, _ in turns]
-    replies = [continuation_ids(tokenizer, answer) for _, answer in turns]
-    with torch.no_grad(), adapters(model, stack):
-        reference = batch_reply_logits(model, prompts, replies, pad_id(tokenizer))
+    return prompts, [continuation_ids(tokenizer, answer) for _, answer in turns]
+
+
+def chat_drift_loss(model, tokenizer, turns: list[tuple[str, str]], stack: list[str], system: str,
+                    shared: StepPrefix | None = None, reference: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """Mean per-token KL(reference || student) over the replies of (question, answer) `turns`,
+    each asked under the chat's `system` prompt (`shared`: the step's system turn). The reference
+    is the active stack, computed now, unless `reference` gives each turn's reply logits."""
+    prompts, replies = chat_turn_ids(tokenizer, turns, system)
+    if reference is None:
+        with torch.no_grad(), adapters(model, stack):
+            reference = batch_reply_logits(model, prompts, replies, pad_id(tokenizer))
     with adapters(model, stack + [NEW]):
         student = batch_reply_logits(model, prompts, replies, pad_id(tokenizer), shared)
     tokens = sum(len(reply) for reply in replies)
@@ -80,16 +93,39 @@ def chat_drift_loss(model, tokenizer, turns: list[tuple[str, str]], stack: list[
                for s, r, reply in zip(student, reference, replies)) / tokens
 
 
+def own_general_turns(model, tokenizer, questions: list[str], stack: list[str], system: str,
+                      max_new_tokens: int) -> tuple[list[tuple[str, str]], list[torch.Tensor]]:
+    """The expert's own greedy answers to general `questions` (under the chat's `system` prompt) and
+    its reply logits over them: the "self" drift term's reference, taken before the first step."""
+    asked = [[{"role": "system", "content": system}, {"role": "user", "content": q}] for q in questions]
+    answers = sample_many(model, tokenizer, asked, stack + [NEW], n=1, max_new_tokens=max_new_tokens, temperature=None)
+    turns = [(q, a[0]) for q, a in zip(questions, answers) if a[0].strip()]
+    if not turns:
+        return [], []
+    prompts, replies = chat_turn_ids(tokenizer, turns, system)
+    with torch.no_grad(), adapters(model, stack + [NEW]):
+        reference = [logits.detach() for logits in batch_reply_logits(model, prompts, replies, pad_id(tokenizer))]
+    return turns, reference
+
+
 def rehearse(model, tokenizer, dreams: list[Dream], *, stack: list[str], system: str, general_texts: list[str],
              drift_weight: float, drift_batch: int, max_len: int, cfg: DreamingConfig, rng: random.Random,
              general_turns: list[tuple[str, str]] = (), progress=lambda n=1: None) -> dict:
     """Train tonight's expert on `dreams`; its mean dream loss on the first and last steps.
 
-    `general_texts` feed the "text" drift term, `general_turns` (question, the bare base's answer) the "chat" one."""
+    `general_texts` feed the "text" drift term, `general_turns` (question, the bare base's answer) the "chat"
+    one and their questions the "self" one."""
     if not dreams:
         return {"steps": 0}
-    if drift_weight > 0 and cfg.rehearse_drift == "chat" and not general_turns:
-        raise ValueError("dreaming.rehearse_drift = \"chat\" needs general questions with answers; none were given")
+    if drift_weight > 0 and cfg.rehearse_drift in ("chat", "self") and not general_turns:
+        raise ValueError(f"dreaming.rehearse_drift = \"{cfg.rehearse_drift}\" needs general questions; none were given")
+    model.eval()
+    reference: list[torch.Tensor] = []
+    if drift_weight > 0 and cfg.rehearse_drift == "self":  # the expert as stage 1 left it, before any step
+        general_turns, reference = own_general_turns(model, tokenizer, [q for q, _ in general_turns], stack, system,
+                                                     cfg.max_new_tokens)
+        if not general_turns:
+            raise ValueError("dreaming.rehearse_drift = \"self\": the expert answered none of the general questions")
     params = trainable_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=cfg.rehearse_learning_rate, weight_decay=0.0)
     optimizer.zero_grad(set_to_none=True)  # a gradient an earlier pass left on the expert is not this step's
@@ -110,11 +146,15 @@ def rehearse(model, tokenizer, dreams: list[Dream], *, stack: list[str], system:
             loss.backward()
             total += loss.item()
         losses.append(total)
-        general = general_turns if cfg.rehearse_drift == "chat" else general_texts
+        general = general_texts if cfg.rehearse_drift == "text" else general_turns
         if drift_weight > 0 and general:
-            sample = rng.sample(list(general), min(drift_batch, len(general)))
-            drift = (chat_drift_loss(model, tokenizer, sample, stack, system, shared) if cfg.rehearse_drift == "chat"
-                     else drift_loss(model, tokenizer, sample, stack, max_len))
+            picked = rng.sample(range(len(general)), min(drift_batch, len(general)))
+            sample = [general[i] for i in picked]
+            if cfg.rehearse_drift == "text":
+                drift = drift_loss(model, tokenizer, sample, stack, max_len)
+            else:
+                drift = chat_drift_loss(model, tokenizer, sample, stack, system, shared,
+                                        [reference[i] for i in picked] if reference else None)
             (drift_weight * drift).backward()
             drifts.append(drift.item())
         if shared is not None:
