@@ -102,7 +102,8 @@ def test_every_preset_sets_dreaming_and_bad_values_are_named():
                             ({"writer_learning_rate": -1}, "dreaming.writer_learning_rate"),
                             ({"reward_probes": "some"}, "dreaming.reward_probes must be one of own, all"),
                             ({"rehearse_reply": "sentence"}, "dreaming.rehearse_reply must be one of answer, dream"),
-                            ({"rehearse_drift": "reply"}, "dreaming.rehearse_drift must be one of text, chat, self")):
+                            ({"rehearse_drift": "reply"}, "dreaming.rehearse_drift must be one of text, chat, self"),
+                            ({"rehearse_drift_scale": -1}, "dreaming.rehearse_drift_scale must be a number >= 0")):
         with pytest.raises(SleepConfigError, match=message):
             DreamingConfig(**values)
     assert DreamingConfig(writer_learning_rate=0).writer_learning_rate == 0  # the untrained-writer baseline
@@ -160,7 +161,7 @@ def test_rehearsal_trains_only_tonights_expert_on_the_dreams(model):
     dream = Dream("question", "What is my parrot called?", "Your parrot is called Kiwi.")
     loss_before = reply_loss(model, tokenizer, student_view(dream, SYSTEM), dream.reply, [NEW]).item()
     before = weights(model)
-    cfg = DreamingConfig(rehearse_steps=4, rehearse_batch=1, rehearse_learning_rate=1e-2)
+    cfg = DreamingConfig(rehearse_steps=4, rehearse_batch=1, rehearse_learning_rate=1e-2, rehearse_drift="text")
     log = rehearse(model, tokenizer, [dream], stack=[], system=SYSTEM, general_texts=["Water boils at 100 C."],
                    drift_weight=0.5, drift_batch=1, max_len=64, cfg=cfg, rng=random.Random(0))
     assert log["steps"] == 4
@@ -182,7 +183,8 @@ def test_rehearsal_trains_the_fact_alone_or_the_writers_sentence(model):
     for form in ("answer", "dream"):
         score_step.restore_state(model, start)
         before = {reply: loss(reply) for reply in ("Kiwi", dream.reply)}
-        cfg = DreamingConfig(rehearse_steps=4, rehearse_batch=1, rehearse_learning_rate=1e-2, rehearse_reply=form)
+        cfg = DreamingConfig(rehearse_steps=4, rehearse_batch=1, rehearse_learning_rate=1e-2, rehearse_reply=form,
+                             rehearse_drift="text")
         rehearse(model, tokenizer, [dream], stack=[], system=SYSTEM, general_texts=["Water boils at 100 C."],
                  drift_weight=0.5, drift_batch=1, max_len=64, cfg=cfg, rng=random.Random(0))
         drops[form] = {reply: before[reply] - loss(reply) for reply in before}

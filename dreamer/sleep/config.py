@@ -173,10 +173,12 @@ class DreamingConfig:
     rehearse_reply: str = field(default="answer", metadata={
         "help": "what a rewarded dream is rehearsed with as the reply: answer (the fact it names, alone) or dream "
                 "(the sentence the writer wrote)"})
-    rehearse_drift: str = field(default="text", metadata={
+    rehearse_drift: str = field(default="self", metadata={
         "help": "where the rehearsal's drift term holds the expert: text (to the active stack on general text, stage "
                 "1's term), chat (to the active stack on general questions asked as the chat asks, KL over the bare "
                 "base's reply) or self (to the expert as stage 1 left it, over its own replies to those questions)"})
+    rehearse_drift_scale: float = field(default=4.0, metadata={
+        "help": "the rehearsal's drift weight as a multiple of distill.drift_weight (0 = no drift term)"})
     writer_rank: int = field(default=8, metadata={"help": "LoRA rank of the dream writer (never in the chat's stack)"})
     writer_steps: int = field(default=8, metadata={"help": "ReST-EM steps of the writer on its rewarded dreams"})
     writer_learning_rate: float = field(
@@ -198,6 +200,8 @@ class DreamingConfig:
             value = getattr(self, name)
             _check(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0,
                    f"dreaming.{name} must be > 0, got {value!r}")
+        _check(_at_least_zero(self.rehearse_drift_scale),
+               f"dreaming.rehearse_drift_scale must be a number >= 0, got {self.rehearse_drift_scale!r}")
         _check(_at_least_zero(self.writer_learning_rate),
                f"dreaming.writer_learning_rate must be a number >= 0, got {self.writer_learning_rate!r}")
         _check(self.keep + self.keep_random <= self.dreams,

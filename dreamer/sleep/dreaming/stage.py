@@ -154,7 +154,8 @@ def dream(model, tokenizer, *, conversations: list[dict], base_system: str, stac
         advance()
         advance = begin("dream: rehearse", rehearsal_steps(len(result.rewarded), dcfg))
         result.rehearsal = rehearse(model, tokenizer, result.rewarded, stack=stack, system=base_system,
-                                    general_texts=general_texts, drift_weight=cfg.distill.drift_weight,
+                                    general_texts=general_texts,
+                                    drift_weight=cfg.distill.drift_weight * dcfg.rehearse_drift_scale,
                                     drift_batch=cfg.distill.drift_batch, max_len=cfg.load.max_seq_len, cfg=dcfg,
                                     rng=rng, general_turns=general_turns, progress=advance)
     except Exception as err:  # Dreaming can only add: stage 1's expert stands, and the report says why
