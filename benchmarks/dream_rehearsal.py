@@ -6,8 +6,9 @@ not slept yet is slept there first), the moment Dreaming starts is rebuilt
 settings: the grounded dreams the held-out self-probes can measure, the loss-gap filter (`keep`
 + `keep_random`), and the reward (`reward_dreams`: a throwaway copy per kept dream, tau on its
 own fact's held-out probes). Then the stage-1 expert, restored bit for bit before each arm, is
-rehearsed by Dreaming's step 4 (`rehearse`: the preset's steps and learning rate, stage 1's
-drift term on the night's general texts) on
+rehearsed by Dreaming's step 4 (`rehearse`: the preset's steps and learning rate; each arm sets
+its own reply form, drift term and drift weight, as a multiple of stage 1's, whatever the preset
+says: stage 1's term on the night's general texts unless the arm names another) on
 
 - `none`: nothing (stage 1 alone: the reference every arm is paired with);
 - `rewarded`: the kept dreams the reward rewarded (what Dreaming rehearses);

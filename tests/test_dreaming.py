@@ -16,6 +16,7 @@ from dreamer.sleep import stages
 from dreamer.sleep.config import (
     DistillConfig, DreamingConfig, LoadConfig, SleepConfigError, load_preset, preset_names, sleep_config_from_dict,
 )
+from dreamer.sleep.dreaming import rehearse as rehearse_module
 from dreamer.sleep.dreaming import score as score_step
 from dreamer.sleep.dreaming.rehearse import chat_drift_loss, own_general_turns, rehearse
 from dreamer.sleep.dreaming.score import first_filter, reply_loss, reward_dreams, student_view
@@ -223,7 +224,7 @@ def test_the_chat_drift_term_holds_the_replies_to_general_questions_asked_as_the
                  cfg=DreamingConfig(rehearse_drift="chat"))
 
 
-def test_the_self_drift_term_holds_the_expert_to_its_own_answers_before_the_rehearsal(model):
+def test_the_self_drift_term_holds_the_expert_to_its_own_answers_before_the_rehearsal(model, monkeypatch):
     """`rehearse_drift = "self"`: the reference is the expert as stage 1 left it, over its own greedy
     answers to the general questions (taken before the first step), not the stack: rehearsing with
     it keeps those answers nearer the expert's own than the "chat" term, which pulls them toward the
@@ -251,6 +252,11 @@ def test_the_self_drift_term_holds_the_expert_to_its_own_answers_before_the_rehe
     with pytest.raises(ValueError, match="rehearse_drift"):
         rehearse(model, tokenizer, [dream], stack=[], system=SYSTEM, general_texts=["Water boils at 100 C."],
                  drift_weight=1.0, drift_batch=2, max_len=64, rng=random.Random(0),
+                 cfg=DreamingConfig(rehearse_drift="self"))
+    monkeypatch.setattr(rehearse_module, "sample_many", lambda *a, **k: [[""] for _ in a[2]])
+    with pytest.raises(ValueError, match="answered none"):  # no reference to hold: said, not skipped
+        rehearse(model, tokenizer, [dream], stack=[], system=SYSTEM, general_texts=["Water boils at 100 C."],
+                 general_turns=turns, drift_weight=1.0, drift_batch=2, max_len=64, rng=random.Random(0),
                  cfg=DreamingConfig(rehearse_drift="self"))
 
 
@@ -411,10 +417,16 @@ def test_a_failing_dream_phase_leaves_stage_one_and_says_so(day_store, tiny_dir,
 
 def test_a_dreaming_night_saves_its_writer_which_the_next_night_loads(day_store, tiny_dir, dreamer_home, fake_judge,
                                                                      monkeypatch, grounded):
+    from dreamer.sleep.dreaming import stage
+
     monkeypatch.setattr(gate_stage, "measure", lambda *a, **k: dict(GOOD_FIGURES))
     every_dream_helps(monkeypatch)
-    first = night(day_store, tiny_dir, dreamer_home, fake_judge)
+    rehearsals = []  # what the night hands the rehearsal: the drift weight and term, the general questions
+    monkeypatch.setattr(stage, "rehearse", lambda *a, **k: rehearsals.append(k) or rehearse_module.rehearse(*a, **k))
+    first = night(day_store, tiny_dir, dreamer_home, fake_judge, dreaming={**DREAMING, "rehearse_drift_scale": 3.0})
     assert first.status == "promoted", first.message
+    assert rehearsals[0]["drift_weight"] == 0.5 * 3.0 and rehearsals[0]["cfg"].rehearse_drift == "self"
+    assert rehearsals[0]["general_turns"]  # the questions the default "self" term holds the expert on
     dreams = first.metrics["dreaming"]
     assert dreams["written"] >= dreams["grounded"] >= dreams["scorable"] >= dreams["kept"] > 0
     assert dreams["rewarded"] == dreams["kept"]

@@ -288,6 +288,11 @@ def test_a_rehearsal_step_has_the_gradient_of_whole_prompts(lora_model, monkeypa
                                  general_turns=[("Is water wet?", "Yes.")], drift_weight=1.0, drift_batch=1,
                                  max_len=64, cfg=cfg, rng=random.Random(0))
 
+    if drift == "self":  # fixed answers (greedy ones may differ in float64) and a reference the expert is not
+        real_own = rehearse_module.own_general_turns
+        monkeypatch.setattr(rehearse_module, "sample_many", lambda *a, **k: [["Yes."]])
+        monkeypatch.setattr(rehearse_module, "own_general_turns", lambda *a, **k: (
+            lambda turns, reference: (turns, [logits * 0.5 for logits in reference]))(*real_own(*a, **k)))
     real_open = StepPrefix.open
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", capture)
     monkeypatch.setattr(rehearse_module.StepPrefix, "open", lambda *a, **k: opened.append(real_open(*a, **k)) or opened[-1])

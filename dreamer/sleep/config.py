@@ -10,6 +10,8 @@ errors that name the key (`distill.lmbda must be in [0, 1]`).
 
 from __future__ import annotations
 
+import math
+
 import tomllib
 from importlib.resources import files
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -37,7 +39,7 @@ def _unit(value) -> bool:
 
 def _at_least_zero(value, integer: bool = False) -> bool:
     kinds = int if integer else (int, float)
-    return isinstance(value, kinds) and not isinstance(value, bool) and value >= 0
+    return isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 
 
 def _positive_int(value) -> bool:
@@ -157,7 +159,9 @@ class DreamingConfig:
     temperature: float = field(default=0.9, metadata={"help": "the writer's sampling temperature"})
     novelty: float = field(
         default=0.3, metadata={"help": "chance that a batch of dreams is written with one older expert dropped"})
-    max_new_tokens: int = field(default=40, metadata={"help": "longest rehearsal reply, tokens; a written request and reply together get twice this"})
+    max_new_tokens: int = field(default=40, metadata={
+        "help": "longest rehearsal reply, tokens; a written request and reply together get twice this; also the "
+                "expert's answers the \"self\" drift term holds"})
     inner_steps: int = field(default=8, metadata={"help": "steps of each throwaway copy of tonight's expert on its dream"})
     inner_learning_rate: float = field(default=3e-4, metadata={"help": "learning rate of the throwaway copies"})
     tau_today: int = field(default=12, metadata={"help": "today's held-out self-probes the reward is measured on"})
@@ -178,7 +182,8 @@ class DreamingConfig:
                 "1's term), chat (to the active stack on general questions asked as the chat asks, KL over the bare "
                 "base's reply) or self (to the expert as stage 1 left it, over its own replies to those questions)"})
     rehearse_drift_scale: float = field(default=4.0, metadata={
-        "help": "the rehearsal's drift weight as a multiple of distill.drift_weight (0 = no drift term)"})
+        "help": "the rehearsal's drift weight as a multiple of distill.drift_weight, whichever the term (0 = none; "
+                "4 was measured with self)"})
     writer_rank: int = field(default=8, metadata={"help": "LoRA rank of the dream writer (never in the chat's stack)"})
     writer_steps: int = field(default=8, metadata={"help": "ReST-EM steps of the writer on its rewarded dreams"})
     writer_learning_rate: float = field(

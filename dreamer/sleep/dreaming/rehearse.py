@@ -2,10 +2,9 @@
 
 The same expert stage 1 trained keeps training (a night stays one expert): `rehearse_epochs`
 passes over the rewarded dreams, at most `rehearse_steps` steps, each on `rehearse_batch` of
-them (cross-entropy on the reply, closed book, the chat's system prompt), plus stage 1's drift
-term on general text with stage 1's weight (`distill.drift_weight`), so a rehearsal moves
-general text no more freely than the distillation did. The gate then measures the expert as
-rehearsal left it. Steps follow the number of rewarded dreams: a fixed 20 steps over three
+them (cross-entropy on the reply, closed book, the chat's system prompt), plus a drift term
+(below) weighted `rehearse_drift_scale` times stage 1's `distill.drift_weight`. The gate then
+measures the expert as rehearsal left it. Steps follow the number of rewarded dreams: a fixed 20 steps over three
 dreams was 27 passes over each, which learned their wording (loss 1.45 -> 0.02) and with it
 their chatty replies.
 
@@ -104,7 +103,8 @@ def own_general_turns(model, tokenizer, questions: list[str], stack: list[str], 
         return [], []
     prompts, replies = chat_turn_ids(tokenizer, turns, system)
     with torch.no_grad(), adapters(model, stack + [NEW]):
-        reference = [logits.detach() for logits in batch_reply_logits(model, prompts, replies, pad_id(tokenizer))]
+        # a copy of each reply's rows: a slice would keep the whole padded batch alive through the rehearsal
+        reference = [logits.detach().clone() for logits in batch_reply_logits(model, prompts, replies, pad_id(tokenizer))]
     return turns, reference
 
 
