@@ -4,8 +4,8 @@ The same expert stage 1 trained keeps training (a night stays one expert): `rehe
 passes over the rewarded dreams, at most `rehearse_steps` steps, each on `rehearse_batch` of
 them (cross-entropy on the reply, closed book, the chat's system prompt), plus a drift term
 (below) weighted `rehearse_drift_scale` times stage 1's `distill.drift_weight`. The gate then
-measures the expert as rehearsal left it. Steps follow the number of rewarded dreams: a fixed 20 steps over three
-dreams was 27 passes over each, which learned their wording (loss 1.45 -> 0.02) and with it
+measures the expert as rehearsal left it. Steps follow the number of rewarded dreams: a fixed 20
+steps over three dreams was 27 passes over each, which learned their wording (loss 1.45 -> 0.02) and with it
 their chatty replies.
 
 The reply rehearsed (`rehearse_reply`) is the fact the dream names, alone ("answer"), or the
@@ -69,10 +69,14 @@ def rehearsed_reply(dream: Dream, cfg: DreamingConfig) -> str:
     return dream.answer if cfg.rehearse_reply == "answer" and dream.answer else dream.reply
 
 
+def asked_as_chat(system: str, question: str) -> list[dict]:
+    """A general question as the chat asks it: its system prompt, then the question."""
+    return [{"role": "system", "content": system}, {"role": "user", "content": question}]
+
+
 def chat_turn_ids(tokenizer, turns: list[tuple[str, str]], system: str) -> tuple[list[list[int]], list[list[int]]]:
     """(prompt ids, reply ids) of (question, answer) `turns`, each asked under the chat's `system` prompt."""
-    prompts = [chat_ids(tokenizer, [{"role": "system", "content": system}, {"role": "user", "content": question}])
-               for question, _ in turns]
+    prompts = [chat_ids(tokenizer, asked_as_chat(system, question)) for question, _ in turns]
     return prompts, [continuation_ids(tokenizer, answer) for _, answer in turns]
 
 
@@ -96,8 +100,7 @@ def own_general_turns(model, tokenizer, questions: list[str], stack: list[str], 
                       max_new_tokens: int) -> tuple[list[tuple[str, str]], list[torch.Tensor]]:
     """The expert's own greedy answers to general `questions` (under the chat's `system` prompt) and
     its reply logits over them: the "self" drift term's reference, taken before the first step."""
-    asked = [[{"role": "system", "content": system}, {"role": "user", "content": q}] for q in questions]
-    answers = sample_many(model, tokenizer, asked, stack + [NEW], n=1, max_new_tokens=max_new_tokens, temperature=None)
+    answers = sample_many(model, tokenizer, [asked_as_chat(system, q) for q in questions], stack + [NEW], n=1, max_new_tokens=max_new_tokens, temperature=None)
     turns = [(q, a[0]) for q, a in zip(questions, answers) if a[0].strip()]
     if not turns:
         return [], []
