@@ -119,7 +119,7 @@ def test_scoring_rewards_the_planted_helpful_dream_and_leaves_every_weight_bit_i
                Dream("application", "Suggest a film for tonight.", "A comedy would be nice."),
                Dream("paraphrase", "What is the weather like?", "It is sunny today.")]
     before = weights(model)
-    cfg = DreamingConfig(inner_steps=3, inner_learning_rate=1e-2, reward_probes="all")
+    cfg = DreamingConfig(inner_steps=3, inner_learning_rate=1e-2, reward_probes="all", reward_measure="choice")
     tau = reward_dreams(model, tokenizer, useless[:2] + [helpful] + useless[2:], [PROBE], [], SYSTEM, cfg)
     assert 0 < tau < 1
     assert helpful.rewarded and helpful.tau_delta > max(d.tau_delta for d in useless)
@@ -135,7 +135,7 @@ def test_own_probe_rewards_measure_each_dream_on_its_fact_and_skip_dreams_withou
     useless = Dream("paraphrase", "What is the weather like?", "It is sunny today.", words=["Lisbon"])
     unmeasured = Dream("application", "Suggest a film for tonight.", "A comedy.", words=["comedy"])
     before = weights(model)
-    cfg = DreamingConfig(inner_steps=3, inner_learning_rate=1e-2, reward_probes="own")
+    cfg = DreamingConfig(inner_steps=3, inner_learning_rate=1e-2, reward_probes="own", reward_measure="choice")
     probes = [PROBE, other]
     tau = reward_dreams(model, tokenizer, [helpful, useless, unmeasured], probes, [], SYSTEM, cfg)
     probabilities = score_step.probe_probabilities(model, tokenizer, probes, [NEW], SYSTEM)
@@ -146,9 +146,29 @@ def test_own_probe_rewards_measure_each_dream_on_its_fact_and_skip_dreams_withou
     # The same dream measured on every probe (`all`): its own probe's gain, averaged with the other's change.
     alone = Dream("question", PROBE["question"], "Miso", words=["cat", "Miso"])
     reward_dreams(model, tokenizer, [alone], probes, [], SYSTEM,
-                  DreamingConfig(inner_steps=3, inner_learning_rate=1e-2, reward_probes="all"))
+                  DreamingConfig(inner_steps=3, inner_learning_rate=1e-2, reward_probes="all", reward_measure="choice"))
     assert alone.tau_delta != pytest.approx(helpful.tau_delta)
     assert score_step.own_probes(useless, probes) == [1] and score_step.measured_probes(unmeasured, probes, cfg) == []
+
+
+def test_asked_rewards_count_replies_that_name_the_answer(model):
+    model, tokenizer = model
+    # The planted dream that helps is the probe asked as the reward asks it, answered: after its
+    # copy's steps the greedy reply names the answer, which no reply did before.
+    helpful = Dream("question", score_step.asked_request(PROBE), "Miso")
+    useless = [Dream("question", "What is two plus two?", "Four."),
+               Dream("paraphrase", "What is the weather like?", "It is sunny today.")]
+    cfg = DreamingConfig(inner_steps=8, inner_learning_rate=3e-2, reward_probes="all", max_new_tokens=6)
+    assert cfg.reward_measure == "asked"  # the default, as in the presets
+    before = weights(model)
+    assert score_step.probe_scores(model, tokenizer, [PROBE], [NEW], SYSTEM, cfg) == [0.0]
+    tau = reward_dreams(model, tokenizer, [useless[0], helpful, useless[1]], [PROBE], [], SYSTEM, cfg)
+    assert tau == 0.0
+    assert helpful.rewarded and helpful.tau_delta == 1.0
+    assert [d.tau_delta for d in useless] == [0.0, 0.0] and not any(d.rewarded for d in useless)
+    assert not changed(model, before)
+    with pytest.raises(SleepConfigError, match="dreaming.reward_measure must be one of asked, choice"):
+        DreamingConfig(reward_measure="reply")
 
 
 def test_the_first_filter_keeps_the_largest_gaps_and_some_at_random():
@@ -363,13 +383,13 @@ def test_only_grounded_dreams_are_kept_and_their_replies_end_at_the_fact(model):
 
 def every_dream_helps(monkeypatch) -> None:
     """tau rises with every measurement, so every kept dream is rewarded and the writer learns."""
-    real_tau, calls = score_step.tau, []
+    real_scores, calls = score_step.probe_scores, []
 
-    def rising_tau(*args, **kwargs):
+    def rising_scores(*args, **kwargs):
         calls.append(1)
-        return real_tau(*args, **kwargs) + 0.01 * len(calls)
+        return [score + 0.01 * len(calls) for score in real_scores(*args, **kwargs)]
 
-    monkeypatch.setattr(score_step, "tau", rising_tau)
+    monkeypatch.setattr(score_step, "probe_scores", rising_scores)
 
 
 def expert_bytes(home) -> dict:
@@ -404,10 +424,15 @@ def test_a_failing_dream_phase_leaves_stage_one_and_says_so(day_store, tiny_dir,
                                                             monkeypatch, tmp_path, grounded):
     monkeypatch.setattr(gate_stage, "measure", lambda *a, **k: dict(GOOD_FIGURES))
 
-    def broken(*args, **kwargs):
-        raise RuntimeError("scoring exploded")
+    real_scores, calls = score_step.probe_scores, []
 
-    monkeypatch.setattr(score_step, "tau", broken)
+    def broken(*args, **kwargs):  # tau before the copies, then a raise with a copy's steps taken
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("scoring exploded")
+        return real_scores(*args, **kwargs)
+
+    monkeypatch.setattr(score_step, "probe_scores", broken)
     outcome = night(day_store, tiny_dir, dreamer_home, fake_judge)
     assert outcome.status == "promoted"
     assert "Dreaming did not finish: RuntimeError: scoring exploded" in outcome.report

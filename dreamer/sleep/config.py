@@ -142,6 +142,7 @@ class DistillConfig:
 
 
 REWARD_PROBES = ("own", "all")
+REWARD_MEASURES = ("asked", "choice")
 REHEARSE_REPLIES = ("answer", "dream")
 REHEARSE_DRIFTS = ("text", "chat", "self")
 
@@ -167,9 +168,12 @@ class DreamingConfig:
     tau_today: int = field(default=12, metadata={"help": "today's held-out self-probes the reward is measured on"})
     tau_old: int = field(default=6, metadata={"help": "earlier nights' probes the reward is measured on"})
     min_improvement: float = field(
-        default=0.0, metadata={"help": "a dream is rewarded when tau (mean probability of the right answer) rises by more"})
-    reward_probes: str = field(default="own", metadata={
+        default=0.0, metadata={"help": "a dream is rewarded when tau (see reward_measure) rises by more"})
+    reward_probes: str = field(default="all", metadata={
         "help": "the held-out probes a dream's tau is measured on: own (those of the fact it is about) or all"})
+    reward_measure: str = field(default="asked", metadata={
+        "help": "what tau is: asked (the share of held-out probes whose greedy reply, asked as the chat asks, names "
+                "the answer: what the user meets) or choice (the right option's mean probability among the probe's)"})
     rehearse_epochs: float = field(default=4.0, metadata={"help": "passes of tonight's expert over the rewarded dreams"})
     rehearse_steps: int = field(default=20, metadata={"help": "most steps of tonight's expert on the rewarded dreams"})
     rehearse_batch: int = field(default=4, metadata={"help": "rewarded dreams per rehearsal step"})
@@ -214,6 +218,8 @@ class DreamingConfig:
         _check(self.tau_today + self.tau_old > 0, "dreaming.tau_today + dreaming.tau_old must be > 0: the reward needs probes")
         _check(self.reward_probes in REWARD_PROBES,
                f"dreaming.reward_probes must be one of {', '.join(REWARD_PROBES)}, got {self.reward_probes!r}")
+        _check(self.reward_measure in REWARD_MEASURES,
+               f"dreaming.reward_measure must be one of {', '.join(REWARD_MEASURES)}, got {self.reward_measure!r}")
         _check(self.rehearse_reply in REHEARSE_REPLIES,
                f"dreaming.rehearse_reply must be one of {', '.join(REHEARSE_REPLIES)}, got {self.rehearse_reply!r}")
         _check(self.rehearse_drift in REHEARSE_DRIFTS,

@@ -7,6 +7,9 @@ import resource
 from pathlib import Path
 from storage.words import count
 
+# What tau was (DreamingConfig.reward_measure); a summary without one is from before "asked".
+TAU_MEASURES = {"asked": "share of replies naming the answer", "choice": "right options' probability"}
+
 
 def _pct(value) -> str:
     return "n/a" if value is None else f"{100 * value:.0f}%"
@@ -93,7 +96,8 @@ def dreams_section(dreams: dict, earlier: list[dict]) -> list[str]:
         history = ", ".join(f"{e['day']} {_pct(e['reward_rate'])}" for e in earlier[-5:])
         probes = dreams["tau_probes"]
         lines.append(f"- reward rate {_pct(dreams['reward_rate'])}" + (f" (earlier nights: {history})" if history else "")
-                     + f"; tau {dreams['tau_before']:.3f} before, on {probes['today']} of today's held-out probes "
+                     + f"; tau {dreams['tau_before']:.3f} before ({TAU_MEASURES[dreams.get('tau_measure', 'choice')]}), "
+                     f"on {probes['today']} of today's held-out probes "
                      f"and {probes['old']} of earlier nights'")
     writer = dreams.get("writer") or {}
     if writer.get("trained"):

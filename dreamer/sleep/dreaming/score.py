@@ -8,15 +8,24 @@
    ranks by the SFT-loss gradient; the gap needs no backward pass and ranks the same way on the
    quantity that matters here, what the teacher knows and the student does not.
 2. **Reward**, measured: for each kept dream, a throwaway copy of tonight's expert trains
-   `inner_steps` steps on it (cross-entropy on the reply, closed book), then tau is measured:
-   the mean probability the model puts on the right answer among the alternatives, closed book,
-   over held-out self-probes: today's probes that the gate does not use, plus earlier nights'
-   probes (so a dream that protects old memories earns its reward too). With `reward_probes =
-   "own"` only the probes of the dream's own fact count (its sentence's blanks; the earlier
-   answer a rehearsal re-tells): a few steps on one dream move its own fact's probes, and
-   averaged over every probe the reward mostly measures how the copy moved the other facts
-   (benchmarks/dream_reward.py measures both against what the user is asked). The dream is
-   rewarded when tau rises by more than `min_improvement`. The copy is the live expert's parameters
+   `inner_steps` steps on it (cross-entropy on the reply, closed book), then tau is measured,
+   closed book, over held-out self-probes: today's probes that the gate does not use, plus
+   earlier nights' probes (so a dream that protects old memories earns its reward too). The
+   dream is rewarded when tau rises by more than `min_improvement`. Two measures
+   (`reward_measure`):
+   - `asked` (the presets): the share of the probes whose greedy reply names the answer, each
+     probe's sentence asked as a user asks the chat, under its system prompt ("Remind me: my cat
+     is called ...?"). What the user meets is the reply, and one dream's copy can change many
+     replies at once: the bench's replies named 2.6 fewer facts of 20 after an average copy,
+     while the right options' probabilities rose (benchmarks/dream_reward_asked.py). Over every
+     held-out probe (`reward_probes = "all"`) this measure ranked dreams by what they did to the
+     bench's replies best of those tried (Spearman +0.69, against +0.56 for `choice` on the own
+     fact).
+   - `choice`: the right option's probability among each cloze probe's options. It sits near
+     the ceiling after stage 1 (0.96-0.99: stage 1 trains exactly those clozes), and rises for a
+     dream that says a fact's word in any reply.
+   With `reward_probes = "own"` only the probes of the dream's own fact count (its sentence's
+   blanks; the earlier answer a rehearsal re-tells). The copy is the live expert's parameters
    saved before and written back after each dream, bit for bit, with a fresh optimizer each
    time: nothing a throwaway copy did survives it.
 
@@ -30,12 +39,13 @@ from collections.abc import Callable
 
 import torch
 
-from dreamer.lm.generation import chat_ids
+from dreamer.lm.generation import chat_ids, sample_many
 from dreamer.lm.prompt_cache import PromptCache
 from dreamer.lm.scoring import inference, option_scores, tail_logprobs
 from dreamer.lm.weights import NEW, adapters, trainable_parameters
 from dreamer.sleep.config import DreamingConfig
-from dreamer.sleep.dreaming.write import Dream
+from dreamer.sleep.dreaming.write import Dream, blanked_sentence, mentions
+from dreamer.sleep.seeding.cloze import BLANK
 from dreamer.sleep.seeding.distill import continuation_ids, teacher_logits
 
 
@@ -94,9 +104,31 @@ def probe_probabilities(model, tokenizer, probes: list[dict], names: list[str], 
                               0)[0].item() for probe in probes]
 
 
-def tau(model, tokenizer, probes: list[dict], names: list[str], system: str) -> float:
-    """Mean probability of the right answer among each probe's options, closed book."""
-    return sum(probe_probabilities(model, tokenizer, probes, names, system)) / len(probes)
+def asked_request(probe: dict) -> str:
+    """A cloze probe's sentence asked as a user asks the chat (a probe quoting none: as written).
+
+    >>> asked_request({"question": 'Which word is missing? "My cat is called ___."', "answer": "Miso"})
+    'Remind me: My cat is called ...?'
+    """
+    sentence = blanked_sentence(probe)
+    if BLANK not in sentence:
+        return probe["question"]
+    return "Remind me: " + sentence.rstrip().rstrip(".!").replace(BLANK, "...") + "?"
+
+
+def replies_named(model, tokenizer, probes: list[dict], names: list[str], system: str, max_new_tokens: int) -> list[float]:
+    """Per probe, 1.0 if the greedy reply to its `asked_request`, closed book, names its answer."""
+    chats = [[{"role": "system", "content": system}, {"role": "user", "content": asked_request(p)}] for p in probes]
+    replies = sample_many(model, tokenizer, chats, names, n=1, max_new_tokens=max_new_tokens, temperature=None,
+                          cache=PromptCache(tokenizer))
+    return [float(mentions(reply, str(probe["answer"]))) for (reply,), probe in zip(replies, probes)]
+
+
+def probe_scores(model, tokenizer, probes: list[dict], names: list[str], system: str, cfg: DreamingConfig) -> list[float]:
+    """Each probe's score under `cfg.reward_measure`; tau is their mean."""
+    if cfg.reward_measure == "asked":
+        return replies_named(model, tokenizer, probes, names, system, cfg.max_new_tokens)
+    return probe_probabilities(model, tokenizer, probes, names, system)
 
 
 def own_probes(dream: Dream, probes: list[dict]) -> list[int]:
@@ -136,7 +168,7 @@ def reward_dreams(model, tokenizer, dreams: list[Dream], probes: list[dict], sta
     Tonight's expert is exactly as it was when this returns (or raises).
     """
     names = stack + [NEW]
-    before = probe_probabilities(model, tokenizer, probes, names, system)
+    before = probe_scores(model, tokenizer, probes, names, system, cfg)
     state = expert_state(model)
     try:
         for dream in dreams:
@@ -146,8 +178,8 @@ def reward_dreams(model, tokenizer, dreams: list[Dream], probes: list[dict], sta
                 progress()
                 continue
             train_copy(model, tokenizer, dream, names, system, cfg.inner_steps, cfg.inner_learning_rate)
-            after = tau(model, tokenizer, [probes[i] for i in measured], names, system)
-            dream.tau_delta = after - sum(before[i] for i in measured) / len(measured)
+            after = probe_scores(model, tokenizer, [probes[i] for i in measured], names, system, cfg)
+            dream.tau_delta = (sum(after) - sum(before[i] for i in measured)) / len(measured)
             dream.rewarded = dream.tau_delta > cfg.min_improvement
             restore_state(model, state)
             progress()

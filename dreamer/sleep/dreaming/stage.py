@@ -5,7 +5,8 @@
                  a fact of the night the request does not) go on (write.py)
     2. score     of the dreams tau can measure (with `reward_probes = "own"`: those whose fact has a
                  held-out probe), the loss-gap filter keeps `keep` + `keep_random`; each kept dream
-                 trains a throwaway copy of tonight's expert and is rewarded if tau rises (score.py)
+                 trains a throwaway copy of tonight's expert and is rewarded if tau rises (with
+                 `reward_measure = "asked"`: more held-out probes' replies name their answer) (score.py)
     3. writer    ReST-EM: the writer learns from its rewarded requests (writer.py)
     4. rehearse  tonight's expert trains on the rewarded dreams, drift term on (rehearse.py)
 
@@ -50,6 +51,7 @@ class DreamResult:
     tau_today: list[dict] = field(default_factory=list)
     tau_old: list[dict] = field(default_factory=list)
     tau_before: float | None = None
+    tau_measure: str = "asked"  # DreamingConfig.reward_measure
     writer_from: str | None = None
     writer: dict = field(default_factory=dict)
     rehearsal: dict = field(default_factory=dict)
@@ -79,7 +81,7 @@ class DreamResult:
             "rewarded": len(self.rewarded),
             "reward_rate": len(self.rewarded) / len(self.kept) if self.kept and self.error is None else None,
             "kinds": kinds, "tau_probes": {"today": len(self.tau_today), "old": len(self.tau_old)},
-            "tau_before": self.tau_before, "writer_from": self.writer_from, "writer": self.writer,
+            "tau_before": self.tau_before, "tau_measure": self.tau_measure, "writer_from": self.writer_from, "writer": self.writer,
             "rehearsal": self.rehearsal, "error": self.error, "seconds": round(self.seconds, 1),
             "examples": {"rewarded": [d.shown() for d in best[:EXAMPLES]],
                          "rejected": [d.shown() for d in rejected[:EXAMPLES]]},
@@ -119,7 +121,8 @@ def dream(model, tokenizer, *, conversations: list[dict], base_system: str, stac
     """Run steps 1-4 on the stage-1 expert in `model`; `begin(phase, total)` opens a progress phase.
     `general_texts` and `general_turns` (question, the bare base's answer) feed the rehearsal's drift term."""
     dcfg = cfg.dreaming
-    result = DreamResult(tau_today=tau_today, tau_old=rng.sample(old_probes, min(dcfg.tau_old, len(old_probes))))
+    result = DreamResult(tau_today=tau_today, tau_old=rng.sample(old_probes, min(dcfg.tau_old, len(old_probes))),
+                         tau_measure=dcfg.reward_measure)
     started = time.monotonic()
     stage1 = expert_state(model)
     try:
