@@ -4,8 +4,9 @@ For each seed (the slept days of benchmarks/dream_reward.py, outside the judged 
 not slept yet is slept there first), the moment Dreaming starts is rebuilt
 (`dream_reward.dreaming_start`) and Dreaming's step 2 runs as a night runs it, with the preset's
 settings: the grounded dreams the held-out self-probes can measure, the loss-gap filter (`keep`
-+ `keep_random`), and the reward (`reward_dreams`: a throwaway copy per kept dream, tau on its
-own fact's held-out probes). Then the stage-1 expert, restored bit for bit before each arm, is
++ `keep_random`), and the reward (`reward_dreams`: a throwaway copy per kept dream, tau as the
+preset measures it; every committed result used tau on the dream's own fact's held-out probes,
+right option, the presets' reward until `reward_measure = "asked"`). Then the stage-1 expert, restored bit for bit before each arm, is
 rehearsed by Dreaming's step 4 (`rehearse`: the preset's steps and learning rate; each arm sets
 its own reply form, drift term and drift weight, as a multiple of stage 1's, whatever the preset
 says: stage 1's term on the night's general texts unless the arm names another) on

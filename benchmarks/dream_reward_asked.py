@@ -9,9 +9,12 @@ of the expert (`train_copy`, the presets' inner steps and learning rate). Before
 copy, closed book:
 
 - the reward's probes, the night's held-out self-probes (chosen as Dreaming chooses them), two ways:
-  - `tau`: each cloze probe's right option's probability (what Dreaming uses);
+  - `tau`: each cloze probe's right option's probability (Dreaming's reward before this study);
   - **asked**: each held-out probe's sentence turned into a request asked as the chat asks (its
-    system prompt): "Remind me: my parrot is called ...?" (`dreamer.sleep.dreaming.score.asked_request`). `named`: the greedy reply names the
+    system prompt): "Remind me: my parrot is called ...?" (`dreamer.sleep.dreaming.score.asked_request`).
+    `named` is the bench's matcher without its wrong-option rule; Dreaming's reward, built from
+    this study, adds the rule (a reply that also names a wrong option names nothing), so the two
+    differ on replies that list several of the day's words. `named`: the greedy reply names the
     answer; `lp`: the answer's log-probability after the reply's start in the chat's voice
     ("Your parrot is called", the user's sentence turned to the second person). Of the request
     forms tried on the two days' stage-1 experts (9 held-out probes each), the form a rehearsal
@@ -22,7 +25,7 @@ copy, closed book:
   the bench asks: `gen`, how many replies name the fact (the headline), and `mc`, the right
   option's probability.
 
-Rewards (the change a copy makes): `tau_fact` (Dreaming's: its own fact's cloze probes),
+Rewards (the change a copy makes): `tau_fact` (Dreaming's before this study: its own fact's cloze probes),
 `asked_fact` / `asked_all` (replies naming: its own fact's probes / every held-out probe),
 `asked_lp_fact`, `asked_lp_all`, `asked_lp_specific` (its own fact's lp change minus the other
 facts': a dream that raises one word everywhere earns nothing), and `on_topic` (no copy: the

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from benchmarks.markdown import machine_line as _machine
 from benchmarks.markdown import table as _table
-from benchmarks.report_dreaming import (render_dream_rehearsal, render_dream_reward, render_dream_writing,
-                                        render_night_cost)
+from benchmarks.report_dreaming import (render_dream_rehearsal, render_dream_reward, render_dream_reward_asked,
+                                        render_dream_writing, render_night_cost)
 from benchmarks.report_folds import render_fold_nights, render_fold_quality, render_fold_rms, render_grid_threshold
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -225,6 +225,7 @@ RENDERERS = {"kill_nights": render_kill_nights, "chat_threads": render_chat_thre
              "bench_rehearsal": render_paired_code, "night_cost": render_night_cost, "fold_nights": render_fold_nights,
              "grid_threshold": render_grid_threshold, "dream_writing": render_dream_writing,
              "dream_reward": render_dream_reward, "dream_rehearsal": render_dream_rehearsal,
+             "dream_reward_asked": render_dream_reward_asked,
              "distill_step_prefix": render_distill_step}
 PLOTS = ROOT / "docs" / "bench"  # each bench block's plots, drawn again by every run of this command
 

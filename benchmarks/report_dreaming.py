@@ -73,6 +73,45 @@ def render_dream_reward(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_dream_reward_asked(record: dict) -> str:
+    """benchmarks/dream_reward_asked.py: each reward against what the chat's replies then say, dream by dream."""
+    from benchmarks.dream_reward_asked import REWARDS, summarise
+
+    names = {"tau_fact": "tau on the dream's own fact, right option (was the default)",
+             "asked_fact": "replies naming, its own fact's probes", "asked_all": "replies naming, every held-out probe (now)",
+             "asked_lp_fact": "answer log-probability in the chat's voice, its own fact",
+             "asked_lp_all": "the same, every held-out probe", "asked_lp_specific": "the same, its own fact less the others'",
+             "on_topic": "the request names its turn's topic (no copy)"}
+    seeds = record["seeds"]
+    lines = [f"`{record['command'].strip()}` ({_machine(record)}); {record['dreams']} dreams written a day, every "
+             "grounded one scored on a throwaway copy (inner setting as the presets). Per day: grounded dreams; "
+             "before any copy, the reward's held-out probes (right options' mean probability; replies naming the "
+             "answer, asked as the chat asks) and the bench's recall and implication probes (replies naming the "
+             "fact; right options' mean probability); what a copy did to the bench's replies, unselected:", ""]
+    lines += _table(["day", "grounded", "held-out: right option / replies naming", "bench: replies naming / right option",
+                     "bench replies after a copy: more / fewer / mean change"],
+                    [[f"seed {seed}", r["grounded"], f"{r['before']['tau']:.3f} / {r['before']['named']}",
+                      f"{r['before']['gen']} / {r['before']['mc']:.3f}",
+                      f"{r['summary']['gen']['up']} / {r['summary']['gen']['down']} / {r['summary']['gen']['mean']:+.2f}"]
+                     for seed, r in seeds.items()])
+    pooled = summarise([d for r in seeds.values() for d in r["dreams"]])
+    lines += ["", "Per reward, both days pooled: the dreams it rewards (change > 0) of those it can score; their mean "
+              "change in the bench's replies naming a fact (of 20 probes) and in right-option probability; the "
+              "Spearman correlation of the reward with those two, and per day with the replies.", ""]
+    rows = [["(every dream, no selection)", f"{pooled['dreams']} / {pooled['dreams']}", f"{pooled['gen']['mean']:+.2f}",
+             f"{pooled['mc']['mean']:+.4f}", "-", "-", *("-" for _ in seeds)]]
+    for reward in REWARDS:
+        e = pooled[reward]
+        per_seed = [summarise(r["dreams"])[reward]["spearman_gen"] for r in seeds.values()]
+        rows.append([names[reward], f"{e['rewarded']} / {e['defined']}",
+                     "-" if e["gen_if_rewarded"] is None else f"{e['gen_if_rewarded']:+.2f}",
+                     "-" if e["mc_if_rewarded"] is None else f"{e['mc_if_rewarded']:+.4f}",
+                     *("-" if v is None else f"{v:+.2f}" for v in (e["spearman_gen"], e["spearman_mc"], *per_seed))])
+    lines += _table(["reward", "rewarded / scored", "replies naming, change", "right option, change",
+                     "Spearman with replies", "with right option", *(f"with replies, seed {s}" for s in seeds)], rows)
+    return "\n".join(lines) + "\n"
+
+
 REHEARSAL_ARMS = {"none": "none (stage 1 alone)", "rewarded": "rewarded (what Dreaming rehearses)",
                   "rejected": "rejected by the reward", "kept": "every kept dream",
                   "rewarded_answer": "rewarded, the fact alone as the reply",

@@ -158,17 +158,38 @@ def test_asked_rewards_count_replies_that_name_the_answer(model):
     helpful = Dream("question", score_step.asked_request(PROBE), "Miso")
     useless = [Dream("question", "What is two plus two?", "Four."),
                Dream("paraphrase", "What is the weather like?", "It is sunny today.")]
-    cfg = DreamingConfig(inner_steps=8, inner_learning_rate=3e-2, reward_probes="all", max_new_tokens=6)
+    cfg = DreamingConfig(inner_steps=8, inner_learning_rate=1.5e-2, reward_probes="all", max_new_tokens=6)
     assert cfg.reward_measure == "asked"  # the default, as in the presets
+    system = SYSTEM + " You remember what the user tells you and answer in one short sentence." * 3  # long: cached
     before = weights(model)
-    assert score_step.probe_scores(model, tokenizer, [PROBE], [NEW], SYSTEM, cfg) == [0.0]
-    tau = reward_dreams(model, tokenizer, [useless[0], helpful, useless[1]], [PROBE], [], SYSTEM, cfg)
+    assert score_step.probe_scores(model, tokenizer, [PROBE], [NEW], system, cfg) == [0.0]
+    tau = reward_dreams(model, tokenizer, [useless[0], helpful, useless[1]], [PROBE], [], system, cfg)
     assert tau == 0.0
     assert helpful.rewarded and helpful.tau_delta == 1.0
-    assert [d.tau_delta for d in useless] == [0.0, 0.0] and not any(d.rewarded for d in useless)
+    # A random tiny model's greedy reply can flip to any word after a few large steps, so the
+    # useless dreams are only required not to beat it (they name "Miso" after some settings).
+    assert all(d.tau_delta in (0.0, 1.0) for d in useless)
     assert not changed(model, before)
     with pytest.raises(SleepConfigError, match="dreaming.reward_measure must be one of asked, choice"):
         DreamingConfig(reward_measure="reply")
+
+
+def test_an_asked_reply_that_also_names_a_wrong_option_names_nothing(monkeypatch):
+    said = ["Your cat is called Miso.", "Miso, or maybe Milo.", "I am not sure."]
+    monkeypatch.setattr(score_step, "sample_many", lambda *a, **k: [[reply] for reply in said])
+    assert score_step.replies_named(None, None, [PROBE] * 3, [NEW], SYSTEM, 8) == [1.0, 0.0, 0.0]
+
+
+def test_the_report_says_what_tau_measured_and_marks_earlier_rates_measured_otherwise():
+    from dreamer.sleep.report import dreams_section
+
+    tonight = {"written": 4, "kinds": {}, "kept": 2, "rewarded": 1, "reward_rate": 0.5, "tau_before": 0.25,
+               "tau_measure": "asked", "tau_probes": {"today": 4, "old": 0}, "examples": {"rewarded": [], "rejected": []}}
+    earlier = [{"day": "2026-11-20", "reward_rate": 0.6}, {"day": "2026-11-21", "reward_rate": 0.4, "tau_measure": "asked"}]
+    line = next(line for line in dreams_section(tonight, earlier) if "reward rate" in line)
+    assert "(earlier nights: 2026-11-20 60% (choice), 2026-11-21 40%);" in line and "(share of replies naming the answer)" in line
+    old = {k: v for k, v in tonight.items() if k != "tau_measure"}  # a night from before "asked"
+    assert "(right options' probability)" in next(line for line in dreams_section(old, []) if "reward rate" in line)
 
 
 def test_the_first_filter_keeps_the_largest_gaps_and_some_at_random():
@@ -333,12 +354,14 @@ def test_the_writer_frame_reads_pairs_and_spreads_over_facts(monkeypatch):
 
     monkeypatch.undo()  # the real split_probes, not the planted probe, for stage's doctests
 
-    from benchmarks import dream_rehearsal, dream_reward
+    from benchmarks import dream_rehearsal, dream_reward, dream_reward_asked
+    from dreamer.eval import replies
     from dreamer.sleep.dreaming import rehearse as rehearse_step
     from dreamer.sleep.dreaming import stage, write
 
-    # the frame, the held-out split, own probes, the rehearsed reply, spearman, the rehearsal study's counts
-    for module in (write, stage, score_step, rehearse_step, dream_reward, dream_rehearsal):
+    # the frame, the held-out split, own probes and the asked request, the rehearsed reply, spearman,
+    # the rehearsal study's counts, the second person, the reply matcher
+    for module in (write, stage, score_step, rehearse_step, dream_reward, dream_rehearsal, dream_reward_asked, replies):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0, module.__name__
     plan = write.plan_today(["a", "b", "c"], 12, random.Random(1))

@@ -24,11 +24,12 @@ and perplexity on assets/general_heldout.jsonl, for the weights under test.
 
 from __future__ import annotations
 
-import re
 import tempfile
 import time
 from datetime import date
 from pathlib import Path
+
+from dreamer.eval.replies import names, said  # the one matcher; `names` is also imported from here
 
 MEMORIES = ("none", "context", "recall")
 MC_ONLY = ("inday", "generic")
@@ -37,33 +38,6 @@ ABSTAIN_PHRASES = ("don't know", "do not know", "not sure", "haven't told", "hav
                    "no information", "don't have", "do not have", "not aware", "can't recall", "cannot recall",
                    "don't remember", "do not remember", "not mentioned", "no record", "unknown", "can't say",
                    "cannot say", "not certain")
-
-
-NUMBERS = "zero one two three four five six seven eight nine ten eleven twelve".split()
-
-
-def forms(value: str) -> set[str]:
-    """The ways a reply may name a value: as written, without a leading article, a number as a word or digits."""
-    value = value.strip().casefold()
-    bare = re.sub(r"^(the|a|an) ", "", value)
-    out = {value, bare}
-    if bare in NUMBERS:
-        out.add(str(NUMBERS.index(bare)))
-    elif bare.isdigit() and int(bare) < len(NUMBERS):
-        out.add(NUMBERS[int(bare)])
-    return out
-
-
-def names(text: str, value: str) -> bool:
-    """`value` occurs in `text` (casefolded) as whole words, in one of its forms ("ten" is not in "often",
-    "0" is not in "-18.0", "8" is in "8 legs." and "8.")."""
-    return any(re.search(rf"(?<![\w.,-]){re.escape(form)}(?![\w]|[.,]\d)" if form.isdigit() else
-                         rf"(?<!\w){re.escape(form)}(?!\w)", text) for form in forms(value))
-
-
-def said(reply: str) -> str:
-    """A reply as the matchers read it: casefolded, typographic apostrophes plain."""
-    return reply.casefold().replace("’", "'")
 
 
 def abstains(text: str) -> bool:

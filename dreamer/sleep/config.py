@@ -162,7 +162,7 @@ class DreamingConfig:
         default=0.3, metadata={"help": "chance that a batch of dreams is written with one older expert dropped"})
     max_new_tokens: int = field(default=40, metadata={
         "help": "longest rehearsal reply, tokens; a written request and reply together get twice this; also the "
-                "expert's answers the \"self\" drift term holds"})
+                "expert's answers the \"self\" drift term holds, and the replies the \"asked\" reward reads"})
     inner_steps: int = field(default=8, metadata={"help": "steps of each throwaway copy of tonight's expert on its dream"})
     inner_learning_rate: float = field(default=3e-4, metadata={"help": "learning rate of the throwaway copies"})
     tau_today: int = field(default=12, metadata={"help": "today's held-out self-probes the reward is measured on"})

@@ -93,10 +93,13 @@ def dreams_section(dreams: dict, earlier: list[dict]) -> list[str]:
     elif not dreams["rewarded"]:
         lines.append("- No dream earned a reward: tonight's expert is stage 1's alone.")
     if dreams.get("reward_rate") is not None:
-        history = ", ".join(f"{e['day']} {_pct(e['reward_rate'])}" for e in earlier[-5:])
+        measure = dreams.get("tau_measure", "choice")  # a rate is only comparable under the same tau
+        history = ", ".join(f"{e['day']} {_pct(e['reward_rate'])}" + ("" if e.get("tau_measure", "choice") == measure
+                                                                      else f" ({e.get('tau_measure', 'choice')})")
+                            for e in earlier[-5:])
         probes = dreams["tau_probes"]
         lines.append(f"- reward rate {_pct(dreams['reward_rate'])}" + (f" (earlier nights: {history})" if history else "")
-                     + f"; tau {dreams['tau_before']:.3f} before ({TAU_MEASURES[dreams.get('tau_measure', 'choice')]}), "
+                     + f"; tau {dreams['tau_before']:.3f} before ({TAU_MEASURES[measure]}), "
                      f"on {probes['today']} of today's held-out probes "
                      f"and {probes['old']} of earlier nights'")
     writer = dreams.get("writer") or {}

@@ -13,9 +13,10 @@
    earlier nights' probes (so a dream that protects old memories earns its reward too). The
    dream is rewarded when tau rises by more than `min_improvement`. Two measures
    (`reward_measure`):
-   - `asked` (the presets): the share of the probes whose greedy reply names the answer, each
-     probe's sentence asked as a user asks the chat, under its system prompt ("Remind me: my cat
-     is called ...?"). What the user meets is the reply, and one dream's copy can change many
+   - `asked` (the presets): the share of the probes whose greedy reply names the answer and none
+     of the probe's wrong options (so a dream that teaches the chat to list the day's words earns
+     nothing), each probe's sentence asked as a user asks the chat, under its system prompt
+     ("Remind me: my cat is called ...?"). What the user meets is the reply, and one dream's copy can change many
      replies at once: the bench's replies named 2.6 fewer facts of 20 after an average copy,
      while the right options' probabilities rose (benchmarks/dream_reward_asked.py). Over every
      held-out probe (`reward_probes = "all"`) this measure ranked dreams by what they did to the
@@ -44,7 +45,8 @@ from dreamer.lm.prompt_cache import PromptCache
 from dreamer.lm.scoring import inference, option_scores, tail_logprobs
 from dreamer.lm.weights import NEW, adapters, trainable_parameters
 from dreamer.sleep.config import DreamingConfig
-from dreamer.sleep.dreaming.write import Dream, blanked_sentence, mentions
+from dreamer.eval.replies import names_the_answer
+from dreamer.sleep.dreaming.write import Dream, blanked_sentence
 from dreamer.sleep.seeding.cloze import BLANK
 from dreamer.sleep.seeding.distill import continuation_ids, teacher_logits
 
@@ -117,11 +119,13 @@ def asked_request(probe: dict) -> str:
 
 
 def replies_named(model, tokenizer, probes: list[dict], names: list[str], system: str, max_new_tokens: int) -> list[float]:
-    """Per probe, 1.0 if the greedy reply to its `asked_request`, closed book, names its answer."""
+    """Per probe, 1.0 if the greedy reply to its `asked_request`, closed book, names its answer and
+    none of its wrong options (the bench's matcher, dreamer.eval.replies)."""
     chats = [[{"role": "system", "content": system}, {"role": "user", "content": asked_request(p)}] for p in probes]
     replies = sample_many(model, tokenizer, chats, names, n=1, max_new_tokens=max_new_tokens, temperature=None,
                           cache=PromptCache(tokenizer))
-    return [float(mentions(reply, str(probe["answer"]))) for (reply,), probe in zip(replies, probes)]
+    return [float(names_the_answer(reply, str(probe["answer"]), [str(d) for d in probe.get("distractors", ())]))
+            for (reply,), probe in zip(replies, probes)]
 
 
 def probe_scores(model, tokenizer, probes: list[dict], names: list[str], system: str, cfg: DreamingConfig) -> list[float]:
