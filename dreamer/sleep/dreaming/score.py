@@ -20,7 +20,7 @@
      replies at once: the bench's replies named 2.6 fewer facts of 20 after an average copy,
      while the right options' probabilities rose (benchmarks/dream_reward_asked.py). Over every
      held-out probe (`reward_probes = "all"`) this measure ranked dreams by what they did to the
-     bench's replies best of those tried (Spearman +0.69, against +0.56 for `choice` on the own
+     bench's replies best of those tried (Spearman +0.71, against +0.56 for `choice` on the own
      fact).
    - `choice`: the right option's probability among each cloze probe's options. It sits near
      the ceiling after stage 1 (0.96-0.99: stage 1 trains exactly those clozes), and rises for a
