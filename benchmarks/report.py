@@ -217,7 +217,7 @@ RENDERERS = {"kill_nights": render_kill_nights, "chat_threads": render_chat_thre
              "bench_dreaming_seed1": render_bench, "bench_dreaming_grounded": render_bench,
              "bench_dreaming_oneturn": render_bench, "bench_dreaming_voice": render_bench,
              "bench_dreaming_own": render_bench, "bench_dreaming_answer": render_bench,
-             "bench_dreaming_self": render_bench,
+             "bench_dreaming_self": render_bench, "bench_dreaming_asked": render_bench,
              "bench_long": render_bench, "fold_quality": render_fold_quality,
              "forget_quality": render_forget_quality, "merge_step": render_merge_step,
              "nf4_merge": render_nf4_merge, "sampling": render_sampling, "sampling_gemma3": render_sampling,
