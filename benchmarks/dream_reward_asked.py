@@ -85,8 +85,8 @@ def asked_probe(probe: dict) -> dict | None:
 
 def ask_held(model, tokenizer, asked: list[dict], names: list[str], system: str) -> dict:
     """{named: per probe, the greedy reply names the answer; lp: the answer's log-probability after the start}."""
-    from dreamer.bench.score import names as says
-    from dreamer.bench.score import said
+    from dreamer.eval.replies import names as says
+    from dreamer.eval.replies import said
     from dreamer.lm.generation import chat_ids, sample_many
     from dreamer.lm.scoring import inference, tail_logprobs
     from dreamer.lm.weights import adapters

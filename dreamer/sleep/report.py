@@ -94,9 +94,11 @@ def dreams_section(dreams: dict, earlier: list[dict]) -> list[str]:
         lines.append("- No dream earned a reward: tonight's expert is stage 1's alone.")
     if dreams.get("reward_rate") is not None:
         measure = dreams.get("tau_measure", "choice")  # a rate is only comparable under the same tau
-        history = ", ".join(f"{e['day']} {_pct(e['reward_rate'])}" + ("" if e.get("tau_measure", "choice") == measure
-                                                                      else f" ({e.get('tau_measure', 'choice')})")
-                            for e in earlier[-5:])
+        shown = []
+        for e in earlier[-5:]:
+            other = e.get("tau_measure", "choice")
+            shown.append(f"{e['day']} {_pct(e['reward_rate'])}" + ("" if other == measure else f" ({other})"))
+        history = ", ".join(shown)
         probes = dreams["tau_probes"]
         lines.append(f"- reward rate {_pct(dreams['reward_rate'])}" + (f" (earlier nights: {history})" if history else "")
                      + f"; tau {dreams['tau_before']:.3f} before ({TAU_MEASURES[measure]}), "

@@ -251,7 +251,8 @@ def earlier_reward_rates(store: Store) -> list[dict]:
     """The dream reward rate of earlier runs that dreamed, oldest first."""
     return [{"run": row["id"], "day": row["day"], "status": row["status"],
              "reward_rate": row["metrics"]["dreaming"]["reward_rate"],
-             "tau_measure": row["metrics"]["dreaming"].get("tau_measure", "choice")} for row in ledger.finished_runs(store)
+             "tau_measure": row["metrics"]["dreaming"].get("tau_measure", "choice")}  # none: from before "asked"
+            for row in ledger.finished_runs(store)
             if (row["metrics"].get("dreaming") or {}).get("reward_rate") is not None]
 
 

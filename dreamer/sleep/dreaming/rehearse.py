@@ -5,8 +5,8 @@ passes over the rewarded dreams, at most `rehearse_steps` steps, each on `rehear
 them (cross-entropy on the reply, closed book, the chat's system prompt), plus a drift term
 (below) weighted `rehearse_drift_scale` times stage 1's `distill.drift_weight`. The gate then
 measures the expert as rehearsal left it. Steps follow the number of rewarded dreams: a fixed 20
-steps over three dreams was 27 passes over each, which learned their wording (loss 1.45 -> 0.02) and with it
-their chatty replies.
+steps over three dreams was 27 passes over each, which learned their wording (loss 1.45 ->
+0.02) and with it their chatty replies.
 
 The reply rehearsed (`rehearse_reply`) is the fact the dream names, alone ("answer"), or the
 sentence the writer wrote ("dream"). Stage 1 leaves the facts answerable as bare words (its
@@ -42,7 +42,7 @@ from dreamer.lm.scoring import pad_id
 from dreamer.lm.step_prefix import StepPrefix
 from dreamer.lm.weights import NEW, adapters, trainable_parameters
 from dreamer.sleep.config import DreamingConfig
-from dreamer.sleep.dreaming.score import reply_loss, student_view
+from dreamer.sleep.dreaming.score import asked_as_chat, reply_loss, student_view
 from dreamer.sleep.dreaming.write import Dream
 from dreamer.sleep.seeding.distill import batch_reply_logits, continuation_ids, drift_loss
 from dreamer.sleep.seeding.divergences import token_divergence
@@ -67,11 +67,6 @@ def rehearsed_reply(dream: Dream, cfg: DreamingConfig) -> str:
     ['Miso', 'Your cat is called Miso.']
     """
     return dream.answer if cfg.rehearse_reply == "answer" and dream.answer else dream.reply
-
-
-def asked_as_chat(system: str, question: str) -> list[dict]:
-    """A general question as the chat asks it: its system prompt, then the question."""
-    return [{"role": "system", "content": system}, {"role": "user", "content": question}]
 
 
 def chat_turn_ids(tokenizer, turns: list[tuple[str, str]], system: str) -> tuple[list[list[int]], list[list[int]]]:
@@ -100,7 +95,8 @@ def own_general_turns(model, tokenizer, questions: list[str], stack: list[str], 
                       max_new_tokens: int) -> tuple[list[tuple[str, str]], list[torch.Tensor]]:
     """The expert's own greedy answers to general `questions` (under the chat's `system` prompt) and
     its reply logits over them: the "self" drift term's reference, taken before the first step."""
-    answers = sample_many(model, tokenizer, [asked_as_chat(system, q) for q in questions], stack + [NEW], n=1, max_new_tokens=max_new_tokens, temperature=None)
+    answers = sample_many(model, tokenizer, [asked_as_chat(system, q) for q in questions], stack + [NEW], n=1,
+                          max_new_tokens=max_new_tokens, temperature=None)
     turns = [(q, a[0]) for q, a in zip(questions, answers) if a[0].strip()]
     if not turns:
         return [], []

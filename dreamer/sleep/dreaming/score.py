@@ -40,12 +40,12 @@ from collections.abc import Callable
 
 import torch
 
+from dreamer.eval.replies import names_the_answer
 from dreamer.lm.generation import chat_ids, sample_many
 from dreamer.lm.prompt_cache import PromptCache
 from dreamer.lm.scoring import inference, option_scores, tail_logprobs
 from dreamer.lm.weights import NEW, adapters, trainable_parameters
 from dreamer.sleep.config import DreamingConfig
-from dreamer.eval.replies import names_the_answer
 from dreamer.sleep.dreaming.write import Dream, blanked_sentence
 from dreamer.sleep.seeding.cloze import BLANK
 from dreamer.sleep.seeding.distill import continuation_ids, teacher_logits
@@ -71,8 +71,13 @@ def reply_loss(model, tokenizer, messages: list[dict], reply: str, names: list[s
                               shared)[0].mean()
 
 
+def asked_as_chat(system: str, question: str) -> list[dict]:
+    """A question as the chat asks it, closed book: its system prompt, then the question."""
+    return [{"role": "system", "content": system}, {"role": "user", "content": question}]
+
+
 def student_view(dream: Dream, system: str) -> list[dict]:
-    return [{"role": "system", "content": system}, {"role": "user", "content": dream.request}]
+    return asked_as_chat(system, dream.request)
 
 
 def loss_gaps(model, tokenizer, dreams: list[Dream], stack: list[str], system: str) -> None:
@@ -118,17 +123,19 @@ def asked_request(probe: dict) -> str:
     return "Remind me: " + sentence.rstrip().rstrip(".!").replace(BLANK, "...") + "?"
 
 
-def replies_named(model, tokenizer, probes: list[dict], names: list[str], system: str, max_new_tokens: int) -> list[float]:
+def replies_named(model, tokenizer, probes: list[dict], names: list[str], system: str,
+                  max_new_tokens: int) -> list[float]:
     """Per probe, 1.0 if the greedy reply to its `asked_request`, closed book, names its answer and
     none of its wrong options (the bench's matcher, dreamer.eval.replies)."""
-    chats = [[{"role": "system", "content": system}, {"role": "user", "content": asked_request(p)}] for p in probes]
+    chats = [asked_as_chat(system, asked_request(p)) for p in probes]
     replies = sample_many(model, tokenizer, chats, names, n=1, max_new_tokens=max_new_tokens, temperature=None,
                           cache=PromptCache(tokenizer))
     return [float(names_the_answer(reply, str(probe["answer"]), [str(d) for d in probe.get("distractors", ())]))
             for (reply,), probe in zip(replies, probes)]
 
 
-def probe_scores(model, tokenizer, probes: list[dict], names: list[str], system: str, cfg: DreamingConfig) -> list[float]:
+def probe_scores(model, tokenizer, probes: list[dict], names: list[str], system: str,
+                 cfg: DreamingConfig) -> list[float]:
     """Each probe's score under `cfg.reward_measure`; tau is their mean."""
     if cfg.reward_measure == "asked":
         return replies_named(model, tokenizer, probes, names, system, cfg.max_new_tokens)
