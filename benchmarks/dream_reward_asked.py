@@ -19,7 +19,8 @@ copy, closed book:
     ("Your parrot is called", the user's sentence turned to the second person). Of the request
     forms tried on the two days' stage-1 experts (9 held-out probes each), the form a rehearsal
     asks in ("What do you remember about parrot?") was named by 0 and 0 replies, the cloze in
-    quotes ('Fill in the blank from what I told you: "..."') by 8 and 8, this one by 5 and 4:
+    quotes ('Fill in the blank from what I told you: "..."') by 8 and 8, this one by 5 and 4 (a
+    one-off check, not committed):
     room to rise and to fall;
 - the truth: the bench's recall and implication probes of the day (no night sees them), asked as
   the bench asks: `gen`, how many replies name the fact (the headline), and `mc`, the right
